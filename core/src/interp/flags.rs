@@ -1,0 +1,1 @@
+//! Flag computation shared by the arithmetic families.

@@ -1,0 +1,221 @@
+//! The reference interpreter: decodes guest code with iced-x86 and executes
+//! it with exact architectural behaviour, flags included. It is the oracle
+//! for the translator and the translator's fallback for what it does not
+//! compile; it also hosts the routines (interrupt delivery, segment loads,
+//! task switches, system instructions) that every engine reuses.
+//!
+//! One instruction family per file; each registers its handlers in a
+//! table indexed by mnemonic. An instruction with no handler raises #UD in
+//! the guest and is counted (`InterpStats::unimplemented`), never a panic.
+
+pub mod alu;
+pub mod bcd;
+pub mod bit;
+pub mod control;
+pub mod cpuid;
+pub mod data;
+pub mod fetch;
+pub mod flags;
+pub mod interrupt;
+pub mod io;
+pub mod muldiv;
+pub mod operand;
+pub mod segment;
+pub mod shift;
+pub mod string;
+pub mod system;
+pub mod task;
+pub mod x87;
+
+use std::collections::BTreeMap;
+
+use iced_x86::{Instruction, Mnemonic};
+
+use crate::engine::{Budget, Engine, Exit, ShutdownReason};
+use crate::exception::Fault;
+use crate::vm::Vm;
+
+/// An instruction handler: executes `ins` on the state behind `ctx`. It
+/// must not commit any architectural state before it can no longer fault,
+/// so that a fault leaves the guest exactly at the instruction's start.
+pub type Handler = fn(&mut Ctx, &Instruction) -> Result<(), Fault>;
+
+/// Handlers indexed by `Mnemonic as usize`.
+pub struct Table {
+    handlers: Vec<Option<Handler>>,
+}
+
+impl Table {
+    fn new() -> Self {
+        Table {
+            handlers: vec![None; Mnemonic::values().count()],
+        }
+    }
+    /// Register `h` for every mnemonic in `ms`.
+    pub fn set(&mut self, ms: &[Mnemonic], h: Handler) {
+        for &m in ms {
+            self.handlers[m as usize] = Some(h);
+        }
+    }
+    #[inline]
+    pub fn get(&self, m: Mnemonic) -> Option<Handler> {
+        self.handlers[m as usize]
+    }
+    /// The full table, every family registered.
+    pub fn build() -> Self {
+        let mut t = Table::new();
+        alu::register(&mut t);
+        bcd::register(&mut t);
+        bit::register(&mut t);
+        control::register(&mut t);
+        data::register(&mut t);
+        io::register(&mut t);
+        muldiv::register(&mut t);
+        segment::register(&mut t);
+        shift::register(&mut t);
+        string::register(&mut t);
+        system::register(&mut t);
+        task::register(&mut t);
+        x87::register(&mut t);
+        t
+    }
+}
+
+/// Counters the interpreter keeps.
+#[derive(Clone, Debug, Default)]
+pub struct InterpStats {
+    /// Instructions retired.
+    pub instructions: u64,
+    /// Exceptions delivered, by vector.
+    pub exceptions: [u64; 32],
+    /// Decoded instructions that have no handler, by mnemonic: each raised
+    /// #UD in the guest.
+    pub unimplemented: BTreeMap<String, u64>,
+}
+
+/// What one instruction sees: the machine, and where execution goes next.
+pub struct Ctx<'a> {
+    pub vm: &'a mut Vm,
+    /// EIP of the instruction being executed.
+    pub eip: u32,
+    /// EIP of the next instruction; control transfers overwrite it.
+    pub next_eip: u32,
+    /// Set by STI / MOV SS / POP SS: inhibit interrupts after this one.
+    pub shadow: bool,
+}
+
+/// What `step` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// An instruction retired (or an exception/interrupt was delivered).
+    Retired,
+    /// The CPU is halted and nothing woke it.
+    Halted,
+    /// Triple fault or other shutdown.
+    Shutdown(ShutdownReason),
+}
+
+pub struct Interpreter {
+    table: Table,
+    pub stats: InterpStats,
+    fetcher: fetch::Fetcher,
+}
+
+impl Default for Interpreter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Interpreter {
+    pub fn new() -> Self {
+        Interpreter {
+            table: Table::build(),
+            stats: InterpStats::default(),
+            fetcher: fetch::Fetcher::new(),
+        }
+    }
+
+    /// Execute one instruction (or deliver one pending event).
+    pub fn step(&mut self, vm: &mut Vm) -> Step {
+        // External events at an instruction boundary (SDM Vol. 3 6.9).
+        match interrupt::take_pending(vm) {
+            Ok(true) => return Step::Retired,
+            Ok(false) => {}
+            Err(r) => return Step::Shutdown(r),
+        }
+        if vm.cpu.halted {
+            return Step::Halted;
+        }
+        let had_shadow = vm.cpu.interrupt_shadow;
+        let tf = vm.cpu.eflags & crate::cpu::TF != 0;
+        let ins = match self.fetcher.fetch(vm) {
+            Ok(i) => i,
+            Err(f) => return self.fault(vm, f),
+        };
+        let eip = vm.cpu.eip;
+        let mut ctx = Ctx {
+            vm,
+            eip,
+            next_eip: ins.next_ip32(),
+            shadow: false,
+        };
+        let r = match self.table.get(ins.mnemonic()) {
+            Some(h) if ins.code() != iced_x86::Code::INVALID => h(&mut ctx, &ins),
+            _ => {
+                *self
+                    .stats
+                    .unimplemented
+                    .entry(format!("{:?}", ins.code()))
+                    .or_default() += 1;
+                Err(Fault::ud())
+            }
+        };
+        let Ctx { next_eip, shadow, .. } = ctx;
+        match r {
+            Ok(()) => {
+                self.stats.instructions += 1;
+                vm.clock.retired += 1;
+                vm.cpu.eip = next_eip;
+                // A shadow lasts exactly one instruction and two in a row do
+                // not chain (SDM Vol. 3 6.8.3).
+                vm.cpu.interrupt_shadow = shadow && !had_shadow;
+                if tf {
+                    if let Err(r) = interrupt::single_step_trap(vm) {
+                        return Step::Shutdown(r);
+                    }
+                }
+                Step::Retired
+            }
+            Err(f) => self.fault(vm, f),
+        }
+    }
+
+    fn fault(&mut self, vm: &mut Vm, f: Fault) -> Step {
+        if let Some(c) = self.stats.exceptions.get_mut(f.vector as usize) {
+            *c += 1;
+        }
+        vm.clock.retired += 1;
+        match interrupt::deliver_exception(vm, f) {
+            Ok(()) => Step::Retired,
+            Err(r) => Step::Shutdown(r),
+        }
+    }
+}
+
+impl Engine for Interpreter {
+    fn name(&self) -> &'static str {
+        "interp"
+    }
+
+    fn run(&mut self, vm: &mut Vm, budget: Budget) -> Exit {
+        for _ in 0..budget.instructions {
+            match self.step(vm) {
+                Step::Retired => {}
+                Step::Halted => return Exit::Halted,
+                Step::Shutdown(r) => return Exit::Shutdown(r),
+            }
+        }
+        Exit::BudgetSpent
+    }
+}

@@ -1,0 +1,165 @@
+//! `Vm`: the state every engine works on (CPU, guest memory, MMU, bus,
+//! clock), and the linear-address memory operations that all engines share:
+//! shadow fast path, page walk on a miss, MMIO through the bus, accesses
+//! split at page boundaries with both pages checked before any byte is
+//! written.
+
+use crate::bus::Bus;
+use crate::clock::Clock;
+use crate::cpu::CpuState;
+use crate::exception::Fault;
+use crate::mem::{GuestMemory, Region, PAGE_SIZE};
+use crate::mmu::{Access, Mmu};
+
+pub struct Vm {
+    pub cpu: CpuState,
+    pub mem: GuestMemory,
+    pub mmu: Mmu,
+    pub bus: Bus,
+    pub clock: Clock,
+}
+
+impl Vm {
+    pub fn new(mem: GuestMemory) -> Self {
+        Vm {
+            cpu: CpuState::reset(),
+            mem,
+            mmu: Mmu::new(),
+            bus: Bus::new(),
+            clock: Clock::default(),
+        }
+    }
+
+    /// Translate one linear address (no access is made).
+    #[inline]
+    pub fn translate(&mut self, lin: u32, acc: Access) -> Result<u64, Fault> {
+        self.mmu.translate(&self.cpu, &mut self.mem, lin, acc)
+    }
+
+    /// Read `size` (1, 2, 4 or 8) bytes at linear `lin`, little-endian.
+    #[inline]
+    pub fn read_lin(&mut self, lin: u32, size: usize, acc: Access) -> Result<u64, Fault> {
+        let in_page = (lin as u64 & (PAGE_SIZE - 1)) + size as u64 <= PAGE_SIZE;
+        if in_page {
+            if let Some(off) = self.mmu.lookup_ram(lin, acc) {
+                if let Some(s) = self.mem.ram_slice(off, size) {
+                    let mut b = [0u8; 8];
+                    b[..size].copy_from_slice(s);
+                    return Ok(u64::from_le_bytes(b));
+                }
+            }
+            let p = self.translate(lin, acc)?;
+            return Ok(self.read_phys(p, size));
+        }
+        let mut b = [0u8; 8];
+        self.read_lin_bytes(lin, &mut b[..size], acc)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// Write `size` bytes of `val` at linear `lin`.
+    #[inline]
+    pub fn write_lin(&mut self, lin: u32, size: usize, val: u64, acc: Access) -> Result<(), Fault> {
+        let acc = Access(acc.0 | Access::WRITE.0);
+        let in_page = (lin as u64 & (PAGE_SIZE - 1)) + size as u64 <= PAGE_SIZE;
+        if in_page {
+            if let Some(off) = self.mmu.lookup_ram(lin, acc) {
+                if let Some(s) = self.mem.ram_slice_mut(off, size) {
+                    s.copy_from_slice(&val.to_le_bytes()[..size]);
+                    return Ok(());
+                }
+            }
+            let p = self.translate(lin, acc)?;
+            self.write_phys(p, size, val);
+            return Ok(());
+        }
+        self.write_lin_bytes(lin, &val.to_le_bytes()[..size], acc)
+    }
+
+    /// Read any number of bytes at `lin`; every page is translated before
+    /// the first byte is read.
+    pub fn read_lin_bytes(&mut self, lin: u32, buf: &mut [u8], acc: Access) -> Result<(), Fault> {
+        let pages = self.translate_span(lin, buf.len(), acc)?;
+        let mut done = 0;
+        for (p, n) in pages {
+            for i in 0..n {
+                buf[done + i] = self.read_phys(p + i as u64, 1) as u8;
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Write any number of bytes at `lin`; every page is translated (and
+    /// checked for write permission) before the first byte is written.
+    pub fn write_lin_bytes(&mut self, lin: u32, buf: &[u8], acc: Access) -> Result<(), Fault> {
+        let acc = Access(acc.0 | Access::WRITE.0);
+        let pages = self.translate_span(lin, buf.len(), acc)?;
+        let mut done = 0;
+        for (p, n) in pages {
+            for i in 0..n {
+                self.write_phys(p + i as u64, 1, buf[done + i] as u64);
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Physical address and byte count of each page piece of [lin, lin+len).
+    fn translate_span(
+        &mut self,
+        lin: u32,
+        len: usize,
+        acc: Access,
+    ) -> Result<Vec<(u64, usize)>, Fault> {
+        let mut out = Vec::with_capacity(2);
+        let mut l = lin;
+        let mut left = len;
+        while left > 0 {
+            let n = ((PAGE_SIZE - (l as u64 & (PAGE_SIZE - 1))) as usize).min(left);
+            out.push((self.translate(l, acc)?, n));
+            l = l.wrapping_add(n as u32);
+            left -= n;
+        }
+        Ok(out)
+    }
+
+    /// Read `size` bytes at a physical address: RAM, ROM, MMIO through the
+    /// bus, or all ones.
+    pub fn read_phys(&mut self, p: u64, size: usize) -> u64 {
+        match self.mem.region(p) {
+            Region::Mmio => self
+                .bus
+                .mmio_read(p, size as u8)
+                .unwrap_or(u64::MAX >> (64 - 8 * size as u32)),
+            _ => {
+                let mut b = [0u8; 8];
+                self.mem.read(p, &mut b[..size]);
+                u64::from_le_bytes(b)
+            }
+        }
+    }
+
+    /// Write `size` bytes at a physical address, then let the MMU act on
+    /// any write-watched frame that was hit.
+    pub fn write_phys(&mut self, p: u64, size: usize, val: u64) {
+        match self.mem.region(p) {
+            Region::Mmio => {
+                self.bus.mmio_write(p, size as u8, val);
+            }
+            _ => {
+                self.mem.write(p, &val.to_le_bytes()[..size]);
+                if self.mem.has_watch_hits() {
+                    self.flush_watch_hits();
+                }
+            }
+        }
+    }
+
+    /// Hand the frames written under watch to the MMU.
+    pub fn flush_watch_hits(&mut self) {
+        for f in self.mem.take_watch_hits() {
+            self.mmu.stats.write_watch_faults += 1;
+            self.mmu.on_watched_write(&mut self.mem, f);
+        }
+    }
+}
