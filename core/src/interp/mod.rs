@@ -102,6 +102,10 @@ pub struct Ctx<'a> {
     pub next_eip: u32,
     /// Set by STI / MOV SS / POP SS: inhibit interrupts after this one.
     pub shadow: bool,
+    /// Most iterations a REP string instruction may run in this step
+    /// (at least 1). Hardware completes one iteration per single-step
+    /// trap, so lockstep comparison sets 1.
+    pub rep_batch: u32,
 }
 
 /// What `step` did.
@@ -117,6 +121,8 @@ pub enum Step {
 
 pub struct Interpreter {
     table: Table,
+    /// See `Ctx::rep_batch`.
+    pub rep_batch: u32,
     pub stats: InterpStats,
     fetcher: fetch::Fetcher,
 }
@@ -131,6 +137,7 @@ impl Interpreter {
     pub fn new() -> Self {
         Interpreter {
             table: Table::build(),
+            rep_batch: 256,
             stats: InterpStats::default(),
             fetcher: fetch::Fetcher::new(),
         }
@@ -154,11 +161,17 @@ impl Interpreter {
             Err(f) => return self.fault(vm, f),
         };
         let eip = vm.cpu.eip;
+        let code32 = vm.cpu.code32();
         let mut ctx = Ctx {
             vm,
             eip,
-            next_eip: ins.next_ip32(),
+            next_eip: if code32 {
+                ins.next_ip32()
+            } else {
+                ins.next_ip32() & 0xFFFF
+            },
             shadow: false,
+            rep_batch: self.rep_batch.max(1),
         };
         let r = match self.table.get(ins.mnemonic()) {
             Some(h) if ins.code() != iced_x86::Code::INVALID => h(&mut ctx, &ins),
