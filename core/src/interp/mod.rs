@@ -25,6 +25,8 @@ pub mod shift;
 pub mod string;
 pub mod system;
 pub mod task;
+#[cfg(test)]
+pub(crate) mod testutil;
 pub mod x87;
 
 use std::collections::BTreeMap;
