@@ -298,4 +298,32 @@ mod tests {
         assert_eq!(vm.cpu.eflags, FIXED1 | CF);
         assert_eq!(vm.cpu.eip, super::super::testutil::CODE);
     }
+
+    #[test]
+    fn program_through_interpreter_step() {
+        use crate::interp::{testutil::load, Interpreter, Step};
+        // 64-bit add and subtract with carry chains, in 16-bit real mode
+        // with 32-bit operands (0x66 prefixes).
+        let mut vm = vm16();
+        vm.mem.write_u32(DATA as u64, 0xFFFF_FFFF);
+        vm.mem.write_u32(DATA as u64 + 4, 0x0000_0001);
+        vm.cpu.set_reg32(EAX, 1);
+        vm.cpu.set_reg32(EDX, 0x5555_5555);
+        let end = load(&mut vm, 16, |a| {
+            a.xor(edx, edx)?;
+            a.add(eax, dword_ptr(DATA))?; // 1 + 0xFFFFFFFF: CF
+            a.adc(edx, dword_ptr(DATA + 4))?; // 0 + 1 + 1
+            a.sub(eax, 1)?; // 0 - 1: borrow
+            a.sbb(edx, 0)?; // 2 - 0 - 1
+            a.cmp(edx, 1)
+        });
+        let mut interp = Interpreter::new();
+        while vm.cpu.eip != end {
+            assert_eq!(interp.step(&mut vm), Step::Retired);
+        }
+        assert_eq!(vm.cpu.reg32(EAX), 0xFFFF_FFFF);
+        assert_eq!(vm.cpu.reg32(EDX), 1);
+        assert_eq!(status(&vm), ZF | PF);
+        assert_eq!(interp.stats.instructions, 6);
+    }
 }

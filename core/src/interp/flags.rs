@@ -20,7 +20,7 @@ pub const SZP: u32 = SF | ZF | PF;
 /// PF: set when the low byte of `v` has an even number of 1 bits.
 #[inline]
 pub fn parity(v: u32) -> u32 {
-    if (v as u8).count_ones() % 2 == 0 {
+    if (v as u8).count_ones() & 1 == 0 {
         PF
     } else {
         0

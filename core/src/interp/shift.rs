@@ -25,7 +25,7 @@ use super::alu::check_lock;
 use super::flags::{carry, set_status, szp};
 use super::operand::{mask, sext, sign_bit};
 use super::{Ctx, Table};
-use crate::cpu::{AF, CF, OF, STATUS};
+use crate::cpu::{CF, OF, STATUS};
 use crate::exception::Fault;
 
 /// Counts are masked to 5 bits outside 64-bit mode.
@@ -230,8 +230,9 @@ fn shift_rotate(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
         return Ok(());
     };
     ctx.write_op(ins, 0, out.value)?;
-    // Shifts clear AF (undefined in the SDM); rotates do not touch it.
-    set_status(&mut ctx.vm.cpu, out.mask, out.flags & !AF);
+    // Shifts clear AF (undefined in the SDM: their mask includes it and
+    // their flags never set it); rotates do not touch it.
+    set_status(&mut ctx.vm.cpu, out.mask, out.flags);
     Ok(())
 }
 
@@ -274,7 +275,7 @@ mod tests {
     use iced_x86::Mnemonic as M;
 
     use super::*;
-    use crate::cpu::{EAX, EBX, ECX, FIXED1, PF, SF, ZF};
+    use crate::cpu::{AF, EAX, EBX, ECX, EDX, FIXED1, PF, SF, ZF};
     use crate::interp::testutil::{exec, load_bytes, run, vm32, DATA};
 
     fn sh(op: M, v: u32, count: u32, cf: u32, size: usize) -> (u32, u32) {
@@ -423,5 +424,47 @@ mod tests {
         load_bytes(&mut vm, &[0xD0, 0xF0]);
         exec(&mut vm).unwrap();
         assert_eq!(vm.cpu.reg32(EAX), 0x82);
+    }
+
+    #[test]
+    fn encodings_by_one_cl_imm() {
+        let mut vm = vm32();
+        vm.cpu.set_reg32(EAX, 0x8000_0001);
+        vm.cpu.set_reg32(ECX, 4);
+        vm.cpu.set_reg32(EDX, 0x1234);
+        load_bytes(
+            &mut vm,
+            &[
+                0xD1, 0xE0, // shl eax, 1
+                0xD3, 0xE8, // shr eax, cl
+                0xC1, 0xF8, 0x1F, // sar eax, 31
+                0x66, 0xC1, 0xC2, 0x04, // rol dx, 4
+                0xD0, 0xD2, // rcl dl, 1
+                0x66, 0x0F, 0xA4, 0xD0, 0x10, // shld ax, dx, 16
+                0x0F, 0xAD, 0xD0, // shrd eax, edx, cl
+            ],
+        );
+        exec(&mut vm).unwrap();
+        assert_eq!(vm.cpu.reg32(EAX), 2);
+        assert_eq!(vm.cpu.eflags & (CF | OF), CF | OF);
+        exec(&mut vm).unwrap();
+        assert_eq!(vm.cpu.reg32(EAX), 0);
+        // Last bit out of 2 >> 4 is bit 3 = 0.
+        assert_eq!(vm.cpu.eflags & (CF | ZF), ZF);
+        exec(&mut vm).unwrap();
+        assert_eq!(vm.cpu.reg32(EAX), 0);
+        exec(&mut vm).unwrap();
+        assert_eq!(vm.cpu.reg32(EDX), 0x2341);
+        // ROL sets CF = LSB = 1; RCL DL,1: 0x41 -> 0x83, CF out 0.
+        exec(&mut vm).unwrap();
+        assert_eq!(vm.cpu.reg32(EDX), 0x2383);
+        assert_eq!(vm.cpu.eflags & CF, 0);
+        // SHLD AX, DX, 16: AX becomes DX; CF = old bit 0 of AX.
+        exec(&mut vm).unwrap();
+        assert_eq!(vm.cpu.reg32(EAX), 0x2383);
+        // SHRD EAX, EDX, 4: 0x00002383 >> 4 | 0x3 << 28.
+        exec(&mut vm).unwrap();
+        assert_eq!(vm.cpu.reg32(EAX), 0x3000_0238);
+        assert_eq!(vm.cpu.eflags & CF, 0);
     }
 }
