@@ -248,3 +248,241 @@ pub(super) fn register(t: &mut Table) {
     t.set(&[M::Loop, M::Loope, M::Loopne], loop_);
     t.set(&[M::Jcxz, M::Jecxz], jcxz);
 }
+
+#[cfg(test)]
+mod tests {
+    use iced_x86::code_asm::*;
+    use iced_x86::ConditionCode as C;
+
+    use super::cond;
+    use crate::cpu::{flags, SegReg, Segment, EAX, ECX, ESP};
+    use crate::exception::Fault;
+    use crate::interp::data::testkit::{flat32, real, CODE};
+
+    #[test]
+    fn condition_table() {
+        let none = flags::FIXED1;
+        let all = [C::o, C::b, C::e, C::be, C::s, C::p, C::l, C::le];
+        // With no flag set only the "not" forms, ge and g hold.
+        for cc in all {
+            assert!(!cond(none, cc), "{cc:?}");
+        }
+        for cc in [C::no, C::ae, C::ne, C::a, C::ns, C::np, C::ge, C::g, C::None] {
+            assert!(cond(none, cc), "{cc:?}");
+        }
+        // SF=1 OF=0: less; SF=1 OF=1: greater-or-equal.
+        assert!(cond(flags::SF, C::l));
+        assert!(!cond(flags::SF | flags::OF, C::l));
+        assert!(cond(flags::SF | flags::OF, C::g));
+        assert!(!cond(flags::SF | flags::OF | flags::ZF, C::g));
+        assert!(cond(flags::ZF, C::le));
+        assert!(cond(flags::CF, C::be));
+        assert!(!cond(flags::CF, C::a));
+        assert!(cond(flags::OF, C::o));
+        assert!(cond(flags::PF, C::p));
+    }
+
+    #[test]
+    fn jcc_taken_and_not() {
+        let mut m = flat32();
+        m.vm.cpu.eflags |= flags::ZF;
+        m.asm(|a| {
+            let mut l = a.create_label();
+            a.jne(l)?; // 2 bytes, not taken
+            a.je(l)?; // taken
+            a.nop()?;
+            a.set_label(&mut l)?;
+            a.nop()
+        });
+        m.step();
+        assert_eq!(m.vm.cpu.eip, CODE + 2);
+        m.step();
+        assert_eq!(m.vm.cpu.eip, CODE + 5);
+    }
+
+    #[test]
+    fn jmp_wraps_16bit_ip() {
+        // CS base 0x10000; jmp short +0x10 at IP 0xFFFE: next IP 0x10000
+        // wraps to 0, target 0x0010.
+        let mut m = real();
+        *m.vm.cpu.seg_mut(SegReg::Cs) = Segment::real(0x1000);
+        m.vm.cpu.eip = 0xFFFE;
+        m.bytes(&[0xEB, 0x10]);
+        m.step();
+        assert_eq!(m.vm.cpu.eip, 0x0010);
+        // jz -0x10 at IP 0: target 2 - 0x10 = 0xFFF2.
+        m.vm.cpu.eip = 0;
+        m.vm.cpu.eflags |= flags::ZF;
+        m.bytes(&[0x74, 0xF0]);
+        m.step();
+        assert_eq!(m.vm.cpu.eip, 0xFFF2);
+        // Not taken at 0xFFFE: falls through to IP 0.
+        m.vm.cpu.eip = 0xFFFE;
+        m.vm.cpu.eflags &= !flags::ZF;
+        m.bytes(&[0x74, 0x10]);
+        m.step();
+        assert_eq!(m.vm.cpu.eip, 0);
+    }
+
+    #[test]
+    fn loop_counts_with_16bit_wrap() {
+        let mut m = real();
+        m.vm.cpu.eip = 0x0000;
+        m.set(ECX, 0xABCD_0000);
+        // loop -4 at IP 0: CX 0 -> FFFF, taken to (2 - 4) & 0xFFFF.
+        m.bytes(&[0xE2, 0xFC]);
+        m.step();
+        assert_eq!(m.r(ECX), 0xABCD_FFFF);
+        assert_eq!(m.vm.cpu.eip, 0xFFFE);
+        // CX = 1: decremented to 0, not taken.
+        m.vm.cpu.eip = 0x100;
+        m.set(ECX, 0x0001_0001);
+        m.bytes(&[0xE2, 0xFC]);
+        m.step();
+        assert_eq!(m.r(ECX), 0x0001_0000);
+        assert_eq!(m.vm.cpu.eip, 0x102);
+        // 67 loop: ECX = 0x10000 -> 0xFFFF, taken.
+        m.vm.cpu.eip = 0x200;
+        m.set(ECX, 0x0001_0000);
+        m.bytes(&[0x67, 0xE2, 0x10]);
+        m.step();
+        assert_eq!(m.r(ECX), 0xFFFF);
+        assert_eq!(m.vm.cpu.eip, 0x213);
+    }
+
+    #[test]
+    fn loope_loopne() {
+        let mut m = flat32();
+        m.set(ECX, 5);
+        m.vm.cpu.eflags &= !flags::ZF;
+        m.asm(|a| {
+            let mut l = a.create_label();
+            a.set_label(&mut l)?;
+            a.loope(l)
+        });
+        m.step();
+        assert_eq!(m.r(ECX), 4);
+        assert_eq!(m.vm.cpu.eip, CODE + 2, "ZF = 0: LOOPE falls through");
+        m.vm.cpu.eip = CODE;
+        m.bytes(&[0xE0, 0xFE]); // loopne self
+        m.step();
+        assert_eq!(m.r(ECX), 3);
+        assert_eq!(m.vm.cpu.eip, CODE);
+    }
+
+    #[test]
+    fn jcxz_by_address_size() {
+        let mut m = flat32();
+        m.set(ECX, 0x0001_0000);
+        m.bytes(&[0xE3, 0x10]); // jecxz: ECX != 0
+        m.step();
+        assert_eq!(m.vm.cpu.eip, CODE + 2);
+        m.bytes(&[0x67, 0xE3, 0x10]); // jcxz: CX == 0
+        m.step();
+        assert_eq!(m.vm.cpu.eip, CODE + 2 + 3 + 0x10);
+    }
+
+    #[test]
+    fn call_ret_32() {
+        let mut m = flat32();
+        m.asm(|a| {
+            let mut f = a.create_label();
+            a.call(f)?; // 5 bytes
+            a.nop()?;
+            a.set_label(&mut f)?;
+            a.ret_1(8i32)
+        });
+        m.step();
+        assert_eq!(m.vm.cpu.eip, CODE + 6);
+        assert_eq!(m.r(ESP), 0x7FFC);
+        assert_eq!(m.rd(0x7FFC, 4), CODE + 5);
+        m.step();
+        assert_eq!(m.vm.cpu.eip, CODE + 5);
+        assert_eq!(m.r(ESP), 0x8000 + 8);
+    }
+
+    #[test]
+    fn call_16bit_operand_in_32bit_code() {
+        // 66 E8 rel16: pushes IP (2 bytes), EIP truncated to 16 bits.
+        let mut m = flat32();
+        m.vm.cpu.eip = 0x1_0000;
+        m.bytes(&[0x66, 0xE8, 0x00, 0x10]);
+        m.step();
+        assert_eq!(m.r(ESP), 0x7FFE);
+        assert_eq!(m.rd(0x7FFE, 2), 0x0004);
+        assert_eq!(m.vm.cpu.eip, 0x1004);
+        // 66 C3: pops 2 bytes.
+        m.bytes(&[0x66, 0xC3]);
+        m.step();
+        assert_eq!(m.vm.cpu.eip, 0x0004);
+        assert_eq!(m.r(ESP), 0x8000);
+    }
+
+    #[test]
+    fn call_32bit_operand_in_real_mode() {
+        let mut m = real();
+        m.bytes(&[0x66, 0xE8, 0x10, 0x00, 0x00, 0x00]);
+        m.step();
+        assert_eq!(m.r(ESP), 0x7FFC);
+        assert_eq!(m.rd(0x7FFC, 4), CODE + 6);
+        assert_eq!(m.vm.cpu.eip, CODE + 0x16);
+    }
+
+    #[test]
+    fn indirect_jmp_call() {
+        let mut m = flat32();
+        m.set(EAX, 0x1234_5678);
+        m.bytes(&[0x66, 0xFF, 0xE0]); // jmp ax
+        m.step();
+        assert_eq!(m.vm.cpu.eip, 0x5678);
+        // call [esp]: the target is read with the old ESP.
+        m.wr(0x8000, 4, 0x3000);
+        m.asm(|a| a.call(dword_ptr(esp)));
+        m.step();
+        assert_eq!(m.vm.cpu.eip, 0x3000);
+        assert_eq!(m.rd(0x7FFC, 4), 0x5678 + 3);
+    }
+
+    #[test]
+    fn target_beyond_cs_limit_is_gp_before_push() {
+        let mut m = flat32();
+        m.vm.cpu.seg_mut(SegReg::Cs).limit = 0xFFFF;
+        m.set(EAX, 0x2_0000);
+        m.asm(|a| a.call(eax));
+        assert_eq!(m.exec(), Err(Fault::gp(0)));
+        assert_eq!(m.r(ESP), 0x8000);
+        assert_eq!(m.rd(0x7FFC, 4), 0);
+        assert_eq!(m.vm.cpu.eip, CODE);
+        m.asm(|a| a.jmp(eax));
+        assert_eq!(m.exec(), Err(Fault::gp(0)));
+        // RET to beyond the limit: ESP unchanged.
+        m.wr(0x8000, 4, 0x1_0000);
+        m.asm(|a| a.ret());
+        assert_eq!(m.exec(), Err(Fault::gp(0)));
+        assert_eq!(m.r(ESP), 0x8000);
+        // Real mode, 66 jmp rel32 past 0xFFFF.
+        let mut m = real();
+        m.bytes(&[0x66, 0xE9, 0x00, 0x00, 0x01, 0x00]);
+        assert_eq!(m.exec(), Err(Fault::gp(0)));
+        // LOOP taken past the limit leaves CX alone.
+        let mut m = real();
+        m.vm.cpu.seg_mut(SegReg::Cs).limit = 0x1FFF;
+        m.set(ECX, 2);
+        m.bytes(&[0x66, 0x67, 0xE2, 0x7F]);
+        m.vm.cpu.eip = 0x1FF0;
+        m.bytes(&[0xE2, 0x7F]);
+        assert_eq!(m.exec(), Err(Fault::gp(0)));
+        assert_eq!(m.r(ECX), 2);
+    }
+
+    #[test]
+    fn ret_imm_16bit_stack_wrap() {
+        let mut m = real();
+        m.set(ESP, 0xFFFE);
+        m.wr(0xFFFE, 2, 0x2000);
+        m.asm(|a| a.ret_1(4i32));
+        m.step();
+        assert_eq!(m.vm.cpu.eip, 0x2000);
+        assert_eq!(m.r(ESP), 0x0004);
+    }
+}
