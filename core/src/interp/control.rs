@@ -267,7 +267,17 @@ mod tests {
         for cc in all {
             assert!(!cond(none, cc), "{cc:?}");
         }
-        for cc in [C::no, C::ae, C::ne, C::a, C::ns, C::np, C::ge, C::g, C::None] {
+        for cc in [
+            C::no,
+            C::ae,
+            C::ne,
+            C::a,
+            C::ns,
+            C::np,
+            C::ge,
+            C::g,
+            C::None,
+        ] {
             assert!(cond(none, cc), "{cc:?}");
         }
         // SF=1 OF=0: less; SF=1 OF=1: greater-or-equal.

@@ -27,7 +27,7 @@ use crate::exception::{vector, Fault};
 fn szp(r: u32, size: usize) -> u32 {
     let r = r & mask(size);
     let mut f = 0;
-    if (r as u8).count_ones() % 2 == 0 {
+    if (r as u8).count_ones().is_multiple_of(2) {
         f |= flags::PF;
     }
     if r == 0 {
@@ -686,7 +686,12 @@ pub(crate) mod testkit {
 
         /// Place raw code bytes at CS:EIP.
         pub fn bytes(&mut self, b: &[u8]) {
-            let lin = self.vm.cpu.seg(SegReg::Cs).base.wrapping_add(self.vm.cpu.eip);
+            let lin = self
+                .vm
+                .cpu
+                .seg(SegReg::Cs)
+                .base
+                .wrapping_add(self.vm.cpu.eip);
             self.vm.mem.write(lin as u64, b);
         }
 
@@ -1098,7 +1103,10 @@ mod tests {
     #[test]
     fn pusha_popa_16_and_32() {
         let mut m = real();
-        for (i, r) in [EAX, ECX, EDX, EBX, ESP, EBP, ESI, EDI].into_iter().enumerate() {
+        for (i, r) in [EAX, ECX, EDX, EBX, ESP, EBP, ESI, EDI]
+            .into_iter()
+            .enumerate()
+        {
             if r != ESP {
                 m.set(r, 0x1000_0000 * (i as u32 + 1) + i as u32 + 1);
             }

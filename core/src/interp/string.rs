@@ -221,3 +221,260 @@ pub(super) fn register(t: &mut Table) {
     t.set_codes(&[Code::Movsd_m32_m32], movs);
     t.set_codes(&[Code::Cmpsd_m32_m32], cmps);
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::cpu::{flags, SegReg, Segment, EAX, ECX, EDI, ESI};
+    use crate::exception::Fault;
+    use crate::interp::data::testkit::{flat32, real, CODE};
+
+    fn put(m: &mut crate::interp::data::testkit::Machine, addr: u32, s: &[u8]) {
+        m.vm.mem.write(addr as u64, s);
+    }
+    fn get(m: &mut crate::interp::data::testkit::Machine, addr: u32, n: usize) -> Vec<u8> {
+        let mut b = vec![0; n];
+        m.vm.mem.read(addr as u64, &mut b);
+        b
+    }
+
+    #[test]
+    fn rep_movsb_overlap_backward() {
+        // memmove 8 bytes from 0x2000 to 0x2002 going down (DF = 1).
+        let mut m = flat32();
+        put(&mut m, 0x2000, b"ABCDEFGHij");
+        m.vm.cpu.eflags |= flags::DF;
+        m.set(ESI, 0x2007);
+        m.set(EDI, 0x2009);
+        m.set(ECX, 8);
+        m.asm(|a| a.rep().movsb());
+        m.step();
+        assert_eq!(get(&mut m, 0x2000, 10), b"ABABCDEFGH");
+        assert_eq!(m.r(ESI), 0x1FFF);
+        assert_eq!(m.r(EDI), 0x2001);
+        assert_eq!(m.r(ECX), 0);
+        assert_eq!(m.vm.cpu.eip, CODE + 2);
+    }
+
+    #[test]
+    fn rep_movsb_overlap_forward_replicates() {
+        // Forward copy onto itself one byte up: each iteration reads the
+        // byte the previous one wrote.
+        let mut m = flat32();
+        put(&mut m, 0x2000, b"ABCDEF");
+        m.set(ESI, 0x2000);
+        m.set(EDI, 0x2001);
+        m.set(ECX, 4);
+        m.asm(|a| a.rep().movsb());
+        m.step();
+        assert_eq!(get(&mut m, 0x2000, 6), b"AAAAAF");
+    }
+
+    #[test]
+    fn rep_movsd_dwords() {
+        let mut m = flat32();
+        for i in 0..4u32 {
+            m.wr(0x2000 + 4 * i, 4, 0x1111_1111 * (i + 1));
+        }
+        m.set(ESI, 0x2000);
+        m.set(EDI, 0x3000);
+        m.set(ECX, 4);
+        m.asm(|a| a.rep().movsd());
+        m.step();
+        assert_eq!(m.rd(0x300C, 4), 0x4444_4444);
+        assert_eq!(m.r(ESI), 0x2010);
+        assert_eq!(m.r(EDI), 0x3010);
+    }
+
+    #[test]
+    fn repe_cmpsb_stops_at_difference() {
+        let mut m = flat32();
+        put(&mut m, 0x2000, b"ABCX");
+        put(&mut m, 0x3000, b"ABCY");
+        m.set(ESI, 0x2000);
+        m.set(EDI, 0x3000);
+        m.set(ECX, 10);
+        m.asm(|a| a.repe().cmpsb());
+        m.step();
+        assert_eq!(m.r(ECX), 6);
+        assert_eq!(m.r(ESI), 0x2004);
+        assert_eq!(m.r(EDI), 0x3004);
+        // 'X' - 'Y' = -1: borrow, negative, not zero.
+        let f = m.vm.cpu.eflags;
+        assert_eq!(f & flags::ZF, 0);
+        assert_ne!(f & flags::CF, 0);
+        assert_ne!(f & flags::SF, 0);
+        assert_eq!(m.vm.cpu.eip, CODE + 2);
+    }
+
+    #[test]
+    fn repne_scasb_finds_zero() {
+        let mut m = flat32();
+        put(&mut m, 0x3000, b"abc\0zz");
+        m.set(EAX, 0xFFFF_FF00);
+        m.set(EDI, 0x3000);
+        m.set(ECX, 100);
+        m.asm(|a| a.repne().scasb());
+        m.step();
+        assert_eq!(m.r(ECX), 96);
+        assert_eq!(m.r(EDI), 0x3004);
+        assert_ne!(m.vm.cpu.eflags & flags::ZF, 0);
+    }
+
+    #[test]
+    fn rep_with_zero_count_does_nothing() {
+        let mut m = flat32();
+        m.vm.cpu.seg_mut(SegReg::Es).limit = 0; // would fault if touched
+        m.set(EDI, 0x3000);
+        m.set(ECX, 0);
+        m.vm.cpu.eflags |= flags::ZF;
+        m.asm(|a| a.rep().stosd());
+        m.step();
+        assert_eq!(m.r(EDI), 0x3000);
+        assert_eq!(m.r(ECX), 0);
+        assert_eq!(m.vm.cpu.eip, CODE + 2);
+        // A 16-bit count register: CX = 0 with ECX != 0 does nothing.
+        let mut m = real();
+        m.set(ECX, 0x0001_0000);
+        m.set(EDI, 0x100);
+        m.asm(|a| a.rep().stosb());
+        m.step();
+        assert_eq!(m.r(EDI), 0x100);
+        assert_eq!(m.r(ECX), 0x0001_0000);
+    }
+
+    #[test]
+    fn si_di_wrap_at_64k() {
+        // DS base 0x20000, ES base 0x30000; SI = DI = 0xFFFF, CX = 2.
+        let mut m = real();
+        *m.vm.cpu.seg_mut(SegReg::Ds) = Segment::real(0x2000);
+        *m.vm.cpu.seg_mut(SegReg::Es) = Segment::real(0x3000);
+        m.wr(0x2FFFF, 1, 0x11);
+        m.wr(0x20000, 1, 0x22);
+        m.set(ESI, 0x1234_FFFF);
+        m.set(EDI, 0x5678_FFFF);
+        m.set(ECX, 2);
+        m.asm(|a| a.rep().movsb());
+        m.step();
+        assert_eq!(m.rd(0x3FFFF, 1), 0x11);
+        assert_eq!(m.rd(0x30000, 1), 0x22);
+        assert_eq!(m.r(ESI), 0x1234_0001);
+        assert_eq!(m.r(EDI), 0x5678_0001);
+    }
+
+    #[test]
+    fn address_size_prefix_uses_esi_edi_ecx() {
+        // 16-bit code, 67 F3 A4: rep movsb with ESI/EDI/ECX.
+        let mut m = real();
+        *m.vm.cpu.seg_mut(SegReg::Ds) = Segment {
+            limit: 0xFFFFF,
+            ..Segment::real(0)
+        };
+        *m.vm.cpu.seg_mut(SegReg::Es) = Segment {
+            limit: 0xFFFFF,
+            ..Segment::real(0)
+        };
+        m.wr(0x1_2000, 2, 0xBBAA);
+        m.set(ESI, 0x1_2000);
+        m.set(EDI, 0x1_3000);
+        m.set(ECX, 0x2);
+        m.bytes(&[0x67, 0xF3, 0xA4]);
+        m.step();
+        assert_eq!(m.rd(0x1_3000, 2), 0xBBAA);
+        assert_eq!(m.r(ESI), 0x1_2002);
+        assert_eq!(m.r(ECX), 0);
+        assert_eq!(m.vm.cpu.eip, CODE + 3);
+    }
+
+    #[test]
+    fn batch_continuation() {
+        let mut m = flat32();
+        m.it.rep_batch = 1;
+        m.set(EAX, 0x5A);
+        m.set(EDI, 0x3000);
+        m.set(ECX, 3);
+        m.asm(|a| a.rep().stosb());
+        m.step();
+        assert_eq!((m.r(ECX), m.vm.cpu.eip), (2, CODE));
+        m.step();
+        assert_eq!((m.r(ECX), m.vm.cpu.eip), (1, CODE));
+        m.step();
+        assert_eq!((m.r(ECX), m.vm.cpu.eip), (0, CODE + 2));
+        assert_eq!(get(&mut m, 0x3000, 4), [0x5A, 0x5A, 0x5A, 0]);
+        // REPE CMPS that stops inside a batch ends the instruction.
+        let mut m = flat32();
+        m.it.rep_batch = 2;
+        put(&mut m, 0x2000, b"AAB");
+        put(&mut m, 0x3000, b"AAC");
+        m.set(ESI, 0x2000);
+        m.set(EDI, 0x3000);
+        m.set(ECX, 10);
+        m.asm(|a| a.repe().cmpsb());
+        m.step();
+        assert_eq!((m.r(ECX), m.vm.cpu.eip), (8, CODE));
+        m.step();
+        assert_eq!((m.r(ECX), m.vm.cpu.eip), (7, CODE + 2));
+    }
+
+    #[test]
+    fn fault_mid_rep_is_precise() {
+        // ES limit 0x3007: the third dword (at 0x3008) faults.
+        let mut m = flat32();
+        m.vm.cpu.seg_mut(SegReg::Es).limit = 0x3007;
+        m.set(ESI, 0x2000);
+        m.set(EDI, 0x3000);
+        m.set(ECX, 4);
+        m.wr(0x2000, 4, 1);
+        m.wr(0x2004, 4, 2);
+        m.asm(|a| a.rep().movsd());
+        assert_eq!(m.exec(), Err(Fault::gp(0)));
+        assert_eq!(m.r(ECX), 2);
+        assert_eq!(m.r(ESI), 0x2008);
+        assert_eq!(m.r(EDI), 0x3008);
+        assert_eq!(m.rd(0x3004, 4), 2);
+        assert_eq!(m.vm.cpu.eip, CODE);
+    }
+
+    #[test]
+    fn source_override_destination_always_es() {
+        let mut m = real();
+        *m.vm.cpu.seg_mut(SegReg::Fs) = Segment::real(0x4000);
+        *m.vm.cpu.seg_mut(SegReg::Es) = Segment::real(0x5000);
+        m.wr(0x40010, 2, 0x1234);
+        m.set(ESI, 0x10);
+        m.set(EDI, 0x20);
+        // fs movsw
+        m.bytes(&[0x64, 0xA5]);
+        m.step();
+        assert_eq!(m.rd(0x50020, 2), 0x1234);
+        // fs lodsw (reads FS:SI = FS:0x12)
+        m.wr(0x40012, 2, 0x7777);
+        m.bytes(&[0x64, 0xAD]);
+        m.step();
+        assert_eq!(m.r(EAX) & 0xFFFF, 0x7777);
+        assert_eq!(m.r(ESI), 0x14);
+    }
+
+    #[test]
+    fn lods_stos_scas_sizes_and_df() {
+        let mut m = flat32();
+        m.vm.cpu.eflags |= flags::DF;
+        m.wr(0x2000, 4, 0xCAFE_BABE);
+        m.set(ESI, 0x2000);
+        m.set(EDI, 0x3000);
+        m.asm(|a| {
+            a.lodsd()?;
+            a.stosw()?;
+            a.scasd()
+        });
+        m.step();
+        assert_eq!(m.r(EAX), 0xCAFE_BABE);
+        assert_eq!(m.r(ESI), 0x1FFC);
+        m.step();
+        assert_eq!(m.rd(0x3000, 4), 0xBABE);
+        assert_eq!(m.r(EDI), 0x2FFE);
+        // scasd at 0x2FFE: bytes 0, 0, BE, BA -> 0xBABE0000.
+        m.step();
+        assert_eq!(m.r(EDI), 0x2FFA);
+        assert_eq!(m.vm.cpu.eflags & flags::ZF, 0);
+    }
+}
