@@ -29,7 +29,7 @@ pub mod x87;
 
 use std::collections::BTreeMap;
 
-use iced_x86::{Instruction, Mnemonic};
+use iced_x86::{Code, Instruction, Mnemonic};
 
 use crate::engine::{Budget, Engine, Exit, ShutdownReason};
 use crate::exception::Fault;
@@ -40,15 +40,19 @@ use crate::vm::Vm;
 /// so that a fault leaves the guest exactly at the instruction's start.
 pub type Handler = fn(&mut Ctx, &Instruction) -> Result<(), Fault>;
 
-/// Handlers indexed by `Mnemonic as usize`.
+/// Handlers indexed by `Mnemonic as usize`, with per-`Code` overrides for
+/// forms that share a mnemonic but belong to another family (far JMP/CALL,
+/// MOV/PUSH/POP of segment registers).
 pub struct Table {
     handlers: Vec<Option<Handler>>,
+    by_code: Vec<Option<Handler>>,
 }
 
 impl Table {
     fn new() -> Self {
         Table {
             handlers: vec![None; Mnemonic::values().count()],
+            by_code: vec![None; Code::values().count()],
         }
     }
     /// Register `h` for every mnemonic in `ms`.
@@ -57,9 +61,22 @@ impl Table {
             self.handlers[m as usize] = Some(h);
         }
     }
+    /// Register `h` for exactly the encodings in `cs`; these win over the
+    /// handler registered for their mnemonic.
+    pub fn set_code(&mut self, cs: &[Code], h: Handler) {
+        for &c in cs {
+            self.by_code[c as usize] = Some(h);
+        }
+    }
     #[inline]
     pub fn get(&self, m: Mnemonic) -> Option<Handler> {
         self.handlers[m as usize]
+    }
+    /// The handler for a decoded instruction: its `Code` override, else
+    /// its mnemonic's handler.
+    #[inline]
+    pub fn lookup(&self, ins: &Instruction) -> Option<Handler> {
+        self.by_code[ins.code() as usize].or(self.handlers[ins.mnemonic() as usize])
     }
     /// The full table, every family registered.
     pub fn build() -> Self {
@@ -69,6 +86,7 @@ impl Table {
         bit::register(&mut t);
         control::register(&mut t);
         data::register(&mut t);
+        interrupt::register(&mut t);
         io::register(&mut t);
         muldiv::register(&mut t);
         segment::register(&mut t);
@@ -173,7 +191,7 @@ impl Interpreter {
             shadow: false,
             rep_batch: self.rep_batch.max(1),
         };
-        let r = match self.table.get(ins.mnemonic()) {
+        let r = match self.table.lookup(&ins) {
             Some(h) if ins.code() != iced_x86::Code::INVALID => h(&mut ctx, &ins),
             _ => {
                 *self
@@ -184,7 +202,9 @@ impl Interpreter {
                 Err(Fault::ud())
             }
         };
-        let Ctx { next_eip, shadow, .. } = ctx;
+        let Ctx {
+            next_eip, shadow, ..
+        } = ctx;
         match r {
             Ok(()) => {
                 self.stats.instructions += 1;
