@@ -3,6 +3,7 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use umbra::diff::forms::Class;
 use umbra::diff::Mode;
 
 #[derive(Debug, Parser)]
@@ -91,6 +92,11 @@ pub struct DiffArgs {
     /// Most shrinking steps per divergent program (0 = report unshrunk).
     #[arg(long, default_value_t = 400)]
     pub shrink: u32,
+
+    /// Instruction classes to leave out (e.g. bcd where the oracle cannot
+    /// run them).
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "CLASS,...")]
+    pub exclude: Vec<Class>,
 
     /// Most instructions one program may run.
     #[arg(long, default_value_t = 200_000)]

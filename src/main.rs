@@ -78,6 +78,7 @@ fn run_diff(args: &DiffArgs) -> Result<ExitCode, CliError> {
             sanitize: !args.lockstep,
         },
         max_shrink: args.shrink,
+        exclude: args.exclude.clone(),
     };
     let start = Instant::now();
     let summary = campaign.run(
@@ -95,6 +96,9 @@ fn run_diff(args: &DiffArgs) -> Result<ExitCode, CliError> {
             );
         },
     )?;
+    for (why, count) in &summary.skipped {
+        eprintln!("skipped {count} programs: {why}");
+    }
     println!("{}", summary.line());
     Ok(if summary.divergences.is_empty() {
         ExitCode::SUCCESS
@@ -112,6 +116,9 @@ fn run_one(session: &Session, mode: ModeArg, hex: &str) -> Result<ExitCode, CliE
     let program = Program::new(mode, code);
     let out = session.check(&program)?;
     let k = usize::from(out.divergence.is_some());
+    if let Some(why) = &out.skipped {
+        eprintln!("skipped: {why}");
+    }
     if let Some(d) = &out.divergence {
         println!("{d}");
     }

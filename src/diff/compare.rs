@@ -10,7 +10,7 @@
 use std::fmt;
 
 use iced_x86::{Decoder, DecoderOptions, Formatter, Instruction, IntelFormatter};
-use umbra_core::cpu::{SegReg, Segment};
+use umbra_core::cpu::{SegReg, Segment, EBX, ESP};
 use umbra_core::{Exit, Vm};
 
 use super::program::{hex, layout, Mode, Program};
@@ -348,6 +348,7 @@ impl fmt::Display for Divergence {
             .gpr
             .iter()
             .enumerate()
+            .filter(|&(i, _)| i != EBX && i != ESP)
             .map(|(i, v)| format!("{}={v:08x}", GPR_NAMES[i]))
             .collect();
         writeln!(

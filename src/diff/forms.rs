@@ -20,7 +20,7 @@ use iced_x86::{
 };
 
 /// A class of instructions the generator mixes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum Class {
     Alu,
     Shift,

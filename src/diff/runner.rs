@@ -10,7 +10,7 @@ use umbra_core::cpu::ECX;
 use umbra_core::{Budget, Engine, Vm};
 
 use super::compare::{self, At, Divergence, End, Regs};
-use super::forms::undefined_flags;
+use super::forms::{undefined_flags, Class};
 use super::gen::{Case, FormTable, GenConfig};
 use super::program::{Mode, Program};
 use super::{make_engine, DiffError};
@@ -37,6 +37,22 @@ pub struct Outcome {
     /// in lockstep).
     pub instructions: u64,
     pub divergence: Option<Box<Divergence>>,
+    /// An engine could not run the program (a host-side limit such as a
+    /// KVM emulation failure, not a guest event): nothing was compared
+    /// past that point. The reason, without per-run details.
+    pub skipped: Option<String>,
+}
+
+/// The reason an engine failed, with the run-specific details cut off so
+/// that equal causes count together.
+fn skip_reason(name: &str, e: &End) -> Option<String> {
+    match e {
+        End::Error(msg) => {
+            let short = msg.split(" data [").next().unwrap_or(msg);
+            Some(format!("{name}: {short}"))
+        }
+        _ => None,
+    }
 }
 
 /// Everything but the arithmetic flags: those are masked per instruction.
@@ -72,6 +88,14 @@ impl Session {
         let end_a = End::of(&xa, va.cpu.halted, false);
         let end_b = End::of(&xb, vb.cpu.halted, false);
         let instructions = va.clock.retired.max(vb.clock.retired);
+        let skipped = skip_reason(&self.engines.0, &end_a).or(skip_reason(&self.engines.1, &end_b));
+        if skipped.is_some() {
+            return Ok(Outcome {
+                instructions: 0,
+                divergence: None,
+                skipped,
+            });
+        }
         let (ra, rb) = (Regs::of(&va), Regs::of(&vb));
         let ranges = compare::compared_ranges(p);
         let mut mismatches = compare::diff_regs(&ra, &rb, ALL_FLAGS, &end_a, &end_b);
@@ -100,6 +124,7 @@ impl Session {
         Ok(Outcome {
             instructions,
             divergence,
+            skipped: None,
         })
     }
 
@@ -130,6 +155,16 @@ impl Session {
             // Flags the instruction left undefined: mask them in the
             // comparison, then give A B's values so they cannot leak into
             // later comparisons (PUSHF, ADC, SETcc...).
+            let skipped = skip_reason(&self.engines.0, &end_a)
+                .or(skip_reason(&self.engines.1, &end_b))
+                .map(|why| format!("{why} at {:?}", at.ins.mnemonic()));
+            if skipped.is_some() {
+                return Ok(Outcome {
+                    instructions: step,
+                    divergence: None,
+                    skipped,
+                });
+            }
             let undef = undefined_flags(&at.ins, cl);
             va.cpu.eflags = (va.cpu.eflags & !undef) | (vb.cpu.eflags & undef);
             let (ra, rb) = (Regs::of(&va), Regs::of(&vb));
@@ -151,18 +186,21 @@ impl Session {
                         program: p.clone(),
                         located: None,
                     })),
+                    skipped: None,
                 });
             }
             if end_a.done() && end_b.done() {
                 return Ok(Outcome {
                     instructions: step + 1,
                     divergence: None,
+                    skipped: None,
                 });
             }
         }
         Ok(Outcome {
             instructions: self.max_steps,
             divergence: None,
+            skipped: None,
         })
     }
 }
@@ -177,6 +215,8 @@ pub struct Campaign {
     pub gen: GenConfig,
     /// Most shrink steps per divergent case (0: no shrinking).
     pub max_shrink: u32,
+    /// Instruction classes left out of the programs.
+    pub exclude: Vec<Class>,
 }
 
 /// What a campaign did.
@@ -187,6 +227,8 @@ pub struct Summary {
     /// Programs per mode, for the record.
     pub per_mode: [u64; 4],
     pub divergences: Vec<Box<Divergence>>,
+    /// Programs an engine could not run, by reason (not divergences).
+    pub skipped: std::collections::BTreeMap<String, u64>,
 }
 
 impl Summary {
@@ -228,7 +270,7 @@ impl Campaign {
         mut report: impl FnMut(&Divergence),
         mut progress: impl FnMut(&Summary),
     ) -> Result<Summary, DiffError> {
-        let table = FormTable::new();
+        let table = FormTable::new(&self.exclude);
         let strategies: Vec<_> = self
             .modes
             .iter()
@@ -249,6 +291,9 @@ impl Campaign {
             let program = case.assemble(&self.gen)?;
             let out = self.session.check(&program)?;
             sum.programs += 1;
+            if let Some(why) = out.skipped {
+                *sum.skipped.entry(why).or_default() += 1;
+            }
             sum.instructions += out.instructions;
             sum.per_mode[Mode::ALL.iter().position(|&m| m == case.mode).unwrap_or(0)] += 1;
             if let Some(d) = out.divergence {
@@ -304,7 +349,7 @@ mod tests {
 
     #[test]
     fn same_seed_same_programs() {
-        let table = FormTable::new();
+        let table = FormTable::default();
         let s = table.case(Mode::Prot32, &GenConfig::default());
         let gen = |seed| {
             let mut r = seeded_runner(seed);
@@ -328,6 +373,7 @@ mod tests {
                     ..GenConfig::default()
                 },
                 max_shrink: 0,
+                exclude: Vec::new(),
             };
             let s = c.run(|d| panic!("{d}"), |_| {}).unwrap();
             assert_eq!(s.programs, 8);
