@@ -137,6 +137,7 @@ impl Case {
             data,
             data_pages: self.data_pages,
             wp: self.wp,
+            gate16: false,
             insns,
         })
     }
