@@ -470,7 +470,7 @@ mod tests {
         // DR4 aliases DR6 without CR4.DE.
         vm.cpu.set_reg32(EAX, 0xFFFF_FFFF);
         assert_eq!(run(&mut vm, 32, |a| a.mov(dr4, eax)), Ok(()));
-        assert_eq!(vm.cpu.dr[6], 0xFFFF_FFFF & !(1 << 12));
+        assert_eq!(vm.cpu.dr[6], !(1u32 << 12));
         // With CR4.DE, DR4/DR5 are #UD.
         vm.cpu.cr4 = cr4::DE;
         assert_eq!(run(&mut vm, 32, |a| a.mov(ebx, dr5)), Err(Fault::ud()));
