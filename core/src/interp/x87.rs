@@ -453,7 +453,7 @@ fn fx_operand(ctx: &Ctx, ins: &Instruction, write: bool) -> Result<u32, Fault> {
     }
     let seg = ctx.mem_seg(ins);
     let off = ctx.ea(ins);
-    if ctx.vm.cpu.seg(seg).base.wrapping_add(off) % FXSAVE_ALIGN != 0 {
+    if !ctx.vm.cpu.seg(seg).base.wrapping_add(off).is_multiple_of(FXSAVE_ALIGN) {
         return Err(Fault::gp(0));
     }
     ctx.linear(seg, off, FXSAVE_SIZE, write)
