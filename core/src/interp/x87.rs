@@ -3,8 +3,9 @@
 //! layouts, 16- and 32-bit operand size) and FXSAVE/FXRSTOR. The waiting
 //! forms (FINIT, FSTSW, ...) decode as WAIT followed by the FN* form.
 //!
-//! No arithmetic, load or store of values exists: those opcodes stay
-//! unregistered and raise #UD (counted by the interpreter). The registers
+//! Exact data movement (FLD, FILD, FIST/FISTP, FSTP m80, FXCH, ...) is in
+//! `load_store`. No arithmetic exists: those opcodes stay unregistered
+//! and raise #UD (counted by the interpreter). The registers
 //! are kept as raw 80-bit encodings so that save/restore is exact; the
 //! tag word is recomputed from them as hardware does (SDM Vol. 1 8.1.7).
 //!
@@ -12,6 +13,8 @@
 //! exception (FSW.ES) raises #MF at the next waiting instruction when
 //! CR0.NE is set. With NE clear the PC's FERR#/IRQ 13 path is not
 //! modelled and the instruction proceeds.
+
+pub mod load_store;
 
 use iced_x86::{Instruction, Mnemonic, OpKind};
 
@@ -76,6 +79,7 @@ pub(super) fn register(t: &mut Table) {
     t.set(&[Mnemonic::Frstor], frstor);
     t.set(&[Mnemonic::Fxsave], fxsave);
     t.set(&[Mnemonic::Fxrstor], fxrstor);
+    load_store::register(t);
 }
 
 // ---- checks ---------------------------------------------------------------
@@ -453,7 +457,14 @@ fn fx_operand(ctx: &Ctx, ins: &Instruction, write: bool) -> Result<u32, Fault> {
     }
     let seg = ctx.mem_seg(ins);
     let off = ctx.ea(ins);
-    if !ctx.vm.cpu.seg(seg).base.wrapping_add(off).is_multiple_of(FXSAVE_ALIGN) {
+    if !ctx
+        .vm
+        .cpu
+        .seg(seg)
+        .base
+        .wrapping_add(off)
+        .is_multiple_of(FXSAVE_ALIGN)
+    {
         return Err(Fault::gp(0));
     }
     ctx.linear(seg, off, FXSAVE_SIZE, write)
