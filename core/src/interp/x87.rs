@@ -232,19 +232,24 @@ impl EnvFormat {
 }
 
 /// The environment image (SDM Vol. 1 8.1.10, Figures 8-9 to 8-12). The
-/// reserved upper halves of the 32-bit forms are stored as ones.
+/// reserved upper halves of the 32-bit forms are stored as ones. The
+/// real-mode forms hold 20/32-bit linear pointers: selector * 16 + offset.
 fn env_image(f: &FpuState, fm: EnvFormat, out: &mut [u8]) {
     let tw = tag_word(f);
     let fop = f.fop & 0x7FF;
+    let (rip, rdp) = (
+        f.fip.wrapping_add((f.fcs as u32) << 4),
+        f.fdp.wrapping_add((f.fds as u32) << 4),
+    );
     if fm.small {
         put16(out, 0, f.fcw);
         put16(out, 2, f.fsw);
         put16(out, 4, tw);
         if fm.real {
-            put16(out, 6, f.fip as u16);
-            put16(out, 8, ((f.fip >> 4) & 0xF000) as u16 | fop);
-            put16(out, 10, f.fdp as u16);
-            put16(out, 12, ((f.fdp >> 4) & 0xF000) as u16);
+            put16(out, 6, rip as u16);
+            put16(out, 8, ((rip >> 4) & 0xF000) as u16 | fop);
+            put16(out, 10, rdp as u16);
+            put16(out, 12, ((rdp >> 4) & 0xF000) as u16);
         } else {
             put16(out, 6, f.fip as u16);
             put16(out, 8, f.fcs);
@@ -257,10 +262,10 @@ fn env_image(f: &FpuState, fm: EnvFormat, out: &mut [u8]) {
     put32(out, 4, 0xFFFF_0000 | f.fsw as u32);
     put32(out, 8, 0xFFFF_0000 | tw as u32);
     if fm.real {
-        put32(out, 12, 0xFFFF_0000 | (f.fip & 0xFFFF));
-        put32(out, 16, ((f.fip >> 4) & 0x0FFF_F000) | fop as u32);
-        put32(out, 20, 0xFFFF_0000 | (f.fdp & 0xFFFF));
-        put32(out, 24, (f.fdp >> 4) & 0x0FFF_F000);
+        put32(out, 12, 0xFFFF_0000 | (rip & 0xFFFF));
+        put32(out, 16, ((rip >> 4) & 0x0FFF_F000) | fop as u32);
+        put32(out, 20, 0xFFFF_0000 | (rdp & 0xFFFF));
+        put32(out, 24, (rdp >> 4) & 0x0FFF_F000);
     } else {
         put32(out, 12, f.fip);
         put32(out, 16, f.fcs as u32 | (fop as u32) << 16);
@@ -270,7 +275,8 @@ fn env_image(f: &FpuState, fm: EnvFormat, out: &mut [u8]) {
 }
 
 /// Load an environment image into `f` (registers untouched; the caller
-/// normalises tags and ES afterwards).
+/// normalises tags and ES afterwards). A real-mode image gives linear
+/// pointers, kept as offsets with selector 0.
 fn load_env(f: &mut FpuState, fm: EnvFormat, b: &[u8]) {
     let (fcw_v, fsw_v, ftw_v);
     if fm.small {
@@ -694,6 +700,8 @@ mod tests {
         loaded(&mut vm);
         vm.cpu.fpu.fip = 0x000F_1234;
         vm.cpu.fpu.fdp = 0x0008_9ABC;
+        // Linear pointers: 0x08 * 16 + 0xF1234 = 0xF12B4 and
+        // 0x10 * 16 + 0x89ABC = 0x89BBC.
         let saved = vm.cpu.fpu;
         // 16-bit operand size in real mode: 94 bytes, real layout.
         assert_eq!(run(&mut vm, 16, |a| a.fnsave(ptr(0x700))), Ok(()));
@@ -701,18 +709,20 @@ mod tests {
         assert_eq!(w(&mut vm, 0x700), 0x027F);
         assert_eq!(w(&mut vm, 0x702), 0x3101);
         assert_eq!(w(&mut vm, 0x704), 0x0FFF);
-        assert_eq!(w(&mut vm, 0x706), 0x1234);
+        assert_eq!(w(&mut vm, 0x706), 0x12B4);
         assert_eq!(w(&mut vm, 0x708), 0xF1D9);
-        assert_eq!(w(&mut vm, 0x70A), 0x9ABC);
+        assert_eq!(w(&mut vm, 0x70A), 0x9BBC);
         assert_eq!(w(&mut vm, 0x70C), 0x8000);
         let mut st = [0u8; 10];
         vm.mem.read(0x700 + 14, &mut st);
         assert_eq!(st, M2_5);
         assert_eq!(run(&mut vm, 16, |a| a.frstor(ptr(0x700))), Ok(()));
-        // Selectors are not part of the real-mode image.
+        // Selectors are folded into the real-mode image's pointers.
         let mut want = saved;
         want.fcs = 0;
         want.fds = 0;
+        want.fip = 0xF12B4;
+        want.fdp = 0x89BBC;
         assert_eq!(vm.cpu.fpu, want);
     }
 
