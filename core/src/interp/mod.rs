@@ -87,6 +87,7 @@ impl Table {
         bit::register(&mut t);
         control::register(&mut t);
         data::register(&mut t);
+        interrupt::register(&mut t);
         io::register(&mut t);
         muldiv::register(&mut t);
         segment::register(&mut t);
