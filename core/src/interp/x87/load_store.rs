@@ -21,16 +21,16 @@ use crate::exception::Fault;
 use crate::mmu::Access;
 
 /// Exception flags (FSW bits 0-5; the FCW masks sit at the same bits).
-const IE: u16 = 1 << 0;
-const DE: u16 = 1 << 1;
-const OE: u16 = 1 << 3;
-const UE: u16 = 1 << 4;
-const PE: u16 = 1 << 5;
+pub(super) const IE: u16 = 1 << 0;
+pub(super) const DE: u16 = 1 << 1;
+pub(super) const OE: u16 = 1 << 3;
+pub(super) const UE: u16 = 1 << 4;
+pub(super) const PE: u16 = 1 << 5;
 /// Condition code C1 (FSW bit 9).
 const C1: u16 = 1 << 9;
 
 /// An 80-bit register image.
-type Reg = [u8; 10];
+pub(super) type Reg = [u8; 10];
 
 /// The QNaN floating-point indefinite: sign 1, exponent all ones,
 /// significand 1100...0.
@@ -40,7 +40,7 @@ const ZERO: Reg = [0; 10];
 const ONE: Reg = [0, 0, 0, 0, 0, 0, 0, 0x80, 0xFF, 0x3F];
 
 /// Bias of the extended exponent.
-const BIAS: i32 = 16383;
+pub(super) const BIAS: i32 = 16383;
 
 pub(super) fn register(t: &mut Table) {
     t.set_codes(
@@ -100,11 +100,11 @@ pub(super) fn register(t: &mut Table) {
 // ---- stack helpers ------------------------------------------------------------
 
 /// Physical register of ST(i).
-fn st(f: &FpuState, i: usize) -> usize {
+pub(super) fn st(f: &FpuState, i: usize) -> usize {
     (top(f) + i) & 7
 }
 
-fn empty(f: &FpuState, phys: usize) -> bool {
+pub(super) fn empty(f: &FpuState, phys: usize) -> bool {
     (f.ftw >> (2 * phys)) & 3 == tag::EMPTY
 }
 
@@ -113,7 +113,7 @@ fn set_tag(f: &mut FpuState, phys: usize, t: u16) {
 }
 
 /// Write a register and its tag from its contents.
-fn put(f: &mut FpuState, phys: usize, v: Reg) {
+pub(super) fn put(f: &mut FpuState, phys: usize, v: Reg) {
     f.regs[phys] = v;
     set_tag(f, phys, classify(&v));
 }
@@ -122,7 +122,7 @@ fn set_top(f: &mut FpuState, t: usize) {
     f.fsw = (f.fsw & !fsw::TOP_MASK) | ((t as u16 & 7) << fsw::TOP_SHIFT);
 }
 
-fn set_c1(f: &mut FpuState, on: bool) {
+pub(super) fn set_c1(f: &mut FpuState, on: bool) {
     if on {
         f.fsw |= C1;
     } else {
@@ -132,7 +132,7 @@ fn set_c1(f: &mut FpuState, on: bool) {
 
 /// Raise x87 exception flags; returns whether all of them are masked
 /// (so the masked response applies).
-fn raise(f: &mut FpuState, flags: u16) -> bool {
+pub(super) fn raise(f: &mut FpuState, flags: u16) -> bool {
     f.fsw |= flags;
     update_es(f);
     flags & fsw::EXC & !f.fcw == 0
@@ -145,7 +145,7 @@ fn overflow(f: &mut FpuState) -> bool {
 }
 
 /// Stack underflow (#IS, C1 = 0). Returns whether masked.
-fn underflow(f: &mut FpuState) -> bool {
+pub(super) fn underflow(f: &mut FpuState) -> bool {
     set_c1(f, false);
     raise(f, IE | fsw::SF)
 }
@@ -166,7 +166,7 @@ fn push(f: &mut FpuState, v: Reg) {
     put(f, t, v);
 }
 
-fn pop(f: &mut FpuState) {
+pub(super) fn pop(f: &mut FpuState) {
     let t = top(f);
     set_tag(f, t, tag::EMPTY);
     set_top(f, t + 1);
@@ -175,7 +175,7 @@ fn pop(f: &mut FpuState) {
 /// The last-instruction pointers of a non-control instruction (SDM Vol. 1
 /// 8.1.8-8.1.9): FCS:FIP, the 11-bit opcode (low 3 bits of the escape
 /// byte and the ModR/M byte) and, for a memory operand, FDS:FDP.
-struct Last {
+pub(super) struct Last {
     fip: u32,
     fcs: u16,
     fop: u16,
@@ -209,7 +209,7 @@ impl Last {
         })
     }
 
-    fn apply(&self, f: &mut FpuState) {
+    pub(super) fn apply(&self, f: &mut FpuState) {
         f.fip = self.fip;
         f.fcs = self.fcs;
         f.fop = self.fop;
@@ -222,7 +222,7 @@ impl Last {
 
 /// The common start of every instruction here: #NM, pending #MF, then
 /// the last-instruction pointers to record once nothing can fault.
-fn begin(ctx: &mut Ctx, ins: &Instruction) -> Result<Last, Fault> {
+pub(super) fn begin(ctx: &mut Ctx, ins: &Instruction) -> Result<Last, Fault> {
     check_nm(ctx)?;
     check_pending(ctx)?;
     Last::of(ctx, ins)
@@ -231,7 +231,7 @@ fn begin(ctx: &mut Ctx, ins: &Instruction) -> Result<Last, Fault> {
 // ---- conversions ------------------------------------------------------------
 
 /// Assemble an 80-bit register from sign, biased exponent, significand.
-fn make(sign: bool, exp: u16, mant: u64) -> Reg {
+pub(super) fn make(sign: bool, exp: u16, mant: u64) -> Reg {
     let mut r = [0u8; 10];
     r[..8].copy_from_slice(&mant.to_le_bytes());
     let se = (exp & 0x7FFF) | if sign { 0x8000 } else { 0 };
@@ -239,7 +239,7 @@ fn make(sign: bool, exp: u16, mant: u64) -> Reg {
     r
 }
 
-fn parts(r: &Reg) -> (bool, u16, u64) {
+pub(super) fn parts(r: &Reg) -> (bool, u16, u64) {
     let se = u16::from_le_bytes([r[8], r[9]]);
     let mut m = [0u8; 8];
     m.copy_from_slice(&r[..8]);
@@ -247,7 +247,7 @@ fn parts(r: &Reg) -> (bool, u16, u64) {
 }
 
 /// A signed integer as an extended value (always exact).
-fn from_int(v: i64) -> Reg {
+pub(super) fn from_int(v: i64) -> Reg {
     if v == 0 {
         return ZERO;
     }
@@ -259,7 +259,7 @@ fn from_int(v: i64) -> Reg {
 /// Convert a binary32/binary64 image (`fbits` fraction bits, `ebits`
 /// exponent bits) to extended. Returns the value and the exceptions the
 /// load raises: IE for an SNaN (quietened), DE for a denormal.
-fn from_ieee(raw: u64, fbits: u32, ebits: u32) -> (Reg, u16) {
+pub(super) fn from_ieee(raw: u64, fbits: u32, ebits: u32) -> (Reg, u16) {
     let sign = raw >> (fbits + ebits) & 1 != 0;
     let emax = (1u64 << ebits) - 1;
     let e = (raw >> fbits) & emax;
@@ -348,7 +348,7 @@ fn round_up(rc: u16, sign: bool, q: u128, rem: u128, half: u128) -> bool {
 /// masked response, the exceptions raised and whether the significand
 /// was rounded up. Tininess is detected before rounding; with UE masked
 /// it is only flagged when the result is also inexact.
-fn to_ieee(r: &Reg, fcw: u16, fbits: u32, ebits: u32) -> (u64, u16, bool) {
+pub(super) fn to_ieee(r: &Reg, fcw: u16, fbits: u32, ebits: u32) -> (u64, u16, bool) {
     let (sign, exp, mant) = parts(r);
     let sbit = (sign as u64) << (fbits + ebits);
     let emax_b = (1u64 << ebits) - 1;
@@ -482,7 +482,7 @@ fn fld_sti(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
 }
 
 /// The `i` of an ST(i) operand (the last register operand).
-fn sti_index(ins: &Instruction) -> usize {
+pub(super) fn sti_index(ins: &Instruction) -> usize {
     let r = ins.op_register(ins.op_count().saturating_sub(1));
     (r as usize).wrapping_sub(iced_x86::Register::ST0 as usize) & 7
 }
