@@ -472,18 +472,12 @@ fn farith(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
             | Code::Fmul_m64fp
             | Code::Fdiv_m64fp
             | Code::Fdivr_m64fp => (ctx.read_mem64(seg, off)?, Some((52, 11))),
-            c if matches!(
-                c,
-                Code::Fiadd_m16int
-                    | Code::Fisub_m16int
-                    | Code::Fisubr_m16int
-                    | Code::Fimul_m16int
-                    | Code::Fidiv_m16int
-                    | Code::Fidivr_m16int
-            ) =>
-            {
-                (ctx.read_mem(seg, off, 2)? as u16 as i16 as i64 as u64, None)
-            }
+            Code::Fiadd_m16int
+            | Code::Fisub_m16int
+            | Code::Fisubr_m16int
+            | Code::Fimul_m16int
+            | Code::Fidiv_m16int
+            | Code::Fidivr_m16int => (ctx.read_mem(seg, off, 2)? as u16 as i16 as i64 as u64, None),
             _ => (ctx.read_mem(seg, off, 4)? as i32 as i64 as u64, None),
         })
     } else {
