@@ -4,7 +4,8 @@
 //! forms (FINIT, FSTSW, ...) decode as WAIT followed by the FN* form.
 //!
 //! Exact data movement (FLD, FILD, FIST/FISTP, FSTP m80, FXCH, ...) is in
-//! `load_store`, FADD/FSUB/FMUL/FDIV and their forms in `arith`. Other
+//! `load_store`, FADD/FSUB/FMUL/FDIV and their forms in `arith`,
+//! FCOM/FUCOM/FCOMI/FTST/FXAM/FCMOVcc in `compare`. Other
 //! x87 opcodes stay unregistered and raise #UD (counted by the
 //! interpreter). The registers
 //! are kept as raw 80-bit encodings so that save/restore is exact; the
@@ -16,6 +17,7 @@
 //! modelled and the instruction proceeds.
 
 pub mod arith;
+pub mod compare;
 pub mod load_store;
 
 use iced_x86::{Instruction, Mnemonic, OpKind};
@@ -83,6 +85,7 @@ pub(super) fn register(t: &mut Table) {
     t.set(&[Mnemonic::Fxrstor], fxrstor);
     load_store::register(t);
     arith::register(t);
+    compare::register(t);
 }
 
 // ---- checks ---------------------------------------------------------------

@@ -70,7 +70,7 @@ enum Op {
 
 /// An operand after classification.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Val {
+pub(super) enum Val {
     Zero(bool),
     /// sign, unbiased exponent e, significand with bit 63 set: the value
     /// is sig * 2^(e - 63).
@@ -84,7 +84,7 @@ enum Val {
 
 /// Classify a register; a denormal (or pseudo-denormal) is normalised
 /// and reported.
-fn unpack(r: &Reg) -> (Val, bool) {
+pub(super) fn unpack(r: &Reg) -> (Val, bool) {
     let (sign, exp, mant) = parts(r);
     if exp == 0x7FFF {
         if mant >> 63 == 0 {
