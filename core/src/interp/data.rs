@@ -791,6 +791,23 @@ mod tests {
     }
 
     #[test]
+    fn moffs_with_address_size_prefix() {
+        // 16-bit code: 67 A0 disp32 = mov al, [dword 0x00000200].
+        let mut m = real();
+        m.wr(0x200, 1, 0x42);
+        m.bytes(&[0x67, 0xA0, 0x00, 0x02, 0x00, 0x00]);
+        m.step();
+        assert_eq!(m.r(EAX), 0x42);
+        assert_eq!(m.vm.cpu.eip, CODE + 6);
+        // 32-bit code: 67 A3 disp16 = mov [word 0x0300], eax.
+        let mut m = flat32();
+        m.set(EAX, 0x0102_0304);
+        m.bytes(&[0x67, 0xA3, 0x00, 0x03]);
+        m.step();
+        assert_eq!(m.rd(0x300, 4), 0x0102_0304);
+    }
+
+    #[test]
     fn movzx_movsx() {
         let mut m = flat32();
         m.wr(0x2000, 2, 0x8081);
@@ -983,6 +1000,21 @@ mod tests {
         m.steps(2);
         assert_eq!(m.r(EAX), 0x1234_5678);
         assert_eq!(m.r(EBX) & 0xFFFF, 0xBEEF);
+    }
+
+    #[test]
+    fn cmov_true_loads() {
+        let mut m = flat32();
+        m.vm.cpu.eflags |= flags::CF;
+        m.wr(0x2000, 4, 0xDEAD_BEEF);
+        m.set(EAX, 0x1111_1111);
+        m.asm(|a| {
+            a.cmovb(eax, dword_ptr(0x2000))?;
+            a.cmovae(ecx, eax)
+        });
+        m.steps(2);
+        assert_eq!(m.r(EAX), 0xDEAD_BEEF);
+        assert_eq!(m.r(ECX), 0);
     }
 
     #[test]
@@ -1210,6 +1242,19 @@ mod tests {
         m.step();
         assert_eq!(m.r(ESP), 0x100);
         assert_eq!(m.r(EBP), 0xABCD_0200);
+    }
+
+    #[test]
+    fn enter_16bit_operand_on_32bit_stack() {
+        // 66 C8 04 00 01: enter 4, 1 with a 16-bit operand size.
+        let mut m = flat32();
+        m.set(EBP, 0xAAAA_9000);
+        m.bytes(&[0x66, 0xC8, 0x04, 0x00, 0x01]);
+        m.step();
+        assert_eq!(m.rd(0x7FFE, 2), 0x9000);
+        assert_eq!(m.rd(0x7FFC, 2), 0x7FFE);
+        assert_eq!(m.r(EBP), 0xAAAA_7FFE, "only BP is written");
+        assert_eq!(m.r(ESP), 0x7FFC - 4);
     }
 
     #[test]
