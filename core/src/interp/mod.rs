@@ -25,6 +25,8 @@ pub mod shift;
 pub mod string;
 pub mod system;
 pub mod task;
+#[cfg(test)]
+pub(crate) mod testutil;
 pub mod x87;
 
 use std::collections::BTreeMap;
@@ -85,6 +87,7 @@ impl Table {
         bit::register(&mut t);
         control::register(&mut t);
         data::register(&mut t);
+        interrupt::register(&mut t);
         io::register(&mut t);
         muldiv::register(&mut t);
         segment::register(&mut t);
