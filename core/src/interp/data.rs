@@ -1,87 +1,23 @@
 //! Data movement and small state instructions: MOV between GPRs, memory and
 //! immediates (MOV to or from segment, control and debug registers belongs
 //! to the segment and system families), MOVZX/MOVSX, LEA, XCHG, CMPXCHG,
-//! CMPXCHG8B, XADD, BSWAP, CMOVcc, SETcc, PUSH/POP of GPRs, memory,
-//! immediates (and PUSH of a segment register), PUSHA/POPA, ENTER/LEAVE,
-//! LAHF/SAHF, CBW/CWDE/CWD/CDQ, XLAT, the NOPs and PAUSE, the flag
-//! instructions CLC/STC/CMC/CLD/STD, and BOUND.
+//! CMPXCHG8B, XADD, BSWAP, CMOVcc, SETcc, PUSH/POP of GPRs, memory and
+//! immediates, PUSHA/POPA, ENTER/LEAVE, LAHF/SAHF, CBW/CWDE/CWD/CDQ, XLAT,
+//! the NOPs and PAUSE, the flag instructions CLC/STC/CMC/CLD/STD, and
+//! BOUND. Status flags come from `interp::flags`.
 //!
-//! POP of a segment register is a segment load and is not here; it raises
-//! #UD until the segment family registers it by `Code`.
+//! PUSH/POP of a segment register belong to the segment family, which
+//! registers them by `Code`; the shared PUSH/POP handlers here raise #UD
+//! for them should they ever arrive.
 
 use iced_x86::{Instruction, Mnemonic, OpKind, Register};
 
 use super::control::cond;
-use super::operand::{mask, sext, sign_bit};
+use super::flags::{add_flags, set_status, sub_flags};
+use super::operand::{mask, sext};
 use super::{Ctx, Table};
 use crate::cpu::{flags, SegReg, EAX, EBP, EBX, ECX, EDI, EDX, ESI, ESP};
 use crate::exception::{vector, Fault};
-
-// ---- status flags ------------------------------------------------------
-//
-// A private copy of the ADD/SUB flag rules (SDM Vol. 1 3.4.3.1) until the
-// shared `interp::flags` helpers land on main; same signatures, so the
-// switch is an import change.
-
-/// PF of the low byte of `r`, SF and ZF of a `size`-byte result.
-fn szp(r: u32, size: usize) -> u32 {
-    let r = r & mask(size);
-    let mut f = 0;
-    if (r as u8).count_ones().is_multiple_of(2) {
-        f |= flags::PF;
-    }
-    if r == 0 {
-        f |= flags::ZF;
-    }
-    if r & sign_bit(size) != 0 {
-        f |= flags::SF;
-    }
-    f
-}
-
-/// `a + b + carry_in` at `size` bytes: result and the six status flags.
-pub(crate) fn add_flags(a: u32, b: u32, carry_in: u32, size: usize) -> (u32, u32) {
-    let m = mask(size);
-    let (a, b) = (a & m, b & m);
-    let wide = a as u64 + b as u64 + (carry_in & 1) as u64;
-    let r = wide as u32 & m;
-    let mut f = szp(r, size);
-    if wide > m as u64 {
-        f |= flags::CF;
-    }
-    if (a ^ b ^ r) & 0x10 != 0 {
-        f |= flags::AF;
-    }
-    if (a ^ r) & (b ^ r) & sign_bit(size) != 0 {
-        f |= flags::OF;
-    }
-    (r, f)
-}
-
-/// `a - b - borrow_in` at `size` bytes: result and the six status flags.
-pub(crate) fn sub_flags(a: u32, b: u32, borrow_in: u32, size: usize) -> (u32, u32) {
-    let m = mask(size);
-    let (a, b) = (a & m, b & m);
-    let sub = b as u64 + (borrow_in & 1) as u64;
-    let r = (a as u64).wrapping_sub(sub) as u32 & m;
-    let mut f = szp(r, size);
-    if (a as u64) < sub {
-        f |= flags::CF;
-    }
-    if (a ^ b ^ r) & 0x10 != 0 {
-        f |= flags::AF;
-    }
-    if (a ^ b) & (a ^ r) & sign_bit(size) != 0 {
-        f |= flags::OF;
-    }
-    (r, f)
-}
-
-/// Merge the status bits of `value` under `m` into EFLAGS.
-pub(crate) fn set_status(ctx: &mut Ctx, m: u32, value: u32) {
-    let m = m & flags::STATUS;
-    ctx.vm.cpu.eflags = (ctx.vm.cpu.eflags & !m) | (value & m);
-}
 
 // ---- shared small helpers ----------------------------------------------
 
@@ -197,7 +133,7 @@ fn cmpxchg(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
         ctx.write_op(ins, 0, dest)?;
         ctx.set_reg(acc_reg, dest);
     }
-    set_status(ctx, flags::STATUS, f);
+    set_status(&mut ctx.vm.cpu, flags::STATUS, f);
     Ok(())
 }
 
@@ -243,7 +179,7 @@ fn xadd(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
         ctx.set_reg(ins.op1_register(), dest);
         ctx.set_reg(ins.op0_register(), r);
     }
-    set_status(ctx, flags::STATUS, f);
+    set_status(&mut ctx.vm.cpu, flags::STATUS, f);
     Ok(())
 }
 
@@ -277,29 +213,18 @@ fn setcc(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
 
 // ---- stack -------------------------------------------------------------
 
-/// PUSH r / m / imm / Sreg. The value is read before the stack pointer
+/// PUSH r / m / imm. The value is read before the stack pointer
 /// moves, so PUSH ESP pushes the old ESP and PUSH [ESP+n] addresses with
 /// the old ESP (SDM Vol. 2 PUSH).
 fn push(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
     check_lock(ins, false)?;
-    match ins.op0_kind() {
-        OpKind::Register if ins.op0_register().is_segment_register() => {
-            // A 32-bit push of a segment register moves ESP by 4 but
-            // writes only the 16-bit selector, as recent Intel processors
-            // do (SDM Vol. 2 PUSH, Operation note).
-            let size = ctx.osize(ins);
-            let sel = ctx.reg(ins.op0_register());
-            let sp = stack_wrap(ctx, ctx.vm.cpu.sp().wrapping_sub(size as u32));
-            ctx.write_mem(SegReg::Ss, sp, 2, sel)?;
-            ctx.vm.cpu.set_sp(sp);
-            Ok(())
-        }
-        _ => {
-            let size = ctx.op_size(ins, 0);
-            let v = ctx.read_op(ins, 0)?;
-            ctx.push(v, size)
-        }
+    if ins.op0_kind() == OpKind::Register && ins.op0_register().is_segment_register() {
+        // PUSH Sreg is the segment family's (registered by Code).
+        return Err(Fault::ud());
     }
+    let size = ctx.op_size(ins, 0);
+    let v = ctx.read_op(ins, 0)?;
+    ctx.push(v, size)
 }
 
 /// POP r / m. POP ESP loads the popped value into ESP; POP m computes the

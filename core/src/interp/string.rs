@@ -15,7 +15,8 @@
 
 use iced_x86::{Code, Instruction, Mnemonic, OpKind};
 
-use super::data::{accumulator, set_status, sub_flags};
+use super::data::accumulator;
+use super::flags::{set_status, sub_flags};
 use super::operand::mask;
 use super::{Ctx, Table};
 use crate::cpu::{flags, SegReg, ECX, EDI, ESI};
@@ -188,7 +189,7 @@ fn cmps(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
         let a = ctx.read_mem(seg, index(ctx, ESI, a32), size)?;
         let b = ctx.read_mem(SegReg::Es, index(ctx, EDI, a32), size)?;
         let (_, f) = sub_flags(a, b, 0, size);
-        set_status(ctx, flags::STATUS, f);
+        set_status(&mut ctx.vm.cpu, flags::STATUS, f);
         advance(ctx, ESI, a32, size);
         advance(ctx, EDI, a32, size);
         Ok(())
@@ -203,7 +204,7 @@ fn scas(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
         let b = ctx.read_mem(SegReg::Es, index(ctx, EDI, a32), size)?;
         let a = ctx.reg(accumulator(size));
         let (_, f) = sub_flags(a, b, 0, size);
-        set_status(ctx, flags::STATUS, f);
+        set_status(&mut ctx.vm.cpu, flags::STATUS, f);
         advance(ctx, EDI, a32, size);
         Ok(())
     })
