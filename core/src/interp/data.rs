@@ -418,8 +418,9 @@ fn xlat(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
     Ok(())
 }
 
-/// NOP, multi-byte NOP (0F 1F /0 makes no memory access), the reserved
-/// NOP space 0F 19-1F, PAUSE.
+/// NOP, multi-byte NOP (0F 1F /0 makes no memory access), the hint-NOP
+/// space 0F 18-1F (PREFETCHh and ENDBR32/64 included: no access, no
+/// fault, SDM Vol. 2 PREFETCHh, NOP), PAUSE.
 fn nop(_ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
     check_lock(ins, false)
 }
@@ -523,7 +524,20 @@ pub(super) fn register(t: &mut Table) {
     t.set(&[M::Sahf], sahf);
     t.set(&[M::Cbw, M::Cwde, M::Cwd, M::Cdq], convert);
     t.set(&[M::Xlatb], xlat);
-    t.set(&[M::Nop, M::Reservednop, M::Pause], nop);
+    t.set(
+        &[
+            M::Nop,
+            M::Reservednop,
+            M::Pause,
+            M::Prefetchnta,
+            M::Prefetcht0,
+            M::Prefetcht1,
+            M::Prefetcht2,
+            M::Endbr32,
+            M::Endbr64,
+        ],
+        nop,
+    );
     t.set(&[M::Clc, M::Stc, M::Cmc, M::Cld, M::Std], flag_op);
     t.set(&[M::Bound], bound);
 }
@@ -1277,6 +1291,10 @@ mod tests {
         let before = m.vm.cpu.clone();
         m.steps(4);
         assert_eq!(m.vm.cpu.eip, CODE + 16);
+        // prefetcht0 [eax] (0F 18 08), endbr32 (F3 0F 1E FB).
+        m.bytes(&[0x0F, 0x18, 0x08, 0xF3, 0x0F, 0x1E, 0xFB]);
+        m.steps(2);
+        assert_eq!(m.vm.cpu.eip, CODE + 23);
         assert_eq!(m.vm.cpu.gpr, before.gpr);
         assert_eq!(m.vm.cpu.eflags, before.eflags);
     }
@@ -1301,6 +1319,23 @@ mod tests {
         assert_eq!(m.vm.cpu.eflags, flags::FIXED1 | flags::CF | flags::DF);
         m.steps(2);
         assert_eq!(m.vm.cpu.eflags, flags::FIXED1);
+    }
+
+    #[test]
+    fn bound_delivers_br_as_fault_through_ivt() {
+        // Real mode: IVT entry 5 -> 0000:2000. The stacked IP is the BOUND
+        // instruction's own (a fault, not a trap).
+        let mut m = real();
+        m.wr(5 * 4, 2, 0x2000);
+        m.wr(5 * 4 + 2, 2, 0);
+        m.wr(0x300, 2, 0);
+        m.wr(0x302, 2, 4);
+        m.set(EAX, 5);
+        m.asm(|a| a.bound(ax, dword_ptr(0x300)));
+        m.step();
+        assert_eq!(m.vm.cpu.eip, 0x2000);
+        assert_eq!(m.r(ESP), 0x8000 - 6);
+        assert_eq!(m.rd(0x8000 - 6, 2), CODE, "stacked IP");
     }
 
     #[test]
