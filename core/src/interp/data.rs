@@ -787,6 +787,18 @@ mod tests {
         m.asm(|a| a.lea(eax, ptr(esi + edi)));
         m.step();
         assert_eq!(m.r(EAX), 0x8000_0010);
+        // 16-bit code, 16/16: [bx+si+0x10] wraps at 64 KiB.
+        m.set(EBX, 0xFFF0);
+        m.set(ESI, 0x10);
+        m.set(ECX, 0xCCCC_CCCC);
+        m.asm(|a| a.lea(cx, ptr(bx + si + 0x10)));
+        m.step();
+        assert_eq!(m.r(ECX), 0xCCCC_0010);
+        // 16-bit code, o32 a16: zero-extended to 32 bits.
+        m.set(EDX, 0xFFFF_FFFF);
+        m.asm(|a| a.lea(edx, ptr(bx + si + 0x10)));
+        m.step();
+        assert_eq!(m.r(EDX), 0x0000_0010);
     }
 
     #[test]
