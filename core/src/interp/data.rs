@@ -1,6 +1,7 @@
 //! Data movement and small state instructions: MOV between GPRs, memory and
 //! immediates (MOV to or from segment, control and debug registers belongs
-//! to the segment and system families), MOVZX/MOVSX, LEA, XCHG, CMPXCHG,
+//! to the segment and system families; CRn/DRn moves are forwarded to
+//! `system::mov_cr_dr`), MOVZX/MOVSX, LEA, XCHG, CMPXCHG,
 //! CMPXCHG8B, XADD, BSWAP, CMOVcc, SETcc, PUSH/POP of GPRs, memory and
 //! immediates, PUSHA/POPA, ENTER/LEAVE, LAHF/SAHF, CBW/CWDE/CWD/CDQ, XLAT,
 //! the NOPs and PAUSE, the flag instructions CLC/STC/CMC/CLD/STD, and
@@ -15,6 +16,7 @@ use iced_x86::{Instruction, Mnemonic, OpKind, Register};
 use super::control::cond;
 use super::flags::{add_flags, set_status, sub_flags};
 use super::operand::{mask, sext};
+use super::system;
 use super::{Ctx, Table};
 use crate::cpu::{flags, SegReg, EAX, EBP, EBX, ECX, EDI, EDX, ESI, ESP};
 use crate::exception::{vector, Fault};
@@ -67,11 +69,16 @@ fn is_special(r: Register) -> bool {
 
 /// MOV r/m, r / r, r/m / r/m, imm / moffs forms.
 fn mov(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
+    if system::is_mov_cr_dr(ins.code()) {
+        // MOV to/from CRn/DRn: the system family's, which asks the MOV
+        // handler to forward them.
+        return system::mov_cr_dr(ctx, ins);
+    }
     check_lock(ins, false)?;
     for n in 0..ins.op_count() {
         if ins.op_kind(n) == OpKind::Register && is_special(ins.op_register(n)) {
-            // Segment / control / debug register moves are registered by
-            // their owners per Code; reaching here means none did.
+            // Segment register moves are registered by the segment family
+            // per Code; reaching here means nobody handles this form.
             return Err(Fault::ud());
         }
     }
@@ -717,6 +724,14 @@ mod tests {
         // EBX = 0x56, so the word went to 0x2000.
         assert_eq!(m.r(ECX), 0xAAAA_BEEF);
         assert_eq!(m.vm.cpu.eip, CODE + 5 + 5 + 6 + 5 + 9 + 7);
+    }
+
+    #[test]
+    fn mov_cr_forwarded_to_system() {
+        let mut m = flat32();
+        m.asm(|a| a.mov(eax, cr0));
+        m.step();
+        assert_eq!(m.r(EAX), m.vm.cpu.cr0);
     }
 
     #[test]
