@@ -851,6 +851,16 @@ mod tests {
         m.bytes(&[0xF0, 0x87, 0x18]);
         assert_eq!(m.exec(), Ok(()));
         assert_eq!(m.rd(0x2000, 4), 7);
+        // LOCK with a register destination: lock xchg eax, ebx; lock
+        // cmpxchg eax, ebx; lock xadd eax, ebx.
+        for b in [
+            &[0xF0, 0x87, 0xD8][..],
+            &[0xF0, 0x0F, 0xB1, 0xD8],
+            &[0xF0, 0x0F, 0xC1, 0xD8],
+        ] {
+            m.bytes(b);
+            assert_eq!(m.exec(), Err(Fault::ud()), "{b:02x?}");
+        }
     }
 
     #[test]

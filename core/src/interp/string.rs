@@ -395,6 +395,20 @@ mod tests {
     }
 
     #[test]
+    fn address_size_prefix_in_32bit_code_uses_si_di_cx() {
+        // 32-bit code, 67 F3 AA: rep stosb with DI/CX; upper halves kept.
+        let mut m = flat32();
+        m.set(EAX, 0x33);
+        m.set(EDI, 0xABCD_3000);
+        m.set(ECX, 0x0005_0002);
+        m.bytes(&[0x67, 0xF3, 0xAA]);
+        m.step();
+        assert_eq!(m.rd(0x3000, 4), 0x3333);
+        assert_eq!(m.r(EDI), 0xABCD_3002);
+        assert_eq!(m.r(ECX), 0x0005_0000);
+    }
+
+    #[test]
     fn batch_continuation() {
         let mut m = flat32();
         m.it.rep_batch = 1;
