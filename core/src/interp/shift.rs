@@ -149,7 +149,7 @@ pub fn shift(op: Mnemonic, v: u32, count: u32, cf: u32, size: usize) -> Option<S
             // Rotate the (bits + 1)-bit value CF:v (SDM RCL/RCR: 8- and
             // 16-bit counts are taken modulo 9 and 17).
             let width = bits + 1;
-            if count % width == 0 {
+            if count.is_multiple_of(width) {
                 // A whole turn: the value is unchanged and, as measured on
                 // Intel hardware, no flag changes either (OF included).
                 return Some(Shifted {
