@@ -654,3 +654,176 @@ fn far_jmp_and_call_real_and_protected() {
     assert_eq!(vm.cpu.eip, 0x2D000);
     assert_eq!(r32(&mut vm, 0x8000 - 16), (U_CODE & !3) as u32);
 }
+
+#[test]
+fn page_fault_sets_cr2_and_pf_during_pf_is_df() {
+    let mut vm = pm_vm();
+    set_idt(&mut vm, 14, gate(K_CODE, 0x2E000, 0xE, 0, 0));
+    interrupt::deliver_exception(&mut vm, Fault::pf(0xDEAD_B000, 2)).unwrap();
+    assert_eq!(vm.cpu.cr2, 0xDEAD_B000);
+    assert_eq!(vm.cpu.eip, 0x2E000);
+    assert_eq!(r32(&mut vm, 0x8000 - 16), 2);
+    // #PF whose gate is not present: #NP during #PF is a double fault.
+    let mut vm = pm_vm();
+    vm.mem.write_u64(
+        (IDT + 14 * 8) as u64,
+        gate(K_CODE, 0x2E000, 0xE, 0, 0) & !(0x8000u64 << 32),
+    );
+    set_idt(&mut vm, 8, gate(K_CODE, 0x28000, 0xE, 0, 0));
+    interrupt::deliver_exception(&mut vm, Fault::pf(0x1234, 0)).unwrap();
+    assert_eq!(vm.cpu.eip, 0x28000);
+    assert_eq!(r32(&mut vm, 0x8000 - 16), 0);
+    // A benign exception (#UD) whose gate faults: the #NP is delivered
+    // serially, with EXT set and the IDT bit: 6*8 + 2 + 1.
+    let mut vm = pm_vm();
+    vm.mem.write_u64(
+        (IDT + 6 * 8) as u64,
+        gate(K_CODE, 0x2E000, 0xE, 0, 0) & !(0x8000u64 << 32),
+    );
+    set_idt(&mut vm, 11, gate(K_CODE, 0x2B000, 0xE, 0, 0));
+    interrupt::deliver_exception(&mut vm, Fault::ud()).unwrap();
+    assert_eq!(vm.cpu.eip, 0x2B000);
+    assert_eq!(r32(&mut vm, 0x8000 - 16), 6 * 8 + 3);
+}
+
+#[test]
+fn iret_same_privilege_flag_rules() {
+    let mut it = Interpreter::new();
+    // At CPL 3 with IOPL 0, IRET may not change IF or IOPL.
+    let mut vm = pm_vm();
+    to_ring3(&mut vm, 0x7000);
+    vm.cpu.eflags = flags::FIXED1 | flags::IF;
+    vm.mem.write_u32(0x7000, 0x10100);
+    vm.mem.write_u32(0x7004, U_CODE as u32);
+    vm.mem
+        .write_u32(0x7008, flags::FIXED1 | flags::IOPL | flags::CF | flags::DF);
+    put(&mut vm, 0x10000, &asm(32, 0x10000, |a| a.iretd().unwrap()));
+    step(&mut it, &mut vm);
+    assert_eq!(vm.cpu.eip, 0x10100);
+    assert_eq!(sp_of(&vm), 0x700C);
+    assert_eq!(
+        vm.cpu.eflags,
+        flags::FIXED1 | flags::IF | flags::CF | flags::DF
+    );
+    // At CPL 0 both change.
+    let mut vm = pm_vm();
+    vm.mem.write_u32(0x8000, 0x10100);
+    vm.mem.write_u32(0x8004, K_CODE as u32);
+    vm.mem
+        .write_u32(0x8008, flags::FIXED1 | flags::IOPL | flags::CF);
+    put(&mut vm, 0x10000, &asm(32, 0x10000, |a| a.iretd().unwrap()));
+    step(&mut it, &mut vm);
+    assert_eq!(vm.cpu.eflags, flags::FIXED1 | flags::IOPL | flags::CF);
+    // Returning to a more privileged level (RPL < CPL) is #GP(selector).
+    let mut vm = pm_vm();
+    to_ring3(&mut vm, 0x7000);
+    set_idt(&mut vm, 13, gate(K_CODE, 0x2D000, 0xE, 0, 0));
+    vm.mem.write_u32(0x7000, 0x10100);
+    vm.mem.write_u32(0x7004, K_CODE as u32);
+    vm.mem.write_u32(0x7008, flags::FIXED1);
+    put(&mut vm, 0x10000, &asm(32, 0x10000, |a| a.iretd().unwrap()));
+    step(&mut it, &mut vm);
+    assert_eq!(vm.cpu.eip, 0x2D000);
+    assert_eq!(r32(&mut vm, ESP0 - 24), K_CODE as u32);
+}
+
+#[test]
+fn jmp_to_tss_clears_old_busy_and_call_nests() {
+    let mut it = Interpreter::new();
+    let setup = |vm: &mut Vm| {
+        vm.mem.write_u32((TSS_DF + 0x20) as u64, 0x25000);
+        vm.mem.write_u32((TSS_DF + 0x24) as u64, 0x2);
+        vm.mem.write_u32((TSS_DF + 0x28 + 4 * 4) as u64, 0xA000);
+        for (i, s) in [K_DATA, K_CODE, K_DATA, K_DATA, K_DATA, K_DATA]
+            .iter()
+            .enumerate()
+        {
+            vm.mem.write_u16((TSS_DF + 0x48 + 4 * i as u32) as u64, *s);
+        }
+    };
+    let typ = |vm: &mut Vm, s: u16| vm.mem.read_u8((GDT + s as u32 + 5) as u64) & 0xF;
+    let mut vm = pm_vm();
+    setup(&mut vm);
+    put(
+        &mut vm,
+        0x10000,
+        &asm(32, 0x10000, |a| a.jmp_far(DF_TSS_SEL, 0).unwrap()),
+    );
+    step(&mut it, &mut vm);
+    assert_eq!((vm.cpu.tr.selector, vm.cpu.eip), (DF_TSS_SEL, 0x25000));
+    assert_eq!(
+        (typ(&mut vm, TSS_SEL), typ(&mut vm, DF_TSS_SEL)),
+        (0x9, 0xB)
+    );
+    assert_eq!(vm.cpu.eflags & flags::NT, 0, "JMP does not nest");
+    assert_eq!(
+        r32(&mut vm, TSS0 + 0x20),
+        0x10007,
+        "saved EIP is after the JMP"
+    );
+    // CALL nests: back link and NT; the old task stays busy.
+    let mut vm = pm_vm();
+    setup(&mut vm);
+    put(
+        &mut vm,
+        0x10000,
+        &asm(32, 0x10000, |a| a.call_far(DF_TSS_SEL, 0).unwrap()),
+    );
+    step(&mut it, &mut vm);
+    assert_eq!(
+        (typ(&mut vm, TSS_SEL), typ(&mut vm, DF_TSS_SEL)),
+        (0xB, 0xB)
+    );
+    assert_ne!(vm.cpu.eflags & flags::NT, 0);
+    assert_eq!(r16(&mut vm, TSS_DF), TSS_SEL);
+    // Calling a busy TSS is #GP(selector).
+    let mut vm = pm_vm();
+    set_idt(&mut vm, 13, gate(K_CODE, 0x2D000, 0xE, 0, 0));
+    put(
+        &mut vm,
+        0x10000,
+        &asm(32, 0x10000, |a| a.call_far(TSS_SEL, 0).unwrap()),
+    );
+    step(&mut it, &mut vm);
+    assert_eq!(vm.cpu.eip, 0x2D000);
+    assert_eq!(r32(&mut vm, 0x8000 - 16), TSS_SEL as u32);
+}
+
+#[test]
+fn io_bitmap_permission() {
+    use umbra_core::interp::task::io_allowed;
+    let mut vm = pm_vm();
+    // CPL 0 <= IOPL 0: always allowed.
+    assert!(io_allowed(&mut vm, 0x3F8, 1).is_ok());
+    to_ring3(&mut vm, 0x7000);
+    // TSS limit 0x67 has no room for a bitmap: denied.
+    assert_eq!(io_allowed(&mut vm, 0x3F8, 1), Err(Fault::gp(0)));
+    // Bitmap at 0x68, 0x400 ports worth (0x80 bytes), port 0x3F9 denied.
+    vm.cpu.tr.limit = 0x68 + 0x80;
+    vm.mem.write_u16((TSS0 + 0x66) as u64, 0x68);
+    vm.mem.write_u8((TSS0 + 0x68 + 0x3F8 / 8) as u64, 1 << 1);
+    assert!(io_allowed(&mut vm, 0x3F8, 1).is_ok());
+    assert_eq!(io_allowed(&mut vm, 0x3F8, 2), Err(Fault::gp(0)));
+    assert_eq!(io_allowed(&mut vm, 0x3F9, 1), Err(Fault::gp(0)));
+    // Beyond the limit: denied.
+    assert_eq!(io_allowed(&mut vm, 0x7000, 1), Err(Fault::gp(0)));
+}
+
+#[test]
+fn sixteen_bit_interrupt_gate_pushes_words() {
+    let mut vm = pm_vm();
+    set_idt(&mut vm, 0x50, gate(0x40, 0x1234, 0x6, 0, 0));
+    let mut it = Interpreter::new();
+    put(
+        &mut vm,
+        0x10000,
+        &asm(32, 0x10000, |a| a.int(0x50).unwrap()),
+    );
+    step(&mut it, &mut vm);
+    assert_eq!((sel(&vm, SegReg::Cs), vm.cpu.eip), (0x40, 0x1234));
+    assert_eq!(sp_of(&vm), 0x8000 - 6);
+    assert_eq!(r16(&mut vm, 0x8000 - 6), 0x0002, "IP, truncated to 16 bits");
+    assert_eq!(r16(&mut vm, 0x8000 - 4), K_CODE);
+    assert_eq!(r16(&mut vm, 0x8000 - 2), 0x202);
+    assert_eq!(vm.cpu.eflags & flags::IF, 0);
+}

@@ -193,12 +193,19 @@ pub fn sel_err(sel: u16, ext: bool) -> u32 {
 /// The cache a real-mode load leaves: only selector and base change, the
 /// limit and attributes stay (so "big real mode" survives, SDM Vol. 3
 /// 20.1.1 and every implementation).
+/// A register that held a null selector becomes a present 64 KiB
+/// read/write data segment again.
 pub fn real_segment(old: &Segment, sel: u16) -> Segment {
+    let (limit, attr) = if old.unusable() {
+        (0xFFFF, attr::P | attr::S | attr::RW | attr::ACCESSED)
+    } else {
+        (old.limit, old.attr | attr::P | attr::S)
+    };
     Segment {
         selector: sel,
         base: (sel as u32) << 4,
-        limit: old.limit,
-        attr: (old.attr & !attr::UNUSABLE) | attr::P | attr::S,
+        limit,
+        attr,
     }
 }
 
@@ -532,7 +539,8 @@ fn far_transfer(ctx: &mut Ctx, kind: Far, sel: u16, off: u32, osz: u32) -> Resul
             switch_from(ctx, kind, tsel, td)
         }
         sys::TSS16_AVAIL | sys::TSS32_AVAIL => {
-            if d.dpl() < cpl || d.dpl() < rpl {
+            // A TSS descriptor must be in the GDT.
+            if sel & SEL_TI != 0 || d.dpl() < cpl || d.dpl() < rpl {
                 return Err(Fault::gp(code));
             }
             if !d.present() {
