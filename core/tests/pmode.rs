@@ -827,3 +827,60 @@ fn sixteen_bit_interrupt_gate_pushes_words() {
     assert_eq!(r16(&mut vm, 0x8000 - 2), 0x202);
     assert_eq!(vm.cpu.eflags & flags::IF, 0);
 }
+
+#[test]
+fn vme_redirects_int_and_iret_restores_vif() {
+    use umbra_core::cpu::cr4;
+    let mut vm = pm_vm();
+    let mut it = Interpreter::new();
+    vm.cpu.cr4 |= cr4::VME;
+    // Redirection bitmap at TSS+0x68 (I/O map base 0x88); only vector
+    // 0x22 goes to the protected-mode handler.
+    vm.cpu.tr.limit = 0x88 + 0x10;
+    vm.mem.write_u16((TSS0 + 0x66) as u64, 0x88);
+    vm.mem
+        .write_u8((TSS0 + 0x68 + 0x22 / 8) as u64, 1 << (0x22 & 7));
+    // 8086 IVT[0x21] = 0300:0040.
+    vm.mem.write_u32(0x21 * 4, 0x0300_0040);
+    let v86_flags = flags::FIXED1 | flags::VM | flags::VIF | flags::CF;
+    let frame = [0x100, 0x2000, v86_flags, 0x1000, 0x3000, 0, 0, 0, 0];
+    for (i, v) in frame.iter().enumerate() {
+        vm.mem.write_u32((0x7F00 + 4 * i) as u64, *v);
+    }
+    vm.cpu.gpr[ESP] = 0x7F00;
+    put(&mut vm, 0x10000, &asm(32, 0x10000, |a| a.iretd().unwrap()));
+    put(
+        &mut vm,
+        0x20100,
+        &asm(16, 0x100, |a| {
+            a.int(0x21).unwrap();
+            a.int(0x22).unwrap();
+        }),
+    );
+    put(&mut vm, 0x3040, &asm(16, 0x40, |a| a.iret().unwrap()));
+    set_idt(&mut vm, 13, gate(K_CODE, 0x2D000, 0xE, 0, 0));
+    step(&mut it, &mut vm);
+    step(&mut it, &mut vm);
+    assert!(vm.cpu.v86());
+    assert_eq!((sel(&vm, SegReg::Cs), vm.cpu.eip), (0x300, 0x40));
+    assert_eq!(sp_of(&vm), 0x1000 - 6);
+    // FLAGS image: IOPL shown as 3, IF = VIF (1), CF kept.
+    assert_eq!(
+        r16(&mut vm, 0x30000 + 0x1000 - 2) as u32,
+        0x2 | flags::IOPL | flags::IF | flags::CF
+    );
+    assert_eq!(r16(&mut vm, 0x30000 + 0x1000 - 4), 0x2000);
+    assert_eq!(r16(&mut vm, 0x30000 + 0x1000 - 6), 0x102);
+    assert_eq!(vm.cpu.eflags & flags::VIF, 0, "VIF cleared");
+    assert_eq!(vm.cpu.iopl(), 0);
+    // IRET (16-bit, IOPL 0, VME): IF from the image goes to VIF.
+    step(&mut it, &mut vm);
+    assert_eq!((sel(&vm, SegReg::Cs), vm.cpu.eip), (0x2000, 0x102));
+    assert_ne!(vm.cpu.eflags & flags::VIF, 0);
+    assert_eq!(vm.cpu.eflags & (flags::IF | flags::IOPL), 0);
+    // Vector 0x22 has its bit set and IOPL < 3: #GP(0).
+    step(&mut it, &mut vm);
+    assert_eq!(vm.cpu.eip, 0x2D000);
+    assert_eq!(r32(&mut vm, ESP0 - 40), 0);
+    assert_eq!(r32(&mut vm, ESP0 - 36), 0x102);
+}

@@ -350,6 +350,8 @@ pub fn null_inaccessible(cpu: &mut CpuState, cpl: u8) {
     for seg in [SegReg::Es, SegReg::Ds, SegReg::Fs, SegReg::Gs] {
         let s = cpu.seg(seg);
         if s.unusable() {
+            // A null selector with a non-zero RPL becomes 0 as well.
+            *cpu.seg_mut(seg) = null_segment(0);
             continue;
         }
         let data_or_nc = s.attr & attr::CODE == 0 || s.attr & attr::DC == 0;
@@ -412,7 +414,8 @@ pub fn tss_stack(vm: &mut Vm, dpl: u8, ext: bool) -> Result<(u16, u32), Fault> {
     let dpl = dpl as u32;
     if tr.sys_type() & 8 != 0 {
         let off = 4 + 8 * dpl;
-        if off + 7 > tr.limit {
+        // SS is read as 2 bytes: the check covers ESP and SS only.
+        if off + 5 > tr.limit {
             return Err(bad);
         }
         let esp = vm.read_lin(tr.base.wrapping_add(off), 4, Access::READ)? as u32;

@@ -271,7 +271,7 @@ pub fn task_switch(
     vm.cpu.ldtr = null_segment(st.ldt);
     load_task_segments(vm, &st, ext)?;
     if vm.cpu.eip > vm.cpu.seg(SegReg::Cs).limit {
-        return Err(Fault::gp(0));
+        return Err(Fault::gp(ext as u32));
     }
     if st.trap {
         vm.cpu.dr[6] |= DR6_BT;
