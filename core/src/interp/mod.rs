@@ -25,6 +25,8 @@ pub mod shift;
 pub mod string;
 pub mod system;
 pub mod task;
+#[cfg(test)]
+pub(crate) mod testutil;
 pub mod x87;
 
 use std::collections::BTreeMap;
@@ -41,8 +43,8 @@ use crate::vm::Vm;
 pub type Handler = fn(&mut Ctx, &Instruction) -> Result<(), Fault>;
 
 /// Handlers indexed by `Mnemonic as usize`, with per-`Code` overrides for
-/// forms that share a mnemonic but belong to another family (far JMP/CALL,
-/// MOV/PUSH/POP of segment registers).
+/// mnemonics that several families share (MOV to a segment register vs
+/// MOV between GPRs, string MOVSD vs SSE MOVSD, near vs far JMP/CALL).
 pub struct Table {
     handlers: Vec<Option<Handler>>,
     by_code: Vec<Option<Handler>>,
@@ -55,28 +57,27 @@ impl Table {
             by_code: vec![None; Code::values().count()],
         }
     }
+    /// Register `h` for exactly the encodings `cs`; these win over a
+    /// handler registered for their mnemonic.
+    pub fn set_codes(&mut self, cs: &[Code], h: Handler) {
+        for &c in cs {
+            self.by_code[c as usize] = Some(h);
+        }
+    }
+    /// The handler for `ins`: its code's, else its mnemonic's.
+    #[inline]
+    pub fn lookup(&self, ins: &Instruction) -> Option<Handler> {
+        self.by_code[ins.code() as usize].or(self.handlers[ins.mnemonic() as usize])
+    }
     /// Register `h` for every mnemonic in `ms`.
     pub fn set(&mut self, ms: &[Mnemonic], h: Handler) {
         for &m in ms {
             self.handlers[m as usize] = Some(h);
         }
     }
-    /// Register `h` for exactly the encodings in `cs`; these win over the
-    /// handler registered for their mnemonic.
-    pub fn set_code(&mut self, cs: &[Code], h: Handler) {
-        for &c in cs {
-            self.by_code[c as usize] = Some(h);
-        }
-    }
     #[inline]
     pub fn get(&self, m: Mnemonic) -> Option<Handler> {
         self.handlers[m as usize]
-    }
-    /// The handler for a decoded instruction: its `Code` override, else
-    /// its mnemonic's handler.
-    #[inline]
-    pub fn lookup(&self, ins: &Instruction) -> Option<Handler> {
-        self.by_code[ins.code() as usize].or(self.handlers[ins.mnemonic() as usize])
     }
     /// The full table, every family registered.
     pub fn build() -> Self {

@@ -878,9 +878,9 @@ fn load_far_pointer(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
 }
 
 pub(super) fn register(t: &mut Table) {
-    t.set_code(&[Code::Mov_Sreg_rm16, Code::Mov_Sreg_r32m16], mov_to_sreg);
-    t.set_code(&[Code::Mov_rm16_Sreg, Code::Mov_r32m16_Sreg], mov_from_sreg);
-    t.set_code(
+    t.set_codes(&[Code::Mov_Sreg_rm16, Code::Mov_Sreg_r32m16], mov_to_sreg);
+    t.set_codes(&[Code::Mov_rm16_Sreg, Code::Mov_r32m16_Sreg], mov_from_sreg);
+    t.set_codes(
         &[
             Code::Popw_ES,
             Code::Popd_ES,
@@ -895,7 +895,7 @@ pub(super) fn register(t: &mut Table) {
         ],
         pop_sreg,
     );
-    t.set_code(
+    t.set_codes(
         &[
             Code::Pushw_ES,
             Code::Pushd_ES,
@@ -922,7 +922,7 @@ pub(super) fn register(t: &mut Table) {
         ],
         load_far_pointer,
     );
-    t.set_code(
+    t.set_codes(
         &[
             Code::Jmp_ptr1616,
             Code::Jmp_ptr1632,
@@ -931,7 +931,7 @@ pub(super) fn register(t: &mut Table) {
         ],
         jmp_far,
     );
-    t.set_code(
+    t.set_codes(
         &[
             Code::Call_ptr1616,
             Code::Call_ptr1632,
