@@ -790,26 +790,6 @@ fn jmp_to_tss_clears_old_busy_and_call_nests() {
 }
 
 #[test]
-fn io_bitmap_permission() {
-    use umbra_core::interp::task::io_allowed;
-    let mut vm = pm_vm();
-    // CPL 0 <= IOPL 0: always allowed.
-    assert!(io_allowed(&mut vm, 0x3F8, 1).is_ok());
-    to_ring3(&mut vm, 0x7000);
-    // TSS limit 0x67 has no room for a bitmap: denied.
-    assert_eq!(io_allowed(&mut vm, 0x3F8, 1), Err(Fault::gp(0)));
-    // Bitmap at 0x68, 0x400 ports worth (0x80 bytes), port 0x3F9 denied.
-    vm.cpu.tr.limit = 0x68 + 0x80;
-    vm.mem.write_u16((TSS0 + 0x66) as u64, 0x68);
-    vm.mem.write_u8((TSS0 + 0x68 + 0x3F8 / 8) as u64, 1 << 1);
-    assert!(io_allowed(&mut vm, 0x3F8, 1).is_ok());
-    assert_eq!(io_allowed(&mut vm, 0x3F8, 2), Err(Fault::gp(0)));
-    assert_eq!(io_allowed(&mut vm, 0x3F9, 1), Err(Fault::gp(0)));
-    // Beyond the limit: denied.
-    assert_eq!(io_allowed(&mut vm, 0x7000, 1), Err(Fault::gp(0)));
-}
-
-#[test]
 fn sixteen_bit_interrupt_gate_pushes_words() {
     let mut vm = pm_vm();
     set_idt(&mut vm, 0x50, gate(0x40, 0x1234, 0x6, 0, 0));

@@ -358,36 +358,6 @@ fn load_task_segments(vm: &mut Vm, st: &TaskState, ext: bool) -> Result<(), Faul
     Ok(())
 }
 
-/// Offset of the I/O map base field in a 32-bit TSS.
-const TSS32_IOMAP: u32 = 0x66;
-
-/// I/O permission check for IN/OUT/INS/OUTS (SDM Vol. 1 18.5): allowed
-/// when CPL <= IOPL outside V86 mode; otherwise every bit for ports
-/// `port..port+width` in the TSS I/O bitmap must be clear, and the TSS
-/// must be a 32-bit one reaching those bits. Anything else is #GP(0).
-pub fn io_allowed(vm: &mut Vm, port: u16, width: u32) -> Result<(), Fault> {
-    let cpu = &vm.cpu;
-    if cpu.real() || (!cpu.v86() && cpu.cpl() <= cpu.iopl()) {
-        return Ok(());
-    }
-    let tr = cpu.tr;
-    if !tss_is_32(&tr) || tr.unusable() || tr.limit < TSS32_MIN_LIMIT {
-        return Err(Fault::gp(0));
-    }
-    let map = rd(vm, tr.base.wrapping_add(TSS32_IOMAP), 2)?;
-    let off = map + (port as u32 >> 3);
-    // Two bytes are read, so a check spanning a byte boundary sees both.
-    if off + 1 > tr.limit {
-        return Err(Fault::gp(0));
-    }
-    let bits = rd(vm, tr.base.wrapping_add(off), 2)?;
-    let mask = ((1u32 << width) - 1) << (port & 7);
-    if bits & mask != 0 {
-        return Err(Fault::gp(0));
-    }
-    Ok(())
-}
-
 /// Whether the current TSS is a 32-bit one.
 pub fn tss_is_32(tr: &Segment) -> bool {
     tr.sys_type() & 8 != 0
