@@ -4,8 +4,10 @@
 //! faults, hardware task switches. Every expected value is derived by hand
 //! from the SDM rules named in each test.
 
-use iced_x86::code_asm::{ax, ds, ebx, es, esp, ptr, ss, word_ptr, CodeAssembler};
-use umbra_core::cpu::{attr, cr0, flags, SegReg, Segment, EAX, EBX, ESP};
+use iced_x86::code_asm::{
+    ax, ds, dword_ptr, eax, ebx, ecx, edx, es, esp, ptr, ss, word_ptr, CodeAssembler,
+};
+use umbra_core::cpu::{attr, cr0, flags, SegReg, Segment, EAX, EBX, ECX, ESP};
 use umbra_core::exception::Fault;
 use umbra_core::interp::{interrupt, Interpreter, Step};
 use umbra_core::mem::GuestMemory;
@@ -79,6 +81,31 @@ fn set_seg(vm: &mut Vm, s: SegReg, sel: u16) {
 /// TSS0 (busy) whose ring-0 stack is K_DATA:ESP0.
 fn pm_vm() -> Vm {
     let mut vm = Vm::new(GuestMemory::new(2 << 20).unwrap());
+    let entries = write_tables(&mut vm);
+    vm.cpu.cr0 |= cr0::PE;
+    vm.cpu.gdtr.base = GDT;
+    vm.cpu.gdtr.limit = (entries * 8 - 1) as u16;
+    vm.cpu.idtr.base = IDT;
+    vm.cpu.idtr.limit = 0x7FF;
+    set_seg(&mut vm, SegReg::Cs, K_CODE);
+    for s in [SegReg::Ss, SegReg::Ds, SegReg::Es, SegReg::Fs, SegReg::Gs] {
+        set_seg(&mut vm, s, K_DATA);
+    }
+    let t = vm.mem.read_u64((GDT + TSS_SEL as u32) as u64);
+    vm.cpu.tr = Segment::from_descriptor(TSS_SEL, t as u32, (t >> 32) as u32);
+    vm.cpu.ldtr = Segment {
+        attr: attr::UNUSABLE,
+        ..Segment::default()
+    };
+    vm.cpu.eflags = flags::FIXED1 | flags::IF;
+    vm.cpu.gpr[ESP] = 0x8000;
+    vm.cpu.eip = 0x10000;
+    vm
+}
+
+/// Write the GDT (TSS0 marked busy, as after LTR) and TSS0's ring-0
+/// stack; returns the number of GDT entries.
+fn write_tables(vm: &mut Vm) -> usize {
     let gdt = [
         0,
         desc(0, 0xFFFFF, 0x9A, 0xC),
@@ -94,27 +121,9 @@ fn pm_vm() -> Vm {
     for (i, d) in gdt.iter().enumerate() {
         vm.mem.write_u64((GDT + 8 * i as u32) as u64, *d);
     }
-    vm.cpu.cr0 |= cr0::PE;
-    vm.cpu.gdtr.base = GDT;
-    vm.cpu.gdtr.limit = (gdt.len() * 8 - 1) as u16;
-    vm.cpu.idtr.base = IDT;
-    vm.cpu.idtr.limit = 0x7FF;
-    set_seg(&mut vm, SegReg::Cs, K_CODE);
-    for s in [SegReg::Ss, SegReg::Ds, SegReg::Es, SegReg::Fs, SegReg::Gs] {
-        set_seg(&mut vm, s, K_DATA);
-    }
-    let t = vm.mem.read_u64((GDT + TSS_SEL as u32) as u64);
-    vm.cpu.tr = Segment::from_descriptor(TSS_SEL, t as u32, (t >> 32) as u32);
-    vm.cpu.ldtr = Segment {
-        attr: attr::UNUSABLE,
-        ..Segment::default()
-    };
     vm.mem.write_u32((TSS0 + 4) as u64, ESP0);
     vm.mem.write_u16((TSS0 + 8) as u64, K_DATA);
-    vm.cpu.eflags = flags::FIXED1 | flags::IF;
-    vm.cpu.gpr[ESP] = 0x8000;
-    vm.cpu.eip = 0x10000;
-    vm
+    gdt.len()
 }
 
 /// Switch `vm` to CPL 3 with user segments and ESP `esp`.
@@ -863,4 +872,81 @@ fn vme_redirects_int_and_iret_restores_vif() {
     assert_eq!(vm.cpu.eip, 0x2D000);
     assert_eq!(r32(&mut vm, ESP0 - 40), 0);
     assert_eq!(r32(&mut vm, ESP0 - 36), 0x102);
+}
+
+#[test]
+fn boot_from_real_mode_to_ring3_and_back() {
+    let mut vm = Vm::new(GuestMemory::new(2 << 20).unwrap());
+    let mut it = Interpreter::new();
+    let entries = write_tables(&mut vm);
+    // TSS0 is available until LTR marks it busy.
+    vm.mem.write_u8((GDT + TSS_SEL as u32 + 5) as u64, 0x89);
+    vm.mem.write_u16(0x7B00, (entries * 8 - 1) as u16);
+    vm.mem.write_u32(0x7B02, GDT);
+    vm.mem.write_u16(0x7B08, 0x7FF);
+    vm.mem.write_u32(0x7B0A, IDT);
+    set_idt(&mut vm, 0, gate(K_CODE, 0x7D80, 0xE, 0, 0));
+    set_idt(&mut vm, 0x80, gate(K_CODE, 0x7E80, 0xF, 3, 0));
+    vm.cpu.seg[SegReg::Cs as usize] = Segment::real(0);
+    vm.cpu.seg[SegReg::Cs as usize].attr |= attr::CODE;
+    vm.cpu.eip = 0x7C00;
+    let real = asm(16, 0x7C00, |a| {
+        a.cli().unwrap();
+        a.lgdt(ptr(0x7B00)).unwrap();
+        a.lidt(ptr(0x7B08)).unwrap();
+        // LMSW rather than MOV CR0 keeps this test to one other family.
+        a.mov(ax, 1).unwrap();
+        a.lmsw(ax).unwrap();
+        a.jmp_far(K_CODE, 0x7D00).unwrap();
+    });
+    put(&mut vm, 0x7C00, &real);
+    let pm = asm(32, 0x7D00, |a| {
+        a.mov(ax, K_DATA as u32).unwrap();
+        a.mov(ds, ax).unwrap();
+        a.mov(es, ax).unwrap();
+        a.mov(ss, ax).unwrap();
+        a.mov(esp, 0x8000).unwrap();
+        a.mov(ax, TSS_SEL as u32).unwrap();
+        a.ltr(ax).unwrap();
+        a.xor(edx, edx).unwrap();
+        a.mov(eax, 1).unwrap();
+        a.xor(ecx, ecx).unwrap();
+        a.div(ecx).unwrap(); // F7 F1: #DE, the handler skips it
+        a.push(U_DATA as u32).unwrap();
+        a.push(0x7000).unwrap();
+        a.pushfd().unwrap();
+        a.push(U_CODE as u32).unwrap();
+        a.push(0x7E00).unwrap();
+        a.iretd().unwrap();
+    });
+    put(&mut vm, 0x7D00, &pm);
+    let de = asm(32, 0x7D80, |a| {
+        a.mov(ebx, 0xDE).unwrap();
+        a.add(dword_ptr(esp), 2).unwrap();
+        a.iretd().unwrap();
+    });
+    put(&mut vm, 0x7D80, &de);
+    let user = asm(32, 0x7E00, |a| {
+        a.mov(eax, 42).unwrap();
+        a.int(0x80).unwrap();
+    });
+    put(&mut vm, 0x7E00, &user);
+    let sys = asm(32, 0x7E80, |a| {
+        a.mov(ecx, eax).unwrap();
+        a.hlt().unwrap();
+    });
+    put(&mut vm, 0x7E80, &sys);
+    let exit = it.run(&mut vm, Budget::insns(200));
+    assert_eq!(exit, Exit::Halted, "stats: {:?}", it.stats.unimplemented);
+    assert_eq!(vm.cpu.gpr[EBX], 0xDE, "#DE handler ran");
+    assert_eq!(vm.cpu.gpr[ECX], 42, "system call from ring 3 arrived");
+    assert_eq!(vm.cpu.cpl(), 0);
+    assert_eq!(sel(&vm, SegReg::Ss), K_DATA);
+    let f = ESP0 - 20;
+    assert_eq!(sp_of(&vm), f);
+    assert_eq!(r32(&mut vm, f + 4), U_CODE as u32);
+    assert_eq!(r32(&mut vm, f + 12), 0x7000);
+    // LTR marked TSS0 busy.
+    assert_eq!(vm.mem.read_u8((GDT + TSS_SEL as u32 + 5) as u64) & 0xF, 0xB);
+    assert_eq!(it.stats.exceptions[0], 1);
 }
