@@ -229,11 +229,12 @@ pub fn null_segment(sel: u16) -> Segment {
     }
 }
 
-/// Whether `[off, off+size)` is inside segment `s` (expand-down aware,
-/// SDM Vol. 3 5.3) in protected mode, or inside its limit otherwise.
-pub fn offset_ok(cpu: &CpuState, s: &Segment, off: u32, size: u32) -> bool {
+/// Whether `[off, off+size)` is inside segment `s`, expand-down aware
+/// (SDM Vol. 3 5.3). The cache decides: real-mode and V86 loads leave
+/// expand-up attributes, so this holds in every mode.
+pub fn offset_ok(s: &Segment, off: u32, size: u32) -> bool {
     let last = off as u64 + size as u64 - 1;
-    if cpu.protected() && !cpu.v86() && s.attr & (attr::CODE | attr::DC) == attr::DC {
+    if s.attr & (attr::CODE | attr::DC) == attr::DC {
         let top: u64 = if s.big() { 0xFFFF_FFFF } else { 0xFFFF };
         return off as u64 > s.limit as u64 && last <= top;
     }
@@ -262,7 +263,7 @@ pub fn push_frame(
         if !big {
             p &= 0xFFFF;
         }
-        if !offset_ok(&vm.cpu, ss, p, size) {
+        if !offset_ok(ss, p, size) {
             return Err(fault);
         }
         let lin = ss.base.wrapping_add(p);
