@@ -17,6 +17,7 @@ const GDT: u32 = 0x1000;
 const IDT: u32 = 0x2000;
 const TSS0: u32 = 0x3000;
 const TSS_DF: u32 = 0x3100;
+const TSS16: u32 = 0x3200;
 
 const K_CODE: u16 = 0x08;
 const K_DATA: u16 = 0x10;
@@ -26,6 +27,7 @@ const TSS_SEL: u16 = 0x28;
 const DF_TSS_SEL: u16 = 0x30;
 const CALL_GATE: u16 = 0x3B;
 const NP_DATA: u16 = 0x48;
+const TSS16_SEL: u16 = 0x50;
 
 /// Kernel stack top in TSS0.ESP0.
 const ESP0: u32 = 0x9000;
@@ -117,6 +119,7 @@ fn write_tables(vm: &mut Vm) -> usize {
         gate(K_CODE, 0x22000, 0xC, 3, 2),
         desc(0, 0xFFFF, 0x9A, 0),
         desc(0, 0xFFFFF, 0x12 | 0x60, 0xC), // DPL 3 data, not present
+        desc(TSS16, 0x2B, 0x81, 0),         // 16-bit TSS, available
     ];
     for (i, d) in gdt.iter().enumerate() {
         vm.mem.write_u64((GDT + 8 * i as u32) as u64, *d);
@@ -949,4 +952,68 @@ fn boot_from_real_mode_to_ring3_and_back() {
     // LTR marked TSS0 busy.
     assert_eq!(vm.mem.read_u8((GDT + TSS_SEL as u32 + 5) as u64) & 0xF, 0xB);
     assert_eq!(it.stats.exceptions[0], 1);
+}
+
+#[test]
+fn call_16bit_tss_and_t_bit_trap() {
+    let mut it = Interpreter::new();
+    let mut vm = pm_vm();
+    // 16-bit TSS: IP 0x0E, FLAGS 0x10, AX.. 0x12, ES CS SS DS 0x22.., LDT 0x2A.
+    vm.mem.write_u16((TSS16 + 0x0E) as u64, 0x0500);
+    vm.mem.write_u16((TSS16 + 0x10) as u64, 0x0002);
+    vm.mem.write_u16((TSS16 + 0x12 + 3 * 2) as u64, 0xBEEF); // BX
+    vm.mem.write_u16((TSS16 + 0x12 + 4 * 2) as u64, 0x6000); // SP
+    for (i, s) in [K_DATA, 0x40, K_DATA, K_DATA].iter().enumerate() {
+        vm.mem.write_u16((TSS16 + 0x22 + 2 * i as u32) as u64, *s);
+    }
+    vm.cpu.gpr[EBX] = 0x1234_5678;
+    put(
+        &mut vm,
+        0x10000,
+        &asm(32, 0x10000, |a| a.call_far(TSS16_SEL, 0).unwrap()),
+    );
+    step(&mut it, &mut vm);
+    assert_eq!(vm.cpu.tr.selector, TSS16_SEL);
+    assert_eq!((sel(&vm, SegReg::Cs), vm.cpu.eip), (0x40, 0x500));
+    assert!(!vm.cpu.code32());
+    // Only the low halves load from a 16-bit TSS.
+    assert_eq!(vm.cpu.gpr[EBX], 0x1234_BEEF);
+    assert_eq!(sel(&vm, SegReg::Fs), 0, "FS is not in a 16-bit TSS");
+    assert_ne!(vm.cpu.eflags & flags::NT, 0);
+    assert_eq!(r16(&mut vm, TSS16), TSS_SEL, "back link");
+    assert_eq!(
+        vm.mem.read_u8((GDT + TSS16_SEL as u32 + 5) as u64) & 0xF,
+        0x3,
+        "busy 16-bit TSS"
+    );
+
+    // A 32-bit TSS with its T bit: #DB before the new task's first
+    // instruction, DR6.BT set, the frame on the new task's stack.
+    let mut vm = pm_vm();
+    vm.mem.write_u32((TSS_DF + 0x20) as u64, 0x25000);
+    vm.mem.write_u32((TSS_DF + 0x24) as u64, 0x2);
+    vm.mem.write_u32((TSS_DF + 0x28 + 4 * 4) as u64, 0xA000);
+    for (i, s) in [K_DATA, K_CODE, K_DATA, K_DATA, K_DATA, K_DATA]
+        .iter()
+        .enumerate()
+    {
+        vm.mem.write_u16((TSS_DF + 0x48 + 4 * i as u32) as u64, *s);
+    }
+    vm.mem.write_u16((TSS_DF + 0x64) as u64, 1);
+    set_idt(&mut vm, 1, gate(K_CODE, 0x21000, 0xE, 0, 0));
+    vm.cpu.dr[7] = 0x0000_0403; // L0 | G0 | reserved bit 10
+    put(
+        &mut vm,
+        0x10000,
+        &asm(32, 0x10000, |a| a.jmp_far(DF_TSS_SEL, 0).unwrap()),
+    );
+    step(&mut it, &mut vm);
+    assert_eq!(vm.cpu.eip, 0x21000);
+    assert_ne!(vm.cpu.dr[6] & (1 << 15), 0, "DR6.BT");
+    assert_eq!(
+        r32(&mut vm, 0xA000 - 12),
+        0x25000,
+        "returns to the new task's entry"
+    );
+    assert_eq!(vm.cpu.dr[7], 0x0000_0402, "task switch clears L0 only");
 }

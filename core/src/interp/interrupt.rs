@@ -31,6 +31,10 @@ const REAL_IRETD_MASK: u32 = 0x0025_7FD5;
 /// ... and these from the current EFLAGS (VIP, VIF, VM: 1A0000H).
 const REAL_IRETD_KEEP: u32 = 0x001A_0000;
 
+/// Most deliveries one event may chain through before the machine is
+/// declared shut down (see `deliver_chain`).
+const MAX_CHAIN: usize = 64;
+
 /// Where an event comes from; it decides the gate DPL check and EXT.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
@@ -160,10 +164,12 @@ pub fn single_step_trap(vm: &mut Vm) -> Result<(), ShutdownReason> {
 /// delivering #DF shuts the machine down.
 fn deliver_chain(vm: &mut Vm, first: Event) -> Result<(), ShutdownReason> {
     let mut ev = first;
-    loop {
+    for _ in 0..MAX_CHAIN {
         let err = match deliver(vm, &ev) {
             Ok(()) => {
+                // The handler starts with no shadow and awake.
                 vm.cpu.halted = false;
+                vm.cpu.interrupt_shadow = false;
                 return Ok(());
             }
             Err(f) => f,
@@ -198,6 +204,10 @@ fn deliver_chain(vm: &mut Vm, first: Event) -> Result<(), ShutdownReason> {
             }
         };
     }
+    // Only benign exceptions raised by task switches (#DB from a T bit)
+    // can chain without reaching #DF; a guest that loops them forever is
+    // as dead as one that triple-faults.
+    Err(ShutdownReason::TripleFault)
 }
 
 /// One delivery attempt. Commits nothing unless it succeeds, except for
