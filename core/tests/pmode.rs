@@ -1017,3 +1017,23 @@ fn call_16bit_tss_and_t_bit_trap() {
     );
     assert_eq!(vm.cpu.dr[7], 0x0000_0402, "task switch clears L0 only");
 }
+
+#[test]
+fn nmi_blocks_nmis_until_iret() {
+    let mut vm = pm_vm();
+    let mut it = Interpreter::new();
+    set_idt(&mut vm, 2, gate(K_CODE, 0x27000, 0xE, 0, 0));
+    put(&mut vm, 0x27000, &asm(32, 0x27000, |a| a.iretd().unwrap()));
+    vm.cpu.eflags = flags::FIXED1; // IF clear: NMIs are not maskable
+    vm.cpu.pending_nmi = true;
+    step(&mut it, &mut vm);
+    assert_eq!(vm.cpu.eip, 0x27000);
+    assert!(vm.cpu.nmi_blocked);
+    // A second NMI waits while the handler runs: IRET executes instead.
+    vm.cpu.pending_nmi = true;
+    step(&mut it, &mut vm);
+    assert_eq!(vm.cpu.eip, 0x10000, "IRET ran, not the NMI");
+    assert!(!vm.cpu.nmi_blocked);
+    step(&mut it, &mut vm);
+    assert_eq!(vm.cpu.eip, 0x27000, "then the second NMI");
+}

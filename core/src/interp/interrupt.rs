@@ -110,8 +110,10 @@ pub fn take_pending(vm: &mut Vm) -> Result<bool, ShutdownReason> {
     if vm.cpu.interrupt_shadow {
         return Ok(false);
     }
-    let vector = if vm.cpu.pending_nmi {
+    let vector = if vm.cpu.pending_nmi && !vm.cpu.nmi_blocked {
         vm.cpu.pending_nmi = false;
+        // Blocked from delivery until the next IRET (SDM Vol. 3 6.7.1).
+        vm.cpu.nmi_blocked = true;
         vector::NMI
     } else if vm.cpu.eflags & flags::IF != 0 {
         match vm.cpu.pending_irq.take() {
@@ -543,6 +545,8 @@ fn iret(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
         Code::Iretd => 4,
         _ => return Err(Fault::ud()),
     };
+    // IRET unblocks NMIs as it starts, even if it then faults.
+    ctx.vm.cpu.nmi_blocked = false;
     let cpu = &ctx.vm.cpu;
     if cpu.protected() && !cpu.v86() && cpu.eflags & flags::NT != 0 {
         return task_return(ctx);
