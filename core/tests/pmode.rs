@@ -1037,3 +1037,43 @@ fn nmi_blocks_nmis_until_iret() {
     step(&mut it, &mut vm);
     assert_eq!(vm.cpu.eip, 0x27000, "then the second NMI");
 }
+
+#[test]
+fn single_step_traps_after_instructions_but_not_into_int_handlers() {
+    let mut vm = pm_vm();
+    let mut it = Interpreter::new();
+    set_idt(&mut vm, 1, gate(K_CODE, 0x21000, 0xE, 0, 0));
+    set_idt(&mut vm, 0x30, gate(K_CODE, 0x22000, 0xE, 0, 0));
+    vm.cpu.eflags |= flags::TF;
+    put(
+        &mut vm,
+        0x10000,
+        &asm(32, 0x10000, |a| {
+            a.mov(ax, K_DATA as u32).unwrap(); // 66 B8 iw: 4 bytes
+            a.int(0x30).unwrap();
+        }),
+    );
+    step(&mut it, &mut vm);
+    // #DB trap after MOV: return address is the next instruction, BS set.
+    assert_eq!(vm.cpu.eip, 0x21000);
+    assert_ne!(vm.cpu.dr[6] & (1 << 14), 0);
+    assert_eq!(r32(&mut vm, 0x8000 - 12), 0x10004);
+    assert_eq!(r32(&mut vm, 0x8000 - 4) & flags::TF, flags::TF);
+    // From the trap's context, continue at INT 0x30 with TF set again.
+    let mut vm2 = pm_vm();
+    set_idt(&mut vm2, 1, gate(K_CODE, 0x21000, 0xE, 0, 0));
+    set_idt(&mut vm2, 0x30, gate(K_CODE, 0x22000, 0xE, 0, 0));
+    vm2.cpu.eflags |= flags::TF;
+    put(
+        &mut vm2,
+        0x10000,
+        &asm(32, 0x10000, |a| a.int(0x30).unwrap()),
+    );
+    step(&mut it, &mut vm2);
+    assert_eq!(vm2.cpu.eip, 0x22000, "no #DB owed after INT n");
+    assert_eq!(
+        r32(&mut vm2, 0x8000 - 4) & flags::TF,
+        flags::TF,
+        "pushed image keeps TF"
+    );
+}

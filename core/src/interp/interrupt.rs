@@ -159,6 +159,17 @@ pub fn single_step_trap(vm: &mut Vm) -> Result<(), ShutdownReason> {
     deliver_chain(vm, ev)
 }
 
+/// Whether `ins`, which just retired, delivered a software interrupt:
+/// the single-step trap it would owe is then discarded, as hardware does
+/// for the handler's new context (TF was cleared on delivery; an INTO
+/// that did not trap left TF alone).
+pub fn delivered_software_interrupt(ins: &Instruction, cpu: &crate::cpu::CpuState) -> bool {
+    matches!(
+        ins.mnemonic(),
+        Mnemonic::Int | Mnemonic::Int3 | Mnemonic::Into | Mnemonic::Int1
+    ) && cpu.eflags & flags::TF == 0
+}
+
 /// Deliver `first`, and whatever its delivery raises, by the double-fault
 /// rules (SDM Vol. 3 6.15 Table 6-5): a contributory fault during a
 /// contributory one, or a contributory/#PF during a #PF, becomes #DF with
