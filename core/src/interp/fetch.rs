@@ -40,7 +40,8 @@ impl Fetcher {
         let bitness = if cpu.code32() { 32 } else { 16 };
         let acc = Access::FETCH.at_cpl(cpu.cpl());
         // Bytes allowed by the CS limit (SDM Vol. 3 5.3).
-        let by_limit = ((cs.limit as u64 + 1).saturating_sub(eip as u64) as usize).min(MAX_INSN_LEN);
+        let by_limit =
+            ((cs.limit as u64 + 1).saturating_sub(eip as u64) as usize).min(MAX_INSN_LEN);
         if by_limit == 0 {
             return Err(Fault::gp(0));
         }
@@ -52,7 +53,11 @@ impl Fetcher {
             return finish(ins, first, by_limit);
         }
         // The instruction runs onto the next page: fetch the rest.
-        vm.read_lin_bytes(lin.wrapping_add(first as u32), &mut self.buf[first..by_limit], acc)?;
+        vm.read_lin_bytes(
+            lin.wrapping_add(first as u32),
+            &mut self.buf[first..by_limit],
+            acc,
+        )?;
         let ins = decode(bitness, &self.buf[..by_limit], eip);
         finish(ins, by_limit, by_limit)
     }

@@ -184,7 +184,9 @@ impl Interpreter {
                 Err(Fault::ud())
             }
         };
-        let Ctx { next_eip, shadow, .. } = ctx;
+        let Ctx {
+            next_eip, shadow, ..
+        } = ctx;
         match r {
             Ok(()) => {
                 self.stats.instructions += 1;
