@@ -325,3 +325,264 @@ impl Mmu {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::walk::pte;
+    use super::*;
+    use crate::vm::Vm;
+
+    const PD: u32 = 0x1000;
+    const PT: u32 = 0x2000;
+    const RW_USER: u32 = (pte::P | pte::RW | pte::US) as u32;
+
+    /// A VM with 32-bit paging on: PD at 0x1000, one PT at 0x2000 for
+    /// linear 0x0040_0000..0x0080_0000, where page 0 maps frame 0x5000,
+    /// page 1 maps the PT itself (so the guest can edit its PTEs at linear
+    /// 0x0040_1000) and page 2 maps the PD.
+    fn paged_vm() -> Vm {
+        let mut vm = Vm::new(GuestMemory::new(16 << 20).unwrap());
+        vm.mem.write_u32(PD as u64 + 4, PT | RW_USER);
+        vm.mem.write_u32(PT as u64, 0x5000 | RW_USER);
+        vm.mem.write_u32(PT as u64 + 4, PT | RW_USER);
+        vm.mem.write_u32(PT as u64 + 8, PD | RW_USER);
+        vm.mem.write_u32(0x5000, 0x1111_1111);
+        vm.mem.write_u32(0x6000, 0x2222_2222);
+        vm.cpu.cr0 |= cr0::PE | cr0::PG | cr0::WP;
+        vm.cpu.cr3 = PD;
+        vm.mmu.flush_all(&vm.cpu);
+        vm
+    }
+
+    fn pte_at(vm: &mut Vm, i: u32) -> u32 {
+        vm.mem.read_u32(PT as u64 + 4 * i as u64)
+    }
+
+    #[test]
+    fn hit_after_fill() {
+        let mut vm = paged_vm();
+        assert_eq!(vm.mmu.lookup_ram(0x40_0010, Access::READ), None);
+        assert_eq!(vm.read_lin(0x40_0010, 4, Access::READ), Ok(0));
+        assert_eq!(vm.mmu.stats.shadow_fills, 1);
+        assert_eq!(vm.mmu.lookup_ram(0x40_0010, Access::READ), Some(0x5010));
+        // The user read permission was folded in too.
+        assert_eq!(vm.mmu.lookup_ram(0x40_0004, Access(pf::U)), Some(0x5004));
+        assert_eq!(vm.read_lin(0x40_0000, 4, Access::READ), Ok(0x1111_1111));
+        assert!(vm.mmu.stats.shadow_hits >= 3);
+        assert_eq!(vm.mmu.stats.shadow_fills, 1);
+        // The walk set A in both entries and watched the two table frames.
+        assert_ne!(pte_at(&mut vm, 0) as u64 & pte::A, 0);
+        assert!(vm.mem.is_watched(1) && vm.mem.is_watched(2));
+    }
+
+    #[test]
+    fn pte_write_through_write_lin_invalidates() {
+        let mut vm = paged_vm();
+        assert_eq!(vm.read_lin(0x40_0000, 4, Access::READ), Ok(0x1111_1111));
+        assert!(vm.mmu.lookup_ram(0x40_0000, Access::READ).is_some());
+        // The guest remaps page 0 to frame 0x6000 by writing its PTE.
+        vm.write_lin(0x40_1000, 4, (0x6000 | RW_USER) as u64, Access::WRITE)
+            .unwrap();
+        assert_eq!(vm.mmu.stats.write_watch_faults, 1);
+        assert_eq!(vm.mmu.lookup_ram(0x40_0000, Access::READ), None);
+        assert_eq!(vm.read_lin(0x40_0000, 4, Access::READ), Ok(0x2222_2222));
+        // Clearing P makes the page fault.
+        vm.write_lin(0x40_1000, 4, 0, Access::WRITE).unwrap();
+        assert_eq!(
+            vm.read_lin(0x40_0000, 4, Access::READ),
+            Err(Fault::pf(0x40_0000, 0))
+        );
+        // A PDE write (through page 2, the PD) drops the PT's mappings.
+        vm.write_lin(0x40_1000, 4, (0x5000 | RW_USER) as u64, Access::WRITE)
+            .unwrap();
+        assert_eq!(vm.read_lin(0x40_0000, 4, Access::READ), Ok(0x1111_1111));
+        vm.write_lin(0x40_2004, 4, 0, Access::WRITE).unwrap();
+        assert_eq!(
+            vm.read_lin(0x40_0000, 4, Access(pf::U)),
+            Err(Fault::pf(0x40_0000, pf::U))
+        );
+    }
+
+    #[test]
+    fn invlpg_drops_the_page() {
+        let mut vm = paged_vm();
+        vm.read_lin(0x40_0000, 4, Access::READ).unwrap();
+        vm.read_lin(0x40_1000, 4, Access::READ).unwrap();
+        vm.mmu.invlpg(&vm.cpu, 0x40_0ABC);
+        assert_eq!(vm.mmu.lookup_ram(0x40_0000, Access::READ), None);
+        assert_eq!(vm.mmu.lookup_ram(0x40_1000, Access::READ), Some(0x2000));
+    }
+
+    #[test]
+    fn cr3_switch_back_to_cached_context_hits() {
+        let mut vm = paged_vm();
+        // A second address space: PD at 0x8000 maps the same linear page
+        // to frame 0x6000 through PT 0x9000.
+        vm.mem.write_u32(0x8004, 0x9000 | RW_USER);
+        vm.mem.write_u32(0x9000, 0x6000 | RW_USER);
+        assert_eq!(vm.read_lin(0x40_0000, 4, Access::READ), Ok(0x1111_1111));
+        vm.cpu.cr3 = 0x8000;
+        vm.mmu.set_cr3(&vm.cpu);
+        assert_eq!(vm.mmu.lookup_ram(0x40_0000, Access::READ), None);
+        assert_eq!(vm.read_lin(0x40_0000, 4, Access::READ), Ok(0x2222_2222));
+        assert_eq!(vm.mmu.stats.cr3_switch_hits, 0);
+        vm.cpu.cr3 = PD;
+        vm.mmu.set_cr3(&vm.cpu);
+        assert_eq!(vm.mmu.stats.cr3_switches, 2);
+        assert_eq!(vm.mmu.stats.cr3_switch_hits, 1);
+        let fills = vm.mmu.stats.shadow_fills;
+        assert_eq!(vm.mmu.lookup_ram(0x40_0000, Access::READ), Some(0x5000));
+        assert_eq!(vm.read_lin(0x40_0000, 4, Access::READ), Ok(0x1111_1111));
+        assert_eq!(vm.mmu.stats.shadow_fills, fills);
+        // PWT/PCD in CR3 select the same context.
+        vm.cpu.cr3 = PD | 0x18;
+        vm.mmu.set_cr3(&vm.cpu);
+        assert_eq!(vm.mmu.stats.cr3_switch_hits, 2);
+        // A cached context stays coherent while inactive: edit its PTE
+        // from the other address space's view of physical memory.
+        vm.cpu.cr3 = 0x8000;
+        vm.mmu.set_cr3(&vm.cpu);
+        vm.write_phys(PT as u64, 4, (0x6000 | RW_USER) as u64);
+        vm.cpu.cr3 = PD;
+        vm.mmu.set_cr3(&vm.cpu);
+        assert_eq!(vm.read_lin(0x40_0000, 4, Access::READ), Ok(0x2222_2222));
+    }
+
+    #[test]
+    fn global_entry_survives_cr3_switch_not_flush_all() {
+        let mut vm = paged_vm();
+        vm.cpu.cr4 |= cr4::PGE;
+        vm.mmu.flush_all(&vm.cpu);
+        vm.mem
+            .write_u32(PT as u64, 0x5000 | RW_USER | pte::G as u32);
+        // A non-global neighbour for contrast.
+        vm.mem.write_u32(PT as u64 + 12, 0x7000 | RW_USER);
+        vm.read_lin(0x40_0000, 4, Access::READ).unwrap();
+        vm.read_lin(0x40_3000, 4, Access::READ).unwrap();
+        // An address space that maps nothing.
+        vm.cpu.cr3 = 0x8000;
+        vm.mmu.set_cr3(&vm.cpu);
+        assert_eq!(vm.mmu.lookup_ram(0x40_0000, Access::READ), Some(0x5000));
+        assert_eq!(vm.read_lin(0x40_0000, 4, Access::READ), Ok(0x1111_1111));
+        assert_eq!(vm.mmu.lookup_ram(0x40_3000, Access::READ), None);
+        assert_eq!(
+            vm.read_lin(0x40_3000, 4, Access::READ),
+            Err(Fault::pf(0x40_3000, 0))
+        );
+        // INVLPG drops global pages too.
+        vm.mmu.invlpg(&vm.cpu, 0x40_0000);
+        assert_eq!(vm.mmu.lookup_ram(0x40_0000, Access::READ), None);
+        // Back in the first space, refill, then flush_all (CR4 write).
+        vm.cpu.cr3 = PD;
+        vm.mmu.set_cr3(&vm.cpu);
+        vm.read_lin(0x40_0000, 4, Access::READ).unwrap();
+        vm.cpu.cr3 = 0x8000;
+        vm.mmu.set_cr3(&vm.cpu);
+        assert!(vm.mmu.lookup_ram(0x40_0000, Access::READ).is_some());
+        vm.mmu.flush_all(&vm.cpu);
+        assert_eq!(vm.mmu.lookup_ram(0x40_0000, Access::READ), None);
+        assert_eq!(
+            vm.read_lin(0x40_0000, 4, Access::READ),
+            Err(Fault::pf(0x40_0000, 0))
+        );
+    }
+
+    #[test]
+    fn dirty_bit_set_on_first_write_after_read_fill() {
+        let mut vm = paged_vm();
+        vm.read_lin(0x40_0000, 4, Access::READ).unwrap();
+        assert_eq!(pte_at(&mut vm, 0) as u64 & pte::D, 0);
+        assert_eq!(vm.mmu.lookup_ram(0x40_0000, Access::WRITE), None);
+        vm.write_lin(0x40_0000, 4, 0x3333_3333, Access::WRITE)
+            .unwrap();
+        assert_ne!(pte_at(&mut vm, 0) as u64 & pte::D, 0);
+        assert_eq!(vm.mem.read_u32(0x5000), 0x3333_3333);
+        // The walk's own A/D update did not count as a guest write.
+        assert_eq!(vm.mmu.stats.write_watch_faults, 0);
+        assert_eq!(vm.mmu.lookup_ram(0x40_0000, Access::WRITE), Some(0x5000));
+        let u = Access(pf::W | pf::U);
+        assert_eq!(vm.mmu.lookup_ram(0x40_0008, u), Some(0x5008));
+    }
+
+    #[test]
+    fn never_write_to_a_watched_frame() {
+        let mut vm = paged_vm();
+        // The PT's own page: RW, D already set, yet watched.
+        vm.mem
+            .write_u32(PT as u64 + 4, PT | RW_USER | (pte::D | pte::A) as u32);
+        vm.read_lin(0x40_1000, 4, Access::READ).unwrap();
+        assert!(vm.mmu.lookup_ram(0x40_1000, Access::READ).is_some());
+        assert_eq!(vm.mmu.lookup_ram(0x40_1000, Access::WRITE), None);
+        // A frame mapped writable becomes a page table later: the write
+        // permission goes away at that moment.
+        let d_a = (pte::D | pte::A) as u32;
+        vm.write_phys(PT as u64 + 12, 4, (0x7000 | RW_USER | d_a) as u64);
+        vm.write_lin(0x40_3000, 4, 0, Access::WRITE).unwrap();
+        assert_eq!(vm.mmu.lookup_ram(0x40_3000, Access::WRITE), Some(0x7000));
+        vm.write_phys(PD as u64 + 8, 4, (0x7000 | RW_USER) as u64);
+        vm.mem.write_u32(0x7000, 0x5000 | RW_USER);
+        assert_eq!(vm.read_lin(0x80_0000, 4, Access::READ), Ok(0x1111_1111));
+        assert!(vm.mem.is_watched(7));
+        assert_eq!(vm.mmu.lookup_ram(0x40_3000, Access::WRITE), None);
+        assert!(!vm.mmu.shadow.grants_write(7));
+        // Writing the new table through the old mapping invalidates.
+        vm.write_lin(0x40_3000, 4, (0x6000 | RW_USER) as u64, Access::WRITE)
+            .unwrap();
+        assert_eq!(vm.read_lin(0x80_0000, 4, Access::READ), Ok(0x2222_2222));
+    }
+
+    #[test]
+    fn paging_off_is_identity_and_respects_watch() {
+        let mut vm = Vm::new(GuestMemory::new(4 << 20).unwrap());
+        vm.write_lin(0x3000, 4, 0xABCD, Access::WRITE).unwrap();
+        assert_eq!(vm.mmu.lookup_ram(0x3000, Access::WRITE), Some(0x3000));
+        vm.mmu.watch_frame(&mut vm.mem, 3);
+        assert_eq!(vm.mmu.lookup_ram(0x3000, Access::WRITE), None);
+        assert_eq!(vm.mmu.lookup_ram(0x3000, Access::READ), Some(0x3000));
+        vm.write_lin(0x3000, 4, 0x1234, Access::WRITE).unwrap();
+        assert_eq!(vm.mmu.stats.write_watch_faults, 1);
+        assert_eq!(vm.read_lin(0x3000, 4, Access::READ), Ok(0x1234));
+        // A20 off folds bit 20 (the 1 MiB wrap).
+        vm.mem.write_u32(0x10, 0x5555);
+        vm.mmu.set_a20(false);
+        assert_eq!(vm.read_lin(0x10_0010, 4, Access::READ), Ok(0x5555));
+        vm.mmu.set_a20(true);
+        assert_eq!(vm.read_lin(0x10_0010, 4, Access::READ), Ok(0));
+    }
+
+    #[test]
+    fn pae_pdpte_reload_and_context_reuse() {
+        let mut vm = Vm::new(GuestMemory::new(16 << 20).unwrap());
+        let rw = pte::P | pte::RW;
+        // PDPT at 0x1000: PDPTE 0 -> PD 0x2000 -> PT 0x3000 -> 0x5000.
+        vm.mem.write_u64(0x1000, 0x2000 | pte::P);
+        vm.mem.write_u64(0x2000, 0x3000 | rw);
+        vm.mem.write_u64(0x3000, 0x5000 | rw);
+        vm.mem.write_u32(0x5010, 0x1111_1111);
+        vm.cpu.cr0 |= cr0::PE | cr0::PG;
+        vm.cpu.cr4 |= cr4::PAE;
+        vm.cpu.cr3 = 0x1000;
+        vm.mmu.load_pdptes(&mut vm.mem, 0x1000).unwrap();
+        vm.mmu.flush_all(&vm.cpu);
+        assert_eq!(vm.read_lin(0x10, 4, Access::READ), Ok(0x1111_1111));
+        // The PDPT in memory changes; the registers do not until reload
+        // (even once the shadow entry is gone).
+        vm.mem.write_u64(0x1000, 0x7000 | pte::P);
+        vm.mem.write_u64(0x7000, 0x8000 | rw);
+        vm.mem.write_u64(0x8000, 0x6000 | rw);
+        vm.mem.write_u32(0x6010, 0x2222_2222);
+        vm.mmu.invlpg(&vm.cpu, 0);
+        assert_eq!(vm.read_lin(0x10, 4, Access::READ), Ok(0x1111_1111));
+        // MOV CR3 with the same value reloads them; the context is found
+        // by CR3 but its entries built from the old PDPTEs are dropped.
+        vm.mmu.load_pdptes(&mut vm.mem, 0x1000).unwrap();
+        vm.mmu.set_cr3(&vm.cpu);
+        assert_eq!(vm.mmu.stats.cr3_switch_hits, 1);
+        assert_eq!(vm.mmu.lookup_ram(0x10, Access::READ), None);
+        assert_eq!(vm.read_lin(0x10, 4, Access::READ), Ok(0x2222_2222));
+        // A bad PDPTE faults the load and keeps the old registers.
+        vm.mem.write_u64(0x1008, 0x2000 | pte::P | pte::RW);
+        assert_eq!(vm.mmu.load_pdptes(&mut vm.mem, 0x1000), Err(Fault::gp(0)));
+        assert_eq!(vm.mmu.pdptes()[0], 0x7000 | pte::P);
+    }
+}
