@@ -128,6 +128,9 @@ pub struct Mmu {
     shadow: Shadow,
     /// PAE PDPTE registers (SDM Vol. 3 4.4.1), loaded by `load_pdptes`.
     pdptes: [u64; 4],
+    /// Masked CR3 the PDPTE registers were loaded from; `None` when they
+    /// must be loaded (lazily, by `translate`) before the next PAE walk.
+    pdptes_src: Option<u32>,
     /// `mode_sig` and A20 of the CPU state the shadow was built under.
     sig: u64,
     built_a20: bool,
@@ -148,6 +151,7 @@ impl Mmu {
             stats: MmuStats::default(),
             shadow: Shadow::new(),
             pdptes: [0; 4],
+            pdptes_src: None,
             sig: 0,
             built_a20: true,
             cr3_key: 0,
@@ -218,6 +222,9 @@ impl Mmu {
         if self.cr3_key(cpu) != self.cr3_key {
             self.set_cr3(cpu);
         }
+        if cpu.cr4 & cr4::PAE != 0 && self.pdptes_src != Some(self.cr3_key) {
+            self.load_pdptes_lazily(mem);
+        }
         let ctl = WalkCtl::from_regs(cpu.cr0, cpu.cr4, cpu.efer, self.a20);
         let w = match walk::walk(&ctl, &self.pdptes, cpu.cr3, mem, lin, acc) {
             Ok(w) => w,
@@ -272,8 +279,31 @@ impl Mmu {
     /// on while changing PG, PAE, PGE or PSE.
     pub fn load_pdptes(&mut self, mem: &mut GuestMemory, cr3: u32) -> Result<(), Fault> {
         self.pdptes = walk::read_pdptes(mem, cr3, self.a20)?;
-        self.shadow.check_pdptes(&self.pdptes);
+        let key = cr3 & 0xFFFF_FFE0;
+        self.pdptes_src = Some(key);
+        // Loading for another CR3 (before the MOV commits) must not touch
+        // the active context; `set_cr3` applies them to the new one.
+        if self.shadow.active_key() == Some(key) {
+            self.shadow.check_pdptes(&self.pdptes);
+        }
         Ok(())
+    }
+
+    /// Fallback when CR3 or the paging mode changed without `load_pdptes`:
+    /// load the PDPTEs now. A reserved bit cannot raise the #GP(0) of the
+    /// load any more; the entry is used without its reserved bits.
+    #[cold]
+    fn load_pdptes_lazily(&mut self, mem: &mut GuestMemory) {
+        let base = self.cr3_key as u64;
+        for i in 0..4 {
+            let mut a = base + 8 * i as u64;
+            if !self.a20 {
+                a &= !(1 << 20);
+            }
+            self.pdptes[i] = mem.read_u64(a);
+        }
+        self.pdptes_src = Some(self.cr3_key);
+        self.shadow.check_pdptes(&self.pdptes);
     }
 
     /// MOV to CR3 (and task switches): select the context for `cpu.cr3`.
@@ -287,7 +317,8 @@ impl Mmu {
         if !cpu.paging() {
             return;
         }
-        if self.shadow.select(self.cr3_key, &self.pdptes) {
+        let pdptes = self.pdptes_for_active();
+        if self.shadow.select(self.cr3_key, pdptes.as_ref()) {
             self.stats.cr3_switch_hits += 1;
         }
     }
@@ -304,8 +335,19 @@ impl Mmu {
         self.sig = mode_sig(cpu);
         self.built_a20 = self.a20;
         self.cr3_key = self.cr3_key(cpu);
+        if !(cpu.paging() && cpu.cr4 & cr4::PAE != 0) {
+            // Leaving PAE paging: entering it again loads the PDPTEs.
+            self.pdptes_src = None;
+        }
         self.shadow.clear_all(self.cr3_key);
-        self.shadow.check_pdptes(&self.pdptes);
+        if let Some(p) = self.pdptes_for_active() {
+            self.shadow.check_pdptes(&p);
+        }
+    }
+
+    /// The PDPTE registers if they belong to the active CR3.
+    fn pdptes_for_active(&self) -> Option<[u64; 4]> {
+        (self.pdptes_src == Some(self.cr3_key)).then_some(self.pdptes)
     }
 
     /// Open or close the A20 gate (i8042 output port, port 92h).
@@ -584,5 +626,61 @@ mod tests {
         vm.mem.write_u64(0x1008, 0x2000 | pte::P | pte::RW);
         assert_eq!(vm.mmu.load_pdptes(&mut vm.mem, 0x1000), Err(Fault::gp(0)));
         assert_eq!(vm.mmu.pdptes()[0], 0x7000 | pte::P);
+    }
+
+    /// Two PAE address spaces: PDPT 0x1000 maps linear 0 to 0x5000, PDPT
+    /// 0x1100 maps it to 0x6000 (PD 0x2000 / 0x7000, PT 0x3000 / 0x8000).
+    fn two_pae_spaces() -> Vm {
+        let mut vm = Vm::new(GuestMemory::new(16 << 20).unwrap());
+        let rw = pte::P | pte::RW;
+        vm.mem.write_u64(0x1000, 0x2000 | pte::P);
+        vm.mem.write_u64(0x2000, 0x3000 | rw);
+        vm.mem.write_u64(0x3000, 0x5000 | rw);
+        vm.mem.write_u64(0x1100, 0x7000 | pte::P);
+        vm.mem.write_u64(0x7000, 0x8000 | rw);
+        vm.mem.write_u64(0x8000, 0x6000 | rw);
+        vm.mem.write_u32(0x5000, 0x1111_1111);
+        vm.mem.write_u32(0x6000, 0x2222_2222);
+        vm
+    }
+
+    #[test]
+    fn pae_context_switch_with_pdpte_loads_keeps_both() {
+        let mut vm = two_pae_spaces();
+        vm.cpu.cr0 |= cr0::PE | cr0::PG;
+        vm.cpu.cr4 |= cr4::PAE;
+        vm.cpu.cr3 = 0x1000;
+        vm.mmu.load_pdptes(&mut vm.mem, 0x1000).unwrap();
+        vm.mmu.flush_all(&vm.cpu);
+        assert_eq!(vm.read_lin(0, 4, Access::READ), Ok(0x1111_1111));
+        for (cr3, val) in [(0x1100, 0x2222_2222), (0x1000, 0x1111_1111)] {
+            // MOV CR3 in the documented order: load, commit, select.
+            vm.mmu.load_pdptes(&mut vm.mem, cr3).unwrap();
+            vm.cpu.cr3 = cr3;
+            vm.mmu.set_cr3(&vm.cpu);
+            assert_eq!(vm.read_lin(0, 4, Access::READ), Ok(val));
+        }
+        // Back in 0x1000: its entry survived the excursion.
+        assert_eq!(vm.mmu.stats.cr3_switch_hits, 1);
+        assert_eq!(vm.mmu.stats.shadow_fills, 2);
+    }
+
+    #[test]
+    fn pae_without_load_pdptes_loads_them_lazily() {
+        // The order a MOV CR0 handler that only calls flush_all/set_cr3
+        // produces: PAE, CR3, then PG.
+        let mut vm = two_pae_spaces();
+        vm.cpu.cr4 |= cr4::PAE;
+        vm.cpu.cr3 = 0x1000;
+        vm.cpu.cr0 |= cr0::PE | cr0::PG;
+        vm.mmu.flush_all(&vm.cpu);
+        vm.mmu.set_cr3(&vm.cpu);
+        assert_eq!(vm.read_lin(0, 4, Access::READ), Ok(0x1111_1111));
+        vm.cpu.cr3 = 0x1100;
+        vm.mmu.set_cr3(&vm.cpu);
+        assert_eq!(vm.read_lin(0, 4, Access::READ), Ok(0x2222_2222));
+        vm.cpu.cr3 = 0x1000;
+        vm.mmu.set_cr3(&vm.cpu);
+        assert_eq!(vm.read_lin(0, 4, Access::READ), Ok(0x1111_1111));
     }
 }

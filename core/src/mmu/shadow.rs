@@ -229,10 +229,10 @@ impl Shadow {
         self.ctxs[self.active].key
     }
 
-    /// Make the context for `key` (with PAE PDPTEs `pdptes`) active,
-    /// reusing a cached one or recycling the least recently used. Returns
-    /// whether a cached context was found.
-    pub fn select(&mut self, key: u32, pdptes: &[u64; 4]) -> bool {
+    /// Make the context for `key` (with PAE PDPTEs `pdptes`, if known)
+    /// active, reusing a cached one or recycling the least recently used.
+    /// Returns whether a cached context was found.
+    pub fn select(&mut self, key: u32, pdptes: Option<&[u64; 4]>) -> bool {
         self.tick += 1;
         let found = self.ctxs.iter().position(|c| c.key == Some(key));
         let idx = match found {
@@ -256,7 +256,9 @@ impl Shadow {
             self.ctxs[idx].key = Some(key);
         }
         self.ctxs[idx].last_use = self.tick;
-        self.check_pdptes(pdptes);
+        if let Some(p) = pdptes {
+            self.check_pdptes(p);
+        }
         hit
     }
 
@@ -431,18 +433,18 @@ mod tests {
     fn contexts_are_kept_by_key_and_recycled_lru() {
         let mut s = Shadow::new();
         let p = [0; 4];
-        assert!(!s.select(0x1000, &p));
+        assert!(!s.select(0x1000, Some(&p)));
         s.fill(0x2000, perm::SUP_READ, 0x3000, [1, NO_DEP], false);
         for k in 1..CONTEXTS as u32 {
-            assert!(!s.select(0x1000 + k * 0x1000, &p));
+            assert!(!s.select(0x1000 + k * 0x1000, Some(&p)));
         }
-        assert!(s.select(0x1000, &p));
+        assert!(s.select(0x1000, Some(&p)));
         assert_eq!(s.probe(0x2000, Access::READ), Some(0x3000));
         // One more key recycles the least recently used (0x2000), not
         // 0x1000 which was just used.
-        assert!(!s.select(0x100_0000, &p));
-        assert!(!s.select(0x2000, &p));
-        assert!(s.select(0x1000, &p));
+        assert!(!s.select(0x100_0000, Some(&p)));
+        assert!(!s.select(0x2000, Some(&p)));
+        assert!(s.select(0x1000, Some(&p)));
         assert_eq!(s.probe(0x2000, Access::READ), Some(0x3000));
     }
 }
