@@ -1103,7 +1103,7 @@ fn random_tables_and_transfers_never_panic() {
         // Mostly plausible gates, so that deliveries go deep.
         for v in 0..=255u8 {
             let r = rng.next();
-            if r % 3 == 0 {
+            if r.is_multiple_of(3) {
                 continue;
             }
             let typ = [0x5, 0x6, 0x7, 0xE, 0xF, 0xE, 0xF][((r >> 4) % 7) as usize];
@@ -1157,10 +1157,10 @@ fn random_tables_and_transfers_never_panic() {
             0 => a.jmp_far(sel, off & 0xFFFF).unwrap(),
             1 => a.call_far(sel, off & 0xFFFF).unwrap(),
             2 => a.retf().unwrap(),
-            3 => a.retf_1((off & 0xFF) as u32).unwrap(),
+            3 => a.retf_1(off & 0xFF).unwrap(),
             4 => a.iretd().unwrap(),
             5 => a.iret().unwrap(),
-            6 => a.int((off & 0xFF) as u32).unwrap(),
+            6 => a.int(off & 0xFF).unwrap(),
             7 => a.mov(ss, ax).unwrap(),
             8 => a.mov(ds, ax).unwrap(),
             _ => a.int3().unwrap(),
