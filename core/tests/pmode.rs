@@ -28,6 +28,7 @@ const DF_TSS_SEL: u16 = 0x30;
 const CALL_GATE: u16 = 0x3B;
 const NP_DATA: u16 = 0x48;
 const TSS16_SEL: u16 = 0x50;
+const CONF_CODE: u16 = 0x58;
 
 /// Kernel stack top in TSS0.ESP0.
 const ESP0: u32 = 0x9000;
@@ -120,6 +121,7 @@ fn write_tables(vm: &mut Vm) -> usize {
         desc(0, 0xFFFF, 0x9A, 0),
         desc(0, 0xFFFFF, 0x12 | 0x60, 0xC), // DPL 3 data, not present
         desc(TSS16, 0x2B, 0x81, 0),         // 16-bit TSS, available
+        desc(0, 0xFFFFF, 0x9E, 0xC),        // DPL 0 conforming code
     ];
     for (i, d) in gdt.iter().enumerate() {
         vm.mem.write_u64((GDT + 8 * i as u32) as u64, *d);
@@ -1183,4 +1185,60 @@ fn random_tables_and_transfers_never_panic() {
         it.stats.exceptions
     );
     assert!(shutdowns < 2000);
+}
+
+#[test]
+fn conforming_targets_keep_cpl() {
+    let mut it = Interpreter::new();
+    // INT from ring 3 into conforming ring-0 code: same stack, CPL 3.
+    let mut vm = pm_vm();
+    to_ring3(&mut vm, 0x7000);
+    set_idt(&mut vm, 0x60, gate(CONF_CODE, 0x21000, 0xF, 3, 0));
+    put(
+        &mut vm,
+        0x10000,
+        &asm(32, 0x10000, |a| a.int(0x60).unwrap()),
+    );
+    step(&mut it, &mut vm);
+    assert_eq!((sel(&vm, SegReg::Cs), vm.cpu.eip), (CONF_CODE | 3, 0x21000));
+    assert_eq!(vm.cpu.cpl(), 3);
+    assert_eq!((sel(&vm, SegReg::Ss), sp_of(&vm)), (U_DATA, 0x7000 - 12));
+    assert_eq!(r32(&mut vm, 0x7000 - 8), U_CODE as u32);
+    // Far CALL from ring 3 to the same conforming segment.
+    let mut vm = pm_vm();
+    to_ring3(&mut vm, 0x7000);
+    put(
+        &mut vm,
+        0x10000,
+        &asm(32, 0x10000, |a| a.call_far(CONF_CODE, 0x300).unwrap()),
+    );
+    step(&mut it, &mut vm);
+    assert_eq!((sel(&vm, SegReg::Cs), vm.cpu.eip), (CONF_CODE | 3, 0x300));
+    assert_eq!(sp_of(&vm), 0x7000 - 8);
+    // From V86 mode a conforming handler is #GP(selector + EXT=0 for INT3).
+    let mut vm = pm_vm();
+    let frame = [
+        0x100,
+        0x2000,
+        flags::FIXED1 | flags::VM,
+        0x1000,
+        0x3000,
+        0,
+        0,
+        0,
+        0,
+    ];
+    for (i, v) in frame.iter().enumerate() {
+        vm.mem.write_u32((0x7F00 + 4 * i) as u64, *v);
+    }
+    vm.cpu.gpr[ESP] = 0x7F00;
+    put(&mut vm, 0x10000, &asm(32, 0x10000, |a| a.iretd().unwrap()));
+    put(&mut vm, 0x20100, &asm(16, 0x100, |a| a.int3().unwrap()));
+    set_idt(&mut vm, 3, gate(CONF_CODE, 0x21000, 0xE, 3, 0));
+    set_idt(&mut vm, 13, gate(K_CODE, 0x2D000, 0xE, 0, 0));
+    step(&mut it, &mut vm);
+    step(&mut it, &mut vm);
+    assert_eq!(vm.cpu.eip, 0x2D000);
+    assert_eq!(r32(&mut vm, ESP0 - 40), CONF_CODE as u32);
+    assert_eq!(r32(&mut vm, ESP0 - 36), 0x100, "fault: returns to the INT3");
 }
