@@ -1242,3 +1242,51 @@ fn conforming_targets_keep_cpl() {
     assert_eq!(r32(&mut vm, ESP0 - 40), CONF_CODE as u32);
     assert_eq!(r32(&mut vm, ESP0 - 36), 0x100, "fault: returns to the INT3");
 }
+
+#[test]
+fn kernel_stack_page_fault_becomes_df_through_task_gate() {
+    let mut vm = pm_vm();
+    let mut it = Interpreter::new();
+    // Identity-map the first 2 MiB with user pages, except the ring-0
+    // stack page 0x8000.
+    let (pd, pt) = (0x80000u32, 0x81000u32);
+    vm.mem.write_u32(pd as u64, pt | 0x7);
+    for p in 0..512u32 {
+        let pte = if p == 8 { 0 } else { (p << 12) | 0x7 };
+        vm.mem.write_u32((pt + 4 * p) as u64, pte);
+    }
+    vm.cpu.cr3 = pd;
+    vm.cpu.cr0 |= cr0::PG;
+    vm.mmu.set_cr3(&vm.cpu);
+    vm.mmu.flush_all(&vm.cpu);
+    to_ring3(&mut vm, 0x7000);
+    set_idt(&mut vm, 0x80, gate(K_CODE, 0x21000, 0xE, 3, 0));
+    set_idt(&mut vm, 14, gate(K_CODE, 0x2E000, 0xE, 0, 0));
+    set_idt(&mut vm, 8, gate(DF_TSS_SEL, 0, 0x5, 0, 0));
+    vm.mem.write_u32((TSS_DF + 0x1C) as u64, pd); // CR3
+    vm.mem.write_u32((TSS_DF + 0x20) as u64, 0x25000);
+    vm.mem.write_u32((TSS_DF + 0x24) as u64, 0x2);
+    vm.mem.write_u32((TSS_DF + 0x28 + 4 * 4) as u64, 0xA000);
+    for (i, s) in [K_DATA, K_CODE, K_DATA, K_DATA, K_DATA, K_DATA]
+        .iter()
+        .enumerate()
+    {
+        vm.mem.write_u16((TSS_DF + 0x48 + 4 * i as u32) as u64, *s);
+    }
+    put(
+        &mut vm,
+        0x10000,
+        &asm(32, 0x10000, |a| a.int(0x80).unwrap()),
+    );
+    step(&mut it, &mut vm);
+    // The INT's push faulted (supervisor write, not present), the #PF's
+    // push faulted the same way: #DF, through the task gate.
+    assert_eq!(vm.cpu.cr2, ESP0 - 4);
+    assert_eq!(vm.cpu.tr.selector, DF_TSS_SEL);
+    assert_eq!(vm.cpu.eip, 0x25000);
+    assert_eq!(r32(&mut vm, 0xA000 - 4), 0);
+    // The interrupted task is the ring-3 one, saved at the INT.
+    assert_eq!(r32(&mut vm, TSS0 + 0x20), 0x10000);
+    assert_eq!(r16(&mut vm, TSS0 + 0x4C), U_CODE);
+    assert_eq!(it.stats.exceptions[14], 1);
+}
