@@ -1290,3 +1290,57 @@ fn kernel_stack_page_fault_becomes_df_through_task_gate() {
     assert_eq!(r16(&mut vm, TSS0 + 0x4C), U_CODE);
     assert_eq!(it.stats.exceptions[14], 1);
 }
+
+#[test]
+fn bad_tss_stack_is_ts_with_ext_per_source_and_16bit_tss_stacks_work() {
+    let mut it = Interpreter::new();
+    // TSS0.SS0 = null. #TS goes to a conforming handler (no stack switch).
+    let setup = |vm: &mut Vm| {
+        to_ring3(vm, 0x7000);
+        vm.mem.write_u16((TSS0 + 8) as u64, 0);
+        set_idt(vm, 0x80, gate(K_CODE, 0x21000, 0xE, 3, 0));
+        set_idt(vm, 0x41, gate(K_CODE, 0x21000, 0xE, 0, 0));
+        set_idt(vm, 10, gate(CONF_CODE, 0x2A000, 0xE, 0, 0));
+        put(vm, 0x10000, &asm(32, 0x10000, |a| a.int(0x80).unwrap()));
+    };
+    let mut vm = pm_vm();
+    setup(&mut vm);
+    step(&mut it, &mut vm);
+    assert_eq!(vm.cpu.eip, 0x2A000);
+    assert_eq!(
+        r32(&mut vm, 0x7000 - 16),
+        0,
+        "#TS(0): software INT, EXT clear"
+    );
+    // The same from an external interrupt: EXT set.
+    let mut vm = pm_vm();
+    setup(&mut vm);
+    vm.cpu.pending_irq = Some(0x41);
+    step(&mut it, &mut vm);
+    assert_eq!(vm.cpu.eip, 0x2A000);
+    assert_eq!(r32(&mut vm, 0x7000 - 16), 1, "#TS(EXT)");
+    assert_eq!(
+        r32(&mut vm, 0x7000 - 12),
+        0x10000,
+        "returns to the interrupted EIP"
+    );
+
+    // A 16-bit TSS supplies SS0:SP0 at offsets 4 and 2.
+    let mut vm = pm_vm();
+    to_ring3(&mut vm, 0x7000);
+    vm.mem.write_u16((TSS16 + 2) as u64, 0x6000);
+    vm.mem.write_u16((TSS16 + 4) as u64, K_DATA);
+    let t = vm.mem.read_u64((GDT + TSS16_SEL as u32) as u64);
+    vm.cpu.tr = Segment::from_descriptor(TSS16_SEL, t as u32, (t >> 32) as u32);
+    set_idt(&mut vm, 0x80, gate(K_CODE, 0x21000, 0xE, 3, 0));
+    put(
+        &mut vm,
+        0x10000,
+        &asm(32, 0x10000, |a| a.int(0x80).unwrap()),
+    );
+    vm.cpu.gpr[ESP] |= 0xABCD_0000; // 32-bit stack: ESP is replaced whole
+    step(&mut it, &mut vm);
+    assert_eq!(vm.cpu.eip, 0x21000);
+    assert_eq!(sp_of(&vm), 0x6000 - 20);
+    assert_eq!(r32(&mut vm, 0x6000 - 8), 0xABCD_7000, "old ESP");
+}
