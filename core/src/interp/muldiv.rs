@@ -332,4 +332,25 @@ mod tests {
         run(&mut vm, 16, |a| a.div(cl)).unwrap();
         assert_eq!(vm.cpu.reg32(EAX), 0x0FFF);
     }
+
+    #[test]
+    fn divide_error_is_delivered_as_a_fault() {
+        use crate::interp::testutil::{load, CODE};
+        use crate::interp::{Interpreter, Step};
+        // Real mode: IVT vector 0 -> 0000:2000. #DE is a fault, so the
+        // pushed return address is the DIV itself (SDM Vol. 3 6.15).
+        let mut vm = vm16();
+        vm.mem.write_u32(0, 0x0000_2000);
+        vm.cpu.set_reg32(EAX, 0x1234);
+        vm.cpu.set_reg32(ECX, 0);
+        load(&mut vm, 16, |a| a.div(cl));
+        let mut interp = Interpreter::new();
+        assert_eq!(interp.step(&mut vm), Step::Retired);
+        assert_eq!(vm.cpu.eip, 0x2000);
+        assert_eq!(vm.cpu.reg32(EAX), 0x1234);
+        let top = vm.cpu.reg32(crate::cpu::ESP);
+        assert_eq!(top, 0xF000 - 6);
+        assert_eq!(vm.mem.read_u16(top as u64) as u32, CODE);
+        assert_eq!(interp.stats.exceptions[vector::DE as usize], 1);
+    }
 }
