@@ -268,6 +268,30 @@ mod tests {
         );
     }
 
+    /// Byte DIV/IDIV against the definition: truncating quotient, #DE
+    /// exactly when the divisor is 0 or the quotient leaves the range.
+    #[test]
+    fn byte_division_against_definition() {
+        for n in (0..=0xFFFFu32).step_by(5) {
+            for d in 0..=0xFFu32 {
+                let got = div(n as u64, d, 1);
+                if d == 0 || n / d > 0xFF {
+                    assert_eq!(got, Err(Fault::de()), "{n:#x} / {d:#x}");
+                } else {
+                    assert_eq!(got, Ok((n / d, n % d)), "{n:#x} / {d:#x}");
+                }
+                let (sn, sd) = (n as u16 as i16 as i32, d as u8 as i8 as i32);
+                let got = idiv(n as u64, d, 1);
+                if sd == 0 || !(-128..=127).contains(&(sn / sd)) {
+                    assert_eq!(got, Err(Fault::de()), "{sn} / {sd}");
+                } else {
+                    let want = ((sn / sd) as u32 & 0xFF, (sn % sd) as u32 & 0xFF);
+                    assert_eq!(got, Ok(want), "{sn} / {sd}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn handlers() {
         let mut vm = vm32();
