@@ -20,6 +20,7 @@
 //! ```
 
 use std::collections::HashSet;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use super::Access;
 
@@ -89,6 +90,34 @@ impl Entry {
     }
 }
 
+/// Hasher for frame numbers: a multiply and a fold. They are small
+/// integers looked up on every write-watch hit, where SipHash would cost
+/// more than the lookup it serves.
+#[derive(Default)]
+pub struct FrameHasher(u64);
+
+impl Hasher for FrameHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(self.0.rotate_left(8) ^ b as u64);
+        }
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(v as u64);
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0 ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 29)
+    }
+}
+
+/// Builds `FrameHasher`s.
+pub type FrameHasherBuilder = BuildHasherDefault<FrameHasher>;
+/// A set of frame numbers.
+pub type FrameSet = HashSet<u32, FrameHasherBuilder>;
+
 type Table = [Entry; SLOTS];
 /// Page-table frames each entry was derived from.
 type Deps = [[u32; 2]; SLOTS];
@@ -114,7 +143,7 @@ struct Context {
     deps: Box<Deps>,
     /// Every page-table frame some entry was derived from (a superset:
     /// overwritten entries leave their frames here until the next drop).
-    frames: HashSet<u32>,
+    frames: FrameSet,
     last_use: u64,
 }
 
@@ -125,7 +154,7 @@ impl Context {
             pdptes: [0; 4],
             table: new_table(),
             deps: new_deps(),
-            frames: HashSet::new(),
+            frames: FrameSet::default(),
             last_use: 0,
         }
     }
@@ -158,7 +187,7 @@ pub struct Shadow {
     ctxs: Vec<Context>,
     global: Box<Table>,
     global_deps: Box<Deps>,
-    global_frames: HashSet<u32>,
+    global_frames: FrameSet,
     tick: u64,
 }
 
@@ -178,7 +207,7 @@ impl Shadow {
             ctxs,
             global: new_table(),
             global_deps: new_deps(),
-            global_frames: HashSet::new(),
+            global_frames: FrameSet::default(),
             tick: 0,
         }
     }
@@ -319,11 +348,13 @@ impl Shadow {
     }
 
     /// A guest write hit page-table frame `frame`: drop every entry
-    /// derived from it.
-    pub fn drop_frame(&mut self, frame: u32) {
+    /// derived from it. Returns whether any context had such entries.
+    pub fn drop_frame(&mut self, frame: u32) -> bool {
+        let mut found = false;
         let active = self.active;
         for (i, c) in self.ctxs.iter_mut().enumerate() {
             if c.frames.remove(&frame) {
+                found = true;
                 let table = if i == active {
                     &mut self.cur
                 } else {
@@ -333,8 +364,10 @@ impl Shadow {
             }
         }
         if self.global_frames.remove(&frame) {
+            found = true;
             drop_derived(&mut self.global, &mut self.global_deps, frame);
         }
+        found
     }
 
     /// `ram_frame` became write-watched: no entry may grant writes to it.
