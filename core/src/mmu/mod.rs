@@ -10,9 +10,11 @@
 //! - MOV CR3 (and a task switch that loads CR3): with PAE paging on,
 //!   `load_pdptes(mem, new_cr3)?` first (its `Err` is the #GP(0) of SDM
 //!   Vol. 3 4.4.1; commit nothing then), then store CR3 and `set_cr3`.
-//! - MOV CR0/CR4 that changes PG, WP, PSE, PAE or PGE, and WRMSR EFER that
-//!   changes NXE: when PAE paging is on afterwards, `load_pdptes(mem,
-//!   cpu.cr3)?` before committing (SDM 4.4.1), then `flush_all`.
+//! - MOV CR0/CR4 that changes PG, WP, PSE, PAE or PGE: when PAE paging is
+//!   on afterwards, `load_pdptes(mem, cpu.cr3)?` before committing (SDM
+//!   4.4.1), then `flush_all`. WRMSR EFER changing NXE: `flush_all`.
+//!   (Without `load_pdptes` the PDPTEs are read at the next walk: right
+//!   unless the guest edits its PDPT in between, and no #GP(0).)
 //! - INVLPG: `invlpg`. A20 gate changes: `set_a20`. ROM/MMIO/PAM layout
 //!   changes: `flush_all`.
 //! - Anyone else who write-watches a frame (translated code): `watch_frame`,
@@ -185,6 +187,14 @@ impl Mmu {
     /// The PAE PDPTE registers.
     pub fn pdptes(&self) -> [u64; 4] {
         self.pdptes
+    }
+
+    /// The active context's lookup table, for engines that probe it
+    /// inline: index with `shadow::slot(lin)`, test with `Entry::hit`'s
+    /// formula (layout in `shadow`). The table moves on a context switch
+    /// (`set_cr3`, `flush_all`), so re-read it after those.
+    pub fn active_table(&self) -> &[shadow::Entry; shadow::SLOTS] {
+        &self.shadow.cur
     }
 
     /// Fast path: RAM offset of `lin` if a shadow entry allows `acc`.
@@ -781,5 +791,27 @@ mod tests {
         vm.mmu.watch_frame(&mut vm.mem, 2);
         vm.mmu.unwatch_frame(&mut vm.mem, 2);
         assert!(vm.mem.is_watched(2));
+    }
+
+    #[test]
+    fn non_ram_targets_are_translated_but_not_cached() {
+        let mut vm = paged_vm();
+        vm.mem.add_mmio(0xFEC0_0000, 0x1000);
+        vm.mem.write_u32(PT as u64 + 16, 0xFEC0_0000 | RW_USER);
+        // A page table outside RAM reads as all ones: a present, writable
+        // user PTE naming frame 0xFFFFF. Nothing panics, nothing is cached.
+        vm.mem.write_u32(PD as u64 + 12, 0xFFFF_F000 | RW_USER);
+        for _ in 0..2 {
+            assert_eq!(vm.translate(0x40_4010, Access::WRITE), Ok(0xFEC0_0010));
+            assert_eq!(vm.mmu.lookup_ram(0x40_4010, Access::READ), None);
+            assert_eq!(vm.translate(0xC0_0123, Access(pf::U)), Ok(0xFFFF_F123));
+            assert_eq!(vm.mmu.lookup_ram(0xC0_0123, Access(pf::U)), None);
+        }
+        assert_eq!(vm.mmu.stats.shadow_fills, 0);
+        // The PTE of the MMIO page still got A and D.
+        assert_eq!(
+            pte_at(&mut vm, 4) as u64 & (pte::A | pte::D),
+            pte::A | pte::D
+        );
     }
 }
