@@ -277,6 +277,34 @@ impl Mmu {
         Ok(w.phys)
     }
 
+    /// Translate `lin` for `acc` the way `translate` would, without any
+    /// side effect: no accessed/dirty bits, no shadow fill, no counters
+    /// (debuggers, the differential harness). `Err` is the #PF error code.
+    pub fn peek(
+        &self,
+        cpu: &CpuState,
+        mem: &mut GuestMemory,
+        lin: u32,
+        acc: Access,
+    ) -> Result<u64, u32> {
+        if !cpu.paging() {
+            return Ok(self.a20_mask(lin as u64));
+        }
+        let mut ctl = WalkCtl::from_regs(cpu.cr0, cpu.cr4, cpu.efer, self.a20);
+        ctl.set_ad = false;
+        let key = self.cr3_key(cpu);
+        let pdptes = if cpu.cr4 & cr4::PAE != 0 && self.pdptes_src != Some(key) {
+            let mut p = [0u64; 4];
+            for (i, e) in p.iter_mut().enumerate() {
+                *e = mem.read_u64(self.a20_mask(key as u64 + 8 * i as u64));
+            }
+            p
+        } else {
+            self.pdptes
+        };
+        walk::walk(&ctl, &pdptes, cpu.cr3, mem, lin, acc).map(|w| w.phys)
+    }
+
     /// Write-watch `frame` for another owner (the translator's code
     /// frames) and take every shadow write permission to it away. Watch
     /// through here, not `GuestMemory::set_watched`, so that the shadow
@@ -813,5 +841,23 @@ mod tests {
             pte_at(&mut vm, 4) as u64 & (pte::A | pte::D),
             pte::A | pte::D
         );
+    }
+
+    #[test]
+    fn peek_has_no_side_effects() {
+        let mut vm = paged_vm();
+        let before = (pte_at(&mut vm, 0), vm.mem.read_u32(PD as u64 + 4));
+        assert_eq!(
+            vm.mmu.peek(&vm.cpu, &mut vm.mem, 0x40_0123, Access::WRITE),
+            Ok(0x5123)
+        );
+        assert_eq!(
+            vm.mmu.peek(&vm.cpu, &mut vm.mem, 0x80_0000, Access::READ),
+            Err(0)
+        );
+        assert_eq!((pte_at(&mut vm, 0), vm.mem.read_u32(PD as u64 + 4)), before);
+        assert_eq!(vm.mmu.stats, MmuStats::default());
+        assert_eq!(vm.mmu.lookup_ram(0x40_0123, Access::READ), None);
+        assert!(!vm.mem.is_watched(2));
     }
 }

@@ -76,6 +76,9 @@ pub struct WalkCtl {
     pub pge: bool,
     /// A20 gate: when false, bit 20 of every physical address is 0.
     pub a20: bool,
+    /// Set accessed/dirty bits (false: a debugger's side-effect-free
+    /// look).
+    pub set_ad: bool,
 }
 
 impl WalkCtl {
@@ -95,6 +98,7 @@ impl WalkCtl {
             wp: cr0v & cr0::WP != 0,
             pge: cr4v & cr4::PGE != 0,
             a20,
+            set_ad: true,
         }
     }
 
@@ -307,7 +311,7 @@ pub fn walk(
         if i == leaf && acc.is_write() {
             v |= pte::D;
         }
-        if v != u.val {
+        if v != u.val && ctl.set_ad {
             mem.write_u32_unlogged(u.addr, v as u32);
         }
         if i == leaf {
