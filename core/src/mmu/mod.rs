@@ -860,4 +860,125 @@ mod tests {
         assert_eq!(vm.mmu.lookup_ram(0x40_0123, Access::READ), None);
         assert!(!vm.mem.is_watched(2));
     }
+
+    /// Coherence under random guest activity: every access through the
+    /// shadow must agree with a fresh walk of the tables as they are now
+    /// (`peek`), whatever was written to them, through which path.
+    #[test]
+    fn shadow_agrees_with_fresh_walks_under_random_edits() {
+        let mut vm = Vm::new(GuestMemory::new(4 << 20).unwrap());
+        // Two page directories sharing page tables 0x3000 and 0x4000
+        // (linear 0x40_0000..0xC0_0000); PD 0x5000 maps them the other
+        // way round. PDE 0 of both identity-maps 0..4 MiB through PT
+        // 0x2000 so that the tables are reachable at their own addresses.
+        for pd in [0x1000u64, 0x5000] {
+            vm.mem.write_u32(pd, 0x2000 | RW_USER);
+        }
+        for i in 0..1024u32 {
+            vm.mem.write_u32(0x2000 + 4 * i as u64, (i << 12) | RW_USER);
+        }
+        vm.mem.write_u32(0x1004, 0x3000 | RW_USER);
+        vm.mem.write_u32(0x1008, 0x4000 | RW_USER);
+        vm.mem.write_u32(0x5004, 0x4000 | RW_USER);
+        vm.mem.write_u32(0x5008, 0x3000 | RW_USER);
+        vm.cpu.cr0 |= cr0::PE | cr0::PG;
+        vm.cpu.cr3 = 0x1000;
+        vm.mmu.flush_all(&vm.cpu);
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rnd = |n: u32| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 32) as u32 % n
+        };
+        // Targets: data frames 0x10..0x20, and the tables themselves.
+        // Frame 6 is a data page that PDE edits sometimes make a table.
+        let frames = [0x10, 0x11, 0x12, 0x13, 0x1F, 0x1, 0x3, 0x4, 0x5, 0x6, 0x6];
+        let (mut hits_ok, mut faults) = (0, 0);
+        for step in 0..40_000 {
+            match rnd(32) {
+                0 | 1 => {
+                    // A PTE edit (flags at random, A/D included), through
+                    // the identity map or physically.
+                    let pt = [0x3000u32, 0x4000][rnd(2) as usize];
+                    let at = pt + 4 * rnd(8);
+                    let f = frames[rnd(frames.len() as u32) as usize];
+                    let p = (rnd(4) != 0) as u32;
+                    let v = (f << 12) | (rnd(0x80) & 0x66) | p;
+                    if rnd(2) == 0 {
+                        vm.write_lin(at, 4, v as u64, Access::WRITE).unwrap_or(());
+                    } else {
+                        vm.write_phys(at as u64, 4, v as u64);
+                    }
+                }
+                2 => {
+                    // A PDE edit: present or not, either table, R/W, U/S.
+                    let pd = [0x1000u32, 0x5000][rnd(2) as usize];
+                    let pt = [0x3000u32, 0x4000, 0x6000][rnd(3) as usize];
+                    let v = pt | 1 | rnd(8) << 1;
+                    let v = if rnd(4) == 0 { v & !1 } else { v };
+                    vm.write_phys((pd + 4 + 4 * rnd(2)) as u64, 4, v as u64);
+                }
+                3 => {
+                    vm.cpu.cr3 = [0x1000, 0x5000][rnd(2) as usize];
+                    vm.mmu.set_cr3(&vm.cpu);
+                }
+                4 => {
+                    vm.cpu.cr0 ^= cr0::WP;
+                    vm.mmu.flush_all(&vm.cpu);
+                }
+                5 => vm.mmu.invlpg(&vm.cpu, 0x40_0000 + (rnd(2048) << 12)),
+                _ => {
+                    let lin = 0x40_0000 + (rnd(2) << 22) + (rnd(8) << 12) + 4 * rnd(1024);
+                    let acc = Access(rnd(2) * pf::W | rnd(2) * pf::U);
+                    let want = vm.mmu.peek(&vm.cpu, &mut vm.mem, lin, acc);
+                    let hit = vm.mmu.lookup_ram(lin, acc);
+                    if acc.is_write() {
+                        let val = step as u64;
+                        let got = vm.write_lin(lin, 4, val, acc);
+                        match want {
+                            Ok(p) => {
+                                assert_eq!(got, Ok(()), "step {step}");
+                                assert_eq!(vm.mem.read_u32(p), val as u32, "step {step}");
+                            }
+                            Err(code) => {
+                                assert_eq!(got, Err(Fault::pf(lin, code)), "step {step}");
+                                faults += 1;
+                            }
+                        }
+                    } else {
+                        let got = vm.read_lin(lin, 4, acc);
+                        match want {
+                            Ok(p) => {
+                                let v = vm.mem.read_u32(p) as u64;
+                                assert_eq!(got, Ok(v), "step {step}");
+                            }
+                            Err(code) => {
+                                assert_eq!(got, Err(Fault::pf(lin, code)), "step {step}");
+                                faults += 1;
+                            }
+                        }
+                    }
+                    if let Some(off) = hit {
+                        assert_eq!(want.map(|p| p as usize), Ok(off), "step {step}");
+                        hits_ok += 1;
+                    }
+                }
+            }
+            // Never a writable shadow entry on a page table.
+            if step % 100 == 0 {
+                for f in [1, 2, 3, 4, 5, 6] {
+                    assert!(
+                        !vm.mem.is_watched(f) || !vm.mmu.shadow.grants_write(f as u32),
+                        "step {step}: frame {f}"
+                    );
+                }
+            }
+        }
+        // The run exercised both outcomes and the fast path.
+        assert!(
+            hits_ok > 500 && faults > 1000,
+            "{hits_ok} hits, {faults} faults"
+        );
+    }
 }
