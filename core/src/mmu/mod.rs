@@ -930,7 +930,7 @@ mod tests {
                 5 => vm.mmu.invlpg(&vm.cpu, 0x40_0000 + (rnd(2048) << 12)),
                 _ => {
                     let lin = 0x40_0000 + (rnd(2) << 22) + (rnd(8) << 12) + 4 * rnd(1024);
-                    let acc = Access(rnd(2) * pf::W | rnd(2) * pf::U);
+                    let acc = Access((rnd(2) * pf::W) | (rnd(2) * pf::U));
                     let want = vm.mmu.peek(&vm.cpu, &mut vm.mem, lin, acc);
                     let hit = vm.mmu.lookup_ram(lin, acc);
                     if acc.is_write() {
