@@ -1,0 +1,569 @@
+//! The KVM engine: runs the guest on the host CPU through /dev/kvm, as the
+//! oracle the interpreter and the translator are compared against.
+//!
+//! It owns one KVM VM with one vCPU whose guest-physical RAM is the very
+//! mapping of `vm.mem` (no copy): what the guest writes under KVM is in
+//! `vm.mem` when `run` returns. Each `run` loads the whole architectural
+//! state from `vm.cpu` into the vCPU, runs, and stores it back, so engines
+//! can be swapped at any instruction boundary.
+//!
+//! - Port I/O and MMIO exits are served through `vm.bus` (MMIO and ROM
+//!   through `Vm::read_phys`/`write_phys`) and the guest continues.
+//! - `Budget::ONE` single-steps (KVM_GUESTDBG_SINGLESTEP); larger budgets
+//!   run until HLT, shutdown, the budget counted in exits, or a wall-clock
+//!   limit proportional to the budget (a watchdog thread kicks the vCPU
+//!   out of KVM_RUN), which returns `Exit::BudgetSpent`.
+//! - 2-level (non-PAE) paging, which this host's nested KVM cannot run, is
+//!   run as compatibility-mode code under private 4-level tables: see
+//!   `paging`.
+//!
+//! Known differences from the architecture, by design: KVM writes guest RAM
+//! behind `GuestMemory`'s dirty and write-watch bitmaps (the engine flushes
+//! the MMU's shadow state after each run instead), and ROM/MMIO ranges must
+//! be declared on `vm.mem` before `KvmEngine::new` (they become holes in
+//! KVM's memory map; accesses there exit to us and go through `Vm`).
+
+mod cpuid;
+mod paging;
+mod state;
+mod watchdog;
+
+use std::time::Duration;
+
+use kvm_bindings::{
+    kvm_guest_debug, kvm_run, kvm_userspace_memory_region, CpuId, Msrs, KVM_GUESTDBG_ENABLE,
+    KVM_GUESTDBG_SINGLESTEP, KVM_VCPUEVENT_VALID_NMI_PENDING, KVM_VCPUEVENT_VALID_SHADOW,
+    KVM_X86_SHADOW_INT_MOV_SS, KVM_X86_SHADOW_INT_STI,
+};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use umbra_core::cpu::CpuState;
+use umbra_core::engine::{Budget, Engine, Exit, ShutdownReason};
+use umbra_core::interp::interrupt;
+use umbra_core::mem::PAGE_SIZE;
+use umbra_core::Vm;
+
+pub use cpuid::table_source as cpuid_table;
+
+/// Where KVM puts the real-mode TSS (three pages) and the identity-map
+/// page table it needs on VMX without unrestricted guest: just below the
+/// 4 GiB boundary, outside any guest RAM this project allocates.
+const TSS_ADDR: usize = 0xFFFB_D000;
+const IDENTITY_MAP_ADDR: u64 = 0xFFFB_C000;
+
+/// Memory slot numbers: guest RAM pieces count up from 0; the private
+/// paging slot uses its own number.
+const PRIVATE_SLOT: u32 = 500;
+
+/// Wall-clock allowance per budgeted instruction, and its bounds.
+const NS_PER_INSN: u64 = 10;
+const MIN_TIME_LIMIT: Duration = Duration::from_millis(20);
+const MAX_TIME_LIMIT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum KvmError {
+    #[error("no /dev/kvm ({0}): load kvm_intel/kvm_amd or run where KVM is available")]
+    Unavailable(String),
+    #[error("KVM API version {0}, need 12: update the host kernel")]
+    Version(i32),
+    #[error("KVM {what} failed: {err} (the host KVM may lack this feature; try another host)")]
+    Ioctl {
+        what: &'static str,
+        err: kvm_ioctls::Error,
+    },
+    #[error("cannot allocate the engine's private memory: {0}")]
+    Alloc(std::io::Error),
+}
+
+fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> KvmError {
+    move |err| KvmError::Ioctl { what, err }
+}
+
+/// Exit counters, for `--stats` and the harness.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KvmStats {
+    pub runs: u64,
+    pub exits: u64,
+    pub io_exits: u64,
+    pub mmio_exits: u64,
+    pub debug_exits: u64,
+    pub timeouts: u64,
+    /// Exceptions caught by the private IDT in paging mode and delivered
+    /// through the interpreter's routine.
+    pub converted_exceptions: u64,
+}
+
+pub struct KvmEngine {
+    vm_fd: VmFd,
+    vcpu: VcpuFd,
+    /// Host address and size of the RAM we mapped, to detect a different
+    /// `Vm` being passed to `run`.
+    ram_host: usize,
+    ram_size: u64,
+    /// Private tables for the 2-level paging emulation.
+    paging: paging::Private,
+    stepping: Option<bool>,
+    watchdog: watchdog::Watchdog,
+    last_exit: String,
+    /// Overrides the budget-derived wall-clock limit of one `run`.
+    pub time_limit: Option<Duration>,
+    pub stats: KvmStats,
+    // Kept last so that it is dropped after the VM and vCPU fds.
+    _kvm: Kvm,
+}
+
+/// How one pass of the run loop ended.
+enum End {
+    /// Budget of steps done.
+    Budget,
+    Halted,
+    Shutdown,
+    Timeout,
+    /// A private-IDT handler halted (paging emulation).
+    PrivateTrap,
+    Error(String),
+}
+
+impl KvmEngine {
+    /// Ok(()) if /dev/kvm can be opened and speaks API version 12.
+    pub fn available() -> Result<(), KvmError> {
+        let kvm = Kvm::new().map_err(|e| KvmError::Unavailable(e.to_string()))?;
+        match kvm.get_api_version() {
+            12 => Ok(()),
+            v => Err(KvmError::Version(v)),
+        }
+    }
+
+    /// Create a VM and one vCPU whose guest-physical RAM is `vm.mem`'s RAM.
+    ///
+    /// The engine keeps the host address of that RAM mapping: the
+    /// `GuestMemory` of `vm` must outlive the engine and must not be
+    /// replaced while the engine exists (`run` refuses a `Vm` whose RAM is
+    /// elsewhere). ROM and MMIO ranges must already be declared on
+    /// `vm.mem`.
+    pub fn new(vm: &mut Vm) -> Result<Self, KvmError> {
+        let kvm = Kvm::new().map_err(|e| KvmError::Unavailable(e.to_string()))?;
+        let vm_fd = kvm.create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
+        vm_fd
+            .set_tss_address(TSS_ADDR)
+            .map_err(ioctl("KVM_SET_TSS_ADDR"))?;
+        // Not every KVM needs (or has) the identity map; a failure here is
+        // harmless where unrestricted guest is available.
+        let _ = vm_fd.set_identity_map_address(IDENTITY_MAP_ADDR);
+
+        let ram_size = vm.mem.ram_size();
+        let ram_host = vm.mem.ram_host_ptr() as usize;
+        let mut slot = 0u32;
+        for (start, end) in ram_pieces(vm) {
+            let region = kvm_userspace_memory_region {
+                slot,
+                flags: 0,
+                guest_phys_addr: start,
+                memory_size: end - start,
+                userspace_addr: (ram_host as u64) + start,
+            };
+            // SAFETY: [start, end) lies inside vm.mem's RAM mapping, which
+            // the caller keeps alive and in place for the engine's lifetime
+            // (documented above); KVM only accesses it while we run.
+            unsafe { vm_fd.set_user_memory_region(region) }
+                .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
+            slot += 1;
+        }
+
+        let paging = paging::Private::new().map_err(KvmError::Alloc)?;
+        let region = kvm_userspace_memory_region {
+            slot: PRIVATE_SLOT,
+            flags: 0,
+            guest_phys_addr: paging::BASE,
+            memory_size: paging::SIZE as u64,
+            userspace_addr: paging.host_addr(),
+        };
+        // SAFETY: the private mapping is owned by `paging`, which lives in
+        // the engine next to the VM fd and is dropped after it.
+        unsafe { vm_fd.set_user_memory_region(region) }
+            .map_err(ioctl("KVM_SET_USER_MEMORY_REGION (private)"))?;
+
+        let vcpu = vm_fd.create_vcpu(0).map_err(ioctl("KVM_CREATE_VCPU"))?;
+        let ents = cpuid::entries();
+        let cpuid = CpuId::from_entries(&ents).map_err(|_| KvmError::Ioctl {
+            what: "building the CPUID table",
+            err: kvm_ioctls::Error::new(libc::E2BIG),
+        })?;
+        vcpu.set_cpuid2(&cpuid).map_err(ioctl("KVM_SET_CPUID2"))?;
+
+        Ok(KvmEngine {
+            vm_fd,
+            vcpu,
+            ram_host,
+            ram_size,
+            paging,
+            stepping: None,
+            watchdog: watchdog::Watchdog::new(),
+            last_exit: String::from("none"),
+            time_limit: None,
+            stats: KvmStats::default(),
+            _kvm: kvm,
+        })
+    }
+
+    /// What ended the last `run`, in words (KVM exit reason and detail).
+    pub fn last_exit_reason(&self) -> &str {
+        &self.last_exit
+    }
+
+    /// The VM file descriptor, for callers that add devices in KVM.
+    pub fn vm_fd(&self) -> &VmFd {
+        &self.vm_fd
+    }
+
+    fn set_stepping(&mut self, on: bool) -> Result<(), KvmError> {
+        if self.stepping == Some(on) {
+            return Ok(());
+        }
+        let dbg = kvm_guest_debug {
+            control: if on {
+                KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP
+            } else {
+                0
+            },
+            ..Default::default()
+        };
+        self.vcpu
+            .set_guest_debug(&dbg)
+            .map_err(ioctl("KVM_SET_GUEST_DEBUG"))?;
+        self.stepping = Some(on);
+        Ok(())
+    }
+
+    /// Load every register of `cpu` into the vCPU.
+    fn load(&mut self, cpu: &CpuState) -> Result<(), KvmError> {
+        let mut sregs = self.vcpu.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
+        state::to_kvm_sregs(cpu, &mut sregs);
+        self.load_with_sregs(cpu, &sregs)
+    }
+
+    /// Load `cpu` except that the system registers come from `sregs`.
+    fn load_with_sregs(
+        &mut self,
+        cpu: &CpuState,
+        sregs: &kvm_bindings::kvm_sregs,
+    ) -> Result<(), KvmError> {
+        // MSRs first: EFER goes with the sregs, the TSC here.
+        let ents = state::msr_entries(cpu);
+        self.set_msrs_lenient(&ents);
+        self.vcpu
+            .set_sregs(sregs)
+            .map_err(ioctl("KVM_SET_SREGS"))?;
+        self.vcpu
+            .set_regs(&state::to_kvm_regs(cpu))
+            .map_err(ioctl("KVM_SET_REGS"))?;
+        self.vcpu
+            .set_fpu(&state::to_kvm_fpu(cpu))
+            .map_err(ioctl("KVM_SET_FPU"))?;
+        let mut dr = self
+            .vcpu
+            .get_debug_regs()
+            .map_err(ioctl("KVM_GET_DEBUGREGS"))?;
+        for i in 0..4 {
+            dr.db[i] = cpu.dr[i] as u64;
+        }
+        dr.dr6 = cpu.dr[6] as u64;
+        dr.dr7 = cpu.dr[7] as u64;
+        // KVM refuses DR6/DR7 values with upper bits set; keep the rest.
+        if self.vcpu.set_debug_regs(&dr).is_err() {
+            dr.dr6 = 0xFFFF_0FF0;
+            dr.dr7 = 0x400;
+            let _ = self.vcpu.set_debug_regs(&dr);
+        }
+        let mut ev = self
+            .vcpu
+            .get_vcpu_events()
+            .map_err(ioctl("KVM_GET_VCPU_EVENTS"))?;
+        ev.interrupt.shadow = if cpu.interrupt_shadow {
+            (KVM_X86_SHADOW_INT_MOV_SS | KVM_X86_SHADOW_INT_STI) as u8
+        } else {
+            0
+        };
+        ev.nmi.pending = cpu.pending_nmi as u8;
+        ev.flags = KVM_VCPUEVENT_VALID_SHADOW | KVM_VCPUEVENT_VALID_NMI_PENDING;
+        self.vcpu
+            .set_vcpu_events(&ev)
+            .map_err(ioctl("KVM_SET_VCPU_EVENTS"))?;
+        Ok(())
+    }
+
+    /// KVM_SET_MSRS stops at the first MSR it refuses; skip that one and
+    /// go on, so one unsupported MSR does not lose the others.
+    fn set_msrs_lenient(&mut self, ents: &[kvm_bindings::kvm_msr_entry]) {
+        let mut from = 0;
+        while from < ents.len() {
+            let Ok(m) = Msrs::from_entries(&ents[from..]) else {
+                return;
+            };
+            match self.vcpu.set_msrs(&m) {
+                Ok(n) if from + n < ents.len() => from += n + 1,
+                _ => return,
+            }
+        }
+    }
+
+    /// Store every register of the vCPU into `cpu`.
+    fn store(&mut self, cpu: &mut CpuState) -> Result<(), KvmError> {
+        let regs = self.vcpu.get_regs().map_err(ioctl("KVM_GET_REGS"))?;
+        state::from_kvm_regs(cpu, &regs);
+        let sregs = self.vcpu.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
+        state::from_kvm_sregs(cpu, &sregs);
+        self.store_common(cpu)
+    }
+
+    /// The part of `store` that paging emulation shares: FPU, debug
+    /// registers, MSRs, events.
+    fn store_common(&mut self, cpu: &mut CpuState) -> Result<(), KvmError> {
+        let fpu = self.vcpu.get_fpu().map_err(ioctl("KVM_GET_FPU"))?;
+        state::from_kvm_fpu(cpu, &fpu);
+        let dr = self
+            .vcpu
+            .get_debug_regs()
+            .map_err(ioctl("KVM_GET_DEBUGREGS"))?;
+        for i in 0..4 {
+            cpu.dr[i] = dr.db[i] as u32;
+        }
+        cpu.dr[6] = dr.dr6 as u32;
+        cpu.dr[7] = dr.dr7 as u32;
+        let ents = state::msr_entries(cpu);
+        if let Ok(mut m) = Msrs::from_entries(&ents) {
+            if let Ok(n) = self.vcpu.get_msrs(&mut m) {
+                for e in m.as_slice().iter().take(n) {
+                    state::store_msr(cpu, e.index, e.data);
+                }
+            }
+        }
+        let ev = self
+            .vcpu
+            .get_vcpu_events()
+            .map_err(ioctl("KVM_GET_VCPU_EVENTS"))?;
+        cpu.interrupt_shadow = ev.interrupt.shadow != 0;
+        cpu.pending_nmi = ev.nmi.pending != 0;
+        Ok(())
+    }
+
+    fn time_limit_for(&self, budget: Budget) -> Duration {
+        self.time_limit.unwrap_or_else(|| {
+            let ns = budget.instructions.saturating_mul(NS_PER_INSN);
+            Duration::from_nanos(ns).clamp(MIN_TIME_LIMIT, MAX_TIME_LIMIT)
+        })
+    }
+
+    /// Enter the vCPU until one of: `steps` single steps (stepping mode) or
+    /// exits (free-running mode) done, HLT, shutdown, timeout, a private
+    /// trap, an error. `done` counts steps/exits; I/O and MMIO are served.
+    fn enter(&mut self, vm: &mut Vm, steps: u64, done: &mut u64) -> End {
+        let stepping = self.stepping == Some(true);
+        loop {
+            if self.watchdog.fired() {
+                self.stats.timeouts += 1;
+                self.last_exit = "timeout (wall-clock limit)".into();
+                return End::Timeout;
+            }
+            self.stats.exits += 1;
+            let run_ptr: *mut kvm_run = self.vcpu.get_kvm_run();
+            let exit = self.vcpu.run();
+            match exit {
+                Ok(VcpuExit::IoOut(port, data)) => {
+                    // SAFETY: the exit reason is KVM_EXIT_IO, so the `io`
+                    // member of the union is the valid one; the kvm_run
+                    // mapping lives as long as the vCPU and we read only its
+                    // header fields, not the data the slice covers.
+                    let size = unsafe { (*run_ptr).__bindgen_anon_1.io.size } as usize;
+                    self.stats.io_exits += 1;
+                    let size = size.clamp(1, 4);
+                    for chunk in data.chunks(size) {
+                        let mut b = [0u8; 4];
+                        b[..chunk.len()].copy_from_slice(chunk);
+                        vm.bus
+                            .io_write(port, chunk.len() as u8, u32::from_le_bytes(b));
+                    }
+                    self.last_exit = format!("io out port {port:#x}");
+                    if !stepping {
+                        *done += 1;
+                    }
+                }
+                Ok(VcpuExit::IoIn(port, data)) => {
+                    // SAFETY: as for IoOut.
+                    let size = unsafe { (*run_ptr).__bindgen_anon_1.io.size } as usize;
+                    self.stats.io_exits += 1;
+                    let size = size.clamp(1, 4);
+                    for chunk in data.chunks_mut(size) {
+                        let v = vm.bus.io_read(port, chunk.len() as u8);
+                        let n = chunk.len();
+                        chunk.copy_from_slice(&v.to_le_bytes()[..n]);
+                    }
+                    self.last_exit = format!("io in port {port:#x}");
+                    if !stepping {
+                        *done += 1;
+                    }
+                }
+                Ok(VcpuExit::MmioRead(addr, data)) => {
+                    self.stats.mmio_exits += 1;
+                    let n = data.len().min(8);
+                    let v = if n > 0 { vm.read_phys(addr, n) } else { 0 };
+                    data[..n].copy_from_slice(&v.to_le_bytes()[..n]);
+                    self.last_exit = format!("mmio read {addr:#x}");
+                    if !stepping {
+                        *done += 1;
+                    }
+                }
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    self.stats.mmio_exits += 1;
+                    let n = data.len().min(8);
+                    let mut b = [0u8; 8];
+                    b[..n].copy_from_slice(&data[..n]);
+                    if n > 0 {
+                        vm.write_phys(addr, n, u64::from_le_bytes(b));
+                    }
+                    self.last_exit = format!("mmio write {addr:#x}");
+                    if !stepping {
+                        *done += 1;
+                    }
+                }
+                Ok(VcpuExit::Hlt) => {
+                    self.last_exit = "hlt".into();
+                    *done += 1;
+                    return End::Halted;
+                }
+                Ok(VcpuExit::Shutdown) => {
+                    self.last_exit = "shutdown (triple fault)".into();
+                    return End::Shutdown;
+                }
+                Ok(VcpuExit::Debug(d)) => {
+                    self.stats.debug_exits += 1;
+                    self.last_exit = format!(
+                        "debug exception {} at {:#x} dr6 {:#x}",
+                        d.exception, d.pc, d.dr6
+                    );
+                    *done += 1;
+                }
+                Ok(VcpuExit::Intr) | Err(_) if self.watchdog.fired() => {
+                    self.stats.timeouts += 1;
+                    self.last_exit = "timeout (wall-clock limit)".into();
+                    return End::Timeout;
+                }
+                Ok(VcpuExit::Intr) => {}
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+                Err(e) => return End::Error(format!("KVM_RUN failed: {e}")),
+                Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                    return End::Error(format!(
+                        "KVM entry failed: hardware reason {reason:#x} on cpu {cpu}"
+                    ))
+                }
+                Ok(VcpuExit::InternalError) => {
+                    return End::Error("KVM internal error (emulation failure?)".into())
+                }
+                Ok(other) => return End::Error(format!("unexpected KVM exit {other:?}")),
+            }
+            if self.paging.active() && self.paging.trapped() {
+                return End::PrivateTrap;
+            }
+            if *done >= steps {
+                return End::Budget;
+            }
+        }
+    }
+
+    /// After an I/O or MMIO exit the instruction completes only on the
+    /// next KVM_RUN: enter once with immediate_exit so that the registers
+    /// we read back are final.
+    fn complete_pending_io(&mut self) {
+        self.vcpu.set_kvm_immediate_exit(1);
+        let _ = self.vcpu.run();
+        self.vcpu.set_kvm_immediate_exit(0);
+    }
+
+    fn run_inner(&mut self, vm: &mut Vm, budget: Budget) -> Exit {
+        if vm.mem.ram_host_ptr() as usize != self.ram_host || vm.mem.ram_size() != self.ram_size {
+            return Exit::Error("KvmEngine::run: this Vm's RAM is not the one the engine mapped".into());
+        }
+        let mut done = 0u64;
+        // External events at an instruction boundary, through the
+        // interpreter's routine so that both engines take them alike.
+        match interrupt::take_pending(vm) {
+            Ok(true) => {
+                done += 1;
+                vm.cpu.halted = false;
+            }
+            Ok(false) => {}
+            Err(r) => return Exit::Shutdown(r),
+        }
+        if done >= budget.instructions {
+            return Exit::BudgetSpent;
+        }
+        if vm.cpu.halted {
+            self.last_exit = "halted on entry".into();
+            return Exit::Halted;
+        }
+        if vm.cpu.paging() && !paging::native(&vm.cpu) {
+            return self.run_paged(vm, budget, done);
+        }
+        if let Err(e) = self.set_stepping(budget.instructions == 1).and_then(|_| self.load(&vm.cpu)) {
+            return Exit::Error(e.to_string());
+        }
+        self.watchdog.arm(self.time_limit_for(budget));
+        let end = self.enter(vm, budget.instructions, &mut done);
+        self.watchdog.disarm();
+        self.complete_pending_io();
+        if let Err(e) = self.store(&mut vm.cpu) {
+            return Exit::Error(e.to_string());
+        }
+        self.finish(vm, end)
+    }
+
+    /// Common tail: halted flag, MMU coherence, the Exit.
+    fn finish(&mut self, vm: &mut Vm, end: End) -> Exit {
+        // KVM wrote RAM behind the MMU's back.
+        vm.mmu.flush_all(&vm.cpu);
+        match end {
+            End::Budget | End::Timeout => Exit::BudgetSpent,
+            End::Halted => {
+                vm.cpu.halted = true;
+                Exit::Halted
+            }
+            End::Shutdown => Exit::Shutdown(ShutdownReason::TripleFault),
+            End::PrivateTrap => Exit::Error("private trap outside paging emulation".into()),
+            End::Error(s) => {
+                self.last_exit = s.clone();
+                Exit::Error(s)
+            }
+        }
+    }
+}
+
+impl Engine for KvmEngine {
+    fn name(&self) -> &'static str {
+        "kvm"
+    }
+
+    fn run(&mut self, vm: &mut Vm, budget: Budget) -> Exit {
+        self.stats.runs += 1;
+        if budget.instructions == 0 {
+            return Exit::BudgetSpent;
+        }
+        self.run_inner(vm, budget)
+    }
+}
+
+/// The pieces of guest RAM that are plain RAM frames (no ROM or MMIO on
+/// top): each becomes one KVM memory slot; the rest exits to us.
+fn ram_pieces(vm: &Vm) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    let size = vm.mem.ram_size();
+    let mut p = 0;
+    while p < size {
+        if vm.mem.frame_is_ram(p) {
+            match out.last_mut() {
+                Some(last) if last.1 == p => last.1 = p + PAGE_SIZE,
+                _ => out.push((p, p + PAGE_SIZE)),
+            }
+        }
+        p += PAGE_SIZE;
+    }
+    out
+}
