@@ -83,3 +83,224 @@ fn real_mode_arith_io_hlt() {
     assert!(vm.cpu.halted);
     assert_eq!(vm.cpu.eip, code.len() as u32);
 }
+
+/// GDT at 0x800: 0x08 flat 32-bit code, 0x10 flat 32-bit data, 0x18 16-bit
+/// code base 0x10000 limit 0xFFFF, 0x20 16-bit data base 0x10000, 0x28
+/// ring-3 flat code, 0x30 ring-3 flat data.
+const GDT: u64 = 0x800;
+const IDT: u64 = 0xC00;
+
+fn desc(base: u32, limit: u32, access: u8, flags: u8) -> u64 {
+    (limit as u64 & 0xFFFF)
+        | ((base as u64 & 0xFF_FFFF) << 16)
+        | ((access as u64) << 40)
+        | (((limit as u64 >> 16) & 0xF) << 48)
+        | (((flags as u64) & 0xF) << 52)
+        | (((base as u64) >> 24) << 56)
+}
+
+fn setup_gdt(vm: &mut Vm) {
+    let d = [
+        0,
+        desc(0, 0xFFFFF, 0x9B, 0xC),
+        desc(0, 0xFFFFF, 0x93, 0xC),
+        desc(0x10000, 0xFFFF, 0x9B, 0x0),
+        desc(0x10000, 0xFFFF, 0x93, 0x0),
+        desc(0, 0xFFFFF, 0xFB, 0xC),
+        desc(0, 0xFFFFF, 0xF3, 0xC),
+    ];
+    for (i, x) in d.iter().enumerate() {
+        vm.mem.write_u64(GDT + 8 * i as u64, *x);
+    }
+    vm.cpu.gdtr.base = GDT as u32;
+    vm.cpu.gdtr.limit = (8 * d.len() - 1) as u16;
+}
+
+/// Load a segment register's cache from the GDT in guest memory, as the
+/// CPU would (accessed bit set).
+fn load_seg(vm: &mut Vm, s: SegReg, sel: u16) {
+    let raw = vm.mem.read_u64(GDT + (sel as u64 & !7)) | (1 << 40);
+    vm.mem.write_u64(GDT + (sel as u64 & !7), raw);
+    vm.cpu.seg[s as usize] = Segment::from_descriptor(sel, raw as u32, (raw >> 32) as u32);
+}
+
+/// 32-bit interrupt gate to `sel:off`, DPL 0.
+fn set_gate(vm: &mut Vm, vector: u8, sel: u16, off: u32) {
+    let g = (off as u64 & 0xFFFF) | ((sel as u64) << 16) | (0x8Eu64 << 40) | ((off as u64 >> 16) << 48);
+    vm.mem.write_u64(IDT + 8 * vector as u64, g);
+    vm.cpu.idtr.base = IDT as u32;
+    vm.cpu.idtr.limit = 0x7FF;
+}
+
+/// Flat 32-bit protected mode (no paging) at `eip`, stack at 0x9000.
+fn pmode32(vm: &mut Vm, eip: u32) {
+    setup_gdt(vm);
+    vm.cpu.cr0 |= 1; // PE
+    load_seg(vm, SegReg::Cs, 0x08);
+    for s in [SegReg::Ds, SegReg::Es, SegReg::Ss, SegReg::Fs, SegReg::Gs] {
+        load_seg(vm, s, 0x10);
+    }
+    vm.cpu.eip = eip;
+    vm.cpu.gpr[ESP] = 0x9000;
+}
+
+#[test]
+fn single_step_real_mode_with_fault() {
+    need_kvm!();
+    let mut vm = new_vm();
+    // IVT vector 0 -> 0000:2000 (a handler: mov dx, 7; hlt).
+    vm.mem.write_u32(0, 0x0000_2000);
+    let handler = assemble(16, 0x2000, |a| {
+        a.mov(dx, 7u32)?;
+        a.hlt()?;
+        Ok(())
+    });
+    vm.mem.write(0x2000, &handler);
+    let code = assemble(16, 0x1000, |a| {
+        a.mov(cx, 5u32)?; // 3 bytes
+        a.inc(cx)?; // 1 byte
+        a.xor(bl, bl)?; // 2 bytes
+        a.div(bl)?; // 2 bytes, #DE
+        a.hlt()?;
+        Ok(())
+    });
+    vm.mem.write(0x1000, &code);
+    real_mode(&mut vm, 0, 0x1000);
+    let mut k = KvmEngine::new(&mut vm).unwrap();
+    let mut eips = Vec::new();
+    for _ in 0..5 {
+        let e = k.run(&mut vm, Budget::ONE);
+        eips.push((vm.cpu.eip, e, vm.cpu.seg[SegReg::Cs as usize].selector));
+    }
+    eprintln!("{eips:?} {}", k.last_exit_reason());
+    assert_eq!(eips[0].0, 0x1003);
+    assert_eq!(eips[1].0, 0x1004);
+    assert_eq!(eips[2].0, 0x1006);
+    // The #DE delivery is one step: it ends at the handler's first byte.
+    assert_eq!(eips[3].0, 0x2000);
+    // FLAGS, CS, IP of the faulting DIV were pushed.
+    assert_eq!(vm.cpu.gpr[ESP] as u16, 0x8000 - 6);
+    assert_eq!(vm.mem.read_u16(0x8000 - 6), 0x1006);
+    assert_eq!(eips[4].0, 0x2003);
+    assert_eq!(vm.cpu.gpr[ECX] as u16, 6);
+    let e = k.run(&mut vm, Budget::ONE);
+    assert_eq!(e, Exit::Halted);
+    assert_eq!(vm.cpu.eip, 0x2004);
+    assert_eq!(vm.cpu.gpr[EDX] as u16, 7);
+}
+
+#[test]
+fn pmode32_fault_through_idt() {
+    need_kvm!();
+    let mut vm = new_vm();
+    pmode32(&mut vm, 0x1000);
+    // #GP handler: pop the error code into EDX, HLT.
+    let handler = assemble(32, 0x3000, |a| {
+        a.pop(edx)?;
+        a.mov(ecx, dword_ptr(esp))?; // faulting EIP
+        a.hlt()?;
+        Ok(())
+    });
+    vm.mem.write(0x3000, &handler);
+    set_gate(&mut vm, 13, 0x08, 0x3000);
+    let code = assemble(32, 0x1000, |a| {
+        a.mov(eax, 0x1234_5678u32)?;
+        a.mov(dword_ptr(0x5000), eax)?;
+        a.mov(ebx, dword_ptr(0x5000))?;
+        a.mov(ax, 0x3Bu32)?; // selector 0x38: beyond the GDT limit
+        a.mov(ds, ax)?; // #GP(0x38)
+        a.hlt()?;
+        Ok(())
+    });
+    vm.mem.write(0x1000, &code);
+    let mut k = KvmEngine::new(&mut vm).unwrap();
+    let e = k.run(&mut vm, BIG);
+    assert_eq!(e, Exit::Halted, "{}", k.last_exit_reason());
+    assert_eq!(vm.cpu.gpr[EBX], 0x1234_5678);
+    assert_eq!(vm.cpu.gpr[EDX], 0x38);
+    // mov eax,imm32 (5) + mov [m],eax (5) + mov ebx,[m] (6) + mov ax,imm16 (4)
+    assert_eq!(vm.cpu.gpr[ECX], 0x1000 + 5 + 5 + 6 + 4);
+    assert_eq!(vm.cpu.eip, 0x3000 + handler.len() as u32);
+}
+
+#[test]
+fn triple_fault_is_shutdown() {
+    need_kvm!();
+    let mut vm = new_vm();
+    pmode32(&mut vm, 0x1000);
+    // An IDT with no valid gates: #UD -> #GP -> #DF -> shutdown.
+    vm.cpu.idtr.base = IDT as u32;
+    vm.cpu.idtr.limit = 0;
+    let code = assemble(32, 0x1000, |a| {
+        a.ud2()?;
+        Ok(())
+    });
+    vm.mem.write(0x1000, &code);
+    let mut k = KvmEngine::new(&mut vm).unwrap();
+    let e = k.run(&mut vm, BIG);
+    assert_eq!(e, Exit::Shutdown(ShutdownReason::TripleFault), "{}", k.last_exit_reason());
+}
+
+/// 2-level paging: PD at 0x10000, PT at 0x11000 identity-mapping the first
+/// 2 MiB (user, writable) except page 0x7000 (not present), and PDE 1 a
+/// 4 MiB PSE page aliasing physical 0.
+fn paging_2level(vm: &mut Vm) {
+    const P: u32 = 1;
+    const RW: u32 = 2;
+    const US: u32 = 4;
+    const PS: u32 = 0x80;
+    vm.mem.write_u32(0x10000, 0x11000 | P | RW | US);
+    vm.mem.write_u32(0x10004, PS | P | RW | US);
+    for i in 0..0x200u32 {
+        if i != 7 {
+            vm.mem.write_u32(0x11000 + 4 * i as u64, (i << 12) | P | RW | US);
+        }
+    }
+    vm.cpu.cr3 = 0x10000;
+    vm.cpu.cr4 |= 1 << 4; // PSE
+    vm.cpu.cr0 |= 1 << 31; // PG
+}
+
+#[test]
+fn paging_2level_runs_and_page_fault_converts() {
+    need_kvm!();
+    let mut vm = new_vm();
+    pmode32(&mut vm, 0x1000);
+    paging_2level(&mut vm);
+    vm.mem.write_u32(0x5000, 0xCAFE_BABE);
+    let handler = assemble(32, 0x3000, |a| {
+        a.pop(edx)?;
+        a.hlt()?;
+        Ok(())
+    });
+    vm.mem.write(0x3000, &handler);
+    set_gate(&mut vm, 14, 0x08, 0x3000);
+    let code = assemble(32, 0x1000, |a| {
+        a.mov(eax, dword_ptr(0x40_5000))?; // via the 4 MiB page
+        a.mov(dword_ptr(0x6000), 0x1122_3344u32)?;
+        a.mov(ebx, dword_ptr(0x7000))?; // #PF, not present
+        a.hlt()?;
+        Ok(())
+    });
+    vm.mem.write(0x1000, &code);
+    let mut k = KvmEngine::new(&mut vm).unwrap();
+    let e1 = k.run(&mut vm, Budget::ONE);
+    assert_eq!(e1, Exit::BudgetSpent, "{}", k.last_exit_reason());
+    assert_eq!(vm.cpu.eip, 0x1005);
+    assert_eq!(vm.cpu.gpr[EAX], 0xCAFE_BABE);
+    // The guest's view of the control registers is unchanged.
+    assert_eq!(vm.cpu.cr3, 0x10000);
+    assert_eq!(vm.cpu.cr4, 1 << 4);
+    assert_eq!(vm.cpu.efer, 0);
+    assert_eq!(vm.cpu.gdtr.base, GDT as u32);
+    // The accessed bit of the PSE PDE reached the guest's table.
+    assert_ne!(vm.mem.read_u32(0x10004) & 0x20, 0);
+    let e2 = k.run(&mut vm, BIG);
+    eprintln!("{e2:?} {} {:?}", k.last_exit_reason(), k.stats);
+    assert_eq!(vm.mem.read_u32(0x6000), 0x1122_3344);
+    // Dirty bit of PTE 6 copied back.
+    assert_ne!(vm.mem.read_u32(0x11000 + 4 * 6) & 0x40, 0);
+    assert_eq!(k.stats.converted_exceptions, 1);
+    assert_eq!(vm.cpu.cr2, 0x7000);
+    assert!(k.last_exit_reason().contains("#PF(0x0)") || e2 == Exit::Halted, "{}", k.last_exit_reason());
+}

@@ -38,7 +38,7 @@ use kvm_bindings::{
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use umbra_core::cpu::CpuState;
 use umbra_core::engine::{Budget, Engine, Exit, ShutdownReason};
-use umbra_core::interp::interrupt;
+use umbra_core::interp::{interrupt, Interpreter};
 use umbra_core::mem::PAGE_SIZE;
 use umbra_core::Vm;
 
@@ -102,6 +102,8 @@ pub struct KvmEngine {
     /// Private tables for the 2-level paging emulation.
     paging: paging::Private,
     stepping: Option<bool>,
+    /// Runs the instructions paging emulation cannot run natively.
+    interp: Interpreter,
     watchdog: watchdog::Watchdog,
     last_exit: String,
     /// Overrides the budget-derived wall-clock limit of one `run`.
@@ -197,6 +199,7 @@ impl KvmEngine {
             ram_size,
             paging,
             stepping: None,
+            interp: Interpreter::new(),
             watchdog: watchdog::Watchdog::new(),
             last_exit: String::from("none"),
             time_limit: None,
@@ -426,6 +429,10 @@ impl KvmEngine {
                     }
                 }
                 Ok(VcpuExit::Hlt) => {
+                    if self.paging.active() && self.rip_is_private() {
+                        self.last_exit = "private exception handler".into();
+                        return End::PrivateTrap;
+                    }
                     self.last_exit = "hlt".into();
                     *done += 1;
                     return End::Halted;
@@ -436,6 +443,15 @@ impl KvmEngine {
                 }
                 Ok(VcpuExit::Debug(d)) => {
                     self.stats.debug_exits += 1;
+                    if self.paging.active() && d.pc >= paging::BASE {
+                        // Stepping through our own exception handler, until
+                        // it reaches its HLT.
+                        if paging::at_common(d.pc) {
+                            self.last_exit = "private exception handler".into();
+                            return End::PrivateTrap;
+                        }
+                        continue;
+                    }
                     self.last_exit = format!(
                         "debug exception {} at {:#x} dr6 {:#x}",
                         d.exception, d.pc, d.dr6
@@ -460,9 +476,6 @@ impl KvmEngine {
                 }
                 Ok(other) => return End::Error(format!("unexpected KVM exit {other:?}")),
             }
-            if self.paging.active() && self.paging.trapped() {
-                return End::PrivateTrap;
-            }
             if *done >= steps {
                 return End::Budget;
             }
@@ -476,6 +489,13 @@ impl KvmEngine {
         self.vcpu.set_kvm_immediate_exit(1);
         let _ = self.vcpu.run();
         self.vcpu.set_kvm_immediate_exit(0);
+    }
+
+    fn rip_is_private(&self) -> bool {
+        self.vcpu
+            .get_regs()
+            .map(|r| r.rip >= paging::BASE)
+            .unwrap_or(false)
     }
 
     fn run_inner(&mut self, vm: &mut Vm, budget: Budget) -> Exit {
@@ -493,6 +513,11 @@ impl KvmEngine {
             Ok(false) => {}
             Err(r) => return Exit::Shutdown(r),
         }
+        self.run_inner_from(vm, budget, done)
+    }
+
+    /// `run` after pending events, with `done` steps already used.
+    fn run_inner_from(&mut self, vm: &mut Vm, budget: Budget, mut done: u64) -> Exit {
         if done >= budget.instructions {
             return Exit::BudgetSpent;
         }

@@ -1,18 +1,554 @@
-//! stub
-use umbra_core::cpu::CpuState;
+//! 2-level paging emulation. This host's nested KVM shuts the guest down as
+//! soon as legacy 32-bit or PAE paging is switched on, while long mode with
+//! 32-bit compatibility-mode code runs. So when `vm.cpu` has CR0.PG with
+//! 2-level (non-PAE) tables, the engine runs the guest as compatibility-mode
+//! code (CS stays L=0, D as the guest set it) under private 4-level tables
+//! that map exactly the guest's linear pages, with the same U/S and R/W
+//! (4 MiB PSE pages become pairs of 2 MiB pages).
+//!
+//! Everything private lives in one memory slot at guest-physical (and
+//! linear) `BASE`, above the guest's 32-bit reach, so guest RAM is never
+//! touched behind the guest's back:
+//!
+//! - the 4-level tables (rebuilt from the guest's tables on every step);
+//! - a GDT: a copy of the guest's GDT with the engine's 64-bit code segment
+//!   and 64-bit TSS in its last four slots (GDTR.limit becomes 0xFFFF; a
+//!   guest selector beyond its own limit finds a zero descriptor there and
+//!   faults with the same #GP(selector));
+//! - a 64-bit IDT whose 256 handlers push the vector and HLT on an IST
+//!   stack. Such a HLT ends the step: the engine takes the guest state from
+//!   before the step (the instruction faulted, so it committed nothing),
+//!   CR2 from KVM, and delivers the exception architecturally with
+//!   `interp::interrupt::deliver_exception` on the guest's own IDT.
+//!
+//! Paging mode always single-steps (one KVM_RUN per instruction), so that
+//! the private tables follow the guest's: a change of the guest's tables is
+//! seen by the next instruction, as after an INVLPG. Instructions whose
+//! behaviour would differ in compatibility mode (MOV to/from control
+//! registers, descriptor-table loads and stores, INT n/INT3/INTO,
+//! SYSENTER/SYSEXIT, RDMSR/WRMSR) are executed by the interpreter instead.
+//!
+//! Accessed and dirty bits that the CPU sets land in the private tables;
+//! after each step the engine copies newly set ones into the guest's
+//! entries, and likewise accessed/busy bits written to the GDT copy. The
+//! differential harness should still not compare the guest's page-table
+//! frames bit for bit: the order and timing of A/D updates within one
+//! instruction (and on faulting accesses) can differ from the interpreter.
+//! Known gaps: PSE-36 bits of 4 MiB pages are not supported (such a page is
+//! left unmapped); the I/O permission bitmap of the guest's TSS is not used
+//! (CPL > IOPL port access faults); call gates and task gates do not work
+//! (IA-32e mode uses different formats); SGDT-visible state is the guest's
+//! because SGDT is interpreted.
+
+use iced_x86::{Code, Decoder, DecoderOptions, Mnemonic};
+use kvm_bindings::kvm_sregs;
+use memmap2::MmapMut;
+use umbra_core::cpu::{cr0, cr4, CpuState, SegReg};
 use umbra_core::engine::{Budget, Exit};
+use umbra_core::exception::Fault;
+use umbra_core::interp::{interrupt, Step};
 use umbra_core::Vm;
-use super::KvmEngine;
+
+use super::{End, KvmEngine};
+
+/// Guest-physical and linear base of the private slot (below 2^36, the
+/// physical-address width KVM assumes without CPUID leaf 0x80000008).
 pub(super) const BASE: u64 = 0x1_0000_0000;
-pub(super) const SIZE: usize = 0x50_0000;
-pub(super) struct Private { map: memmap2::MmapMut, active: bool }
-impl Private {
-    pub(super) fn new() -> std::io::Result<Self> { Ok(Private { map: memmap2::MmapMut::map_anon(SIZE)?, active: false }) }
-    pub(super) fn host_addr(&self) -> u64 { self.map.as_ptr() as u64 }
-    pub(super) fn active(&self) -> bool { self.active }
-    pub(super) fn trapped(&self) -> bool { false }
+/// Size of the private slot: a multiple of 2 MiB.
+pub(super) const SIZE: usize = 0xA0_0000;
+
+// Layout of the private slot (offsets from BASE).
+const PML4: usize = 0x0000;
+const PDPT: usize = 0x1000;
+/// Four page directories for the guest's 4 GiB of linear space.
+const PD0: usize = 0x2000;
+/// Page directory mapping the private slot itself (2 MiB pages).
+const PD_PRIV: usize = 0x6000;
+const IDT: usize = 0x7000;
+const TSS: usize = 0x8000;
+const TSS_LIMIT: u32 = 0x67;
+const STUBS: usize = 0x9000;
+const STUB_SIZE: usize = 16;
+const COMMON: usize = STUBS + 256 * STUB_SIZE;
+/// IST1 stack, growing down from STACK_TOP.
+const STACK_TOP: usize = 0xD000;
+const GDT: usize = 0x10000;
+const GDT_SIZE: usize = 0x10000;
+/// Page tables for the guest's linear space: one 4 KiB table per 2 MiB.
+const PT_POOL: usize = 0x20000;
+const PT_MAX: usize = 2048;
+
+/// The engine's selectors, in the last slots of the GDT copy.
+const SEL_CODE64: u16 = 0xFFE0;
+const SEL_TSS: u16 = 0xFFF0;
+
+/// Page-table entry bits (SDM Vol. 3 4.3, 4.5).
+mod pte {
+    pub const P: u64 = 1 << 0;
+    pub const RW: u64 = 1 << 1;
+    pub const US: u64 = 1 << 2;
+    pub const PWT: u64 = 1 << 3;
+    pub const PCD: u64 = 1 << 4;
+    pub const A: u64 = 1 << 5;
+    pub const D: u64 = 1 << 6;
+    pub const PS: u64 = 1 << 7;
+    /// PSE-36 physical-address bits of a 4 MiB PDE (bits 13-20).
+    pub const PSE36_MASK: u32 = 0xFF << 13;
 }
-pub(super) fn native(_c: &CpuState) -> bool { false }
+
+/// EFER bits.
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+
+/// Vectors that push an error code (SDM Vol. 3 6.13).
+fn has_error_code(v: u8) -> bool {
+    matches!(v, 8 | 10..=14 | 17 | 21 | 29 | 30)
+}
+
+/// A guest entry whose A/D bits the CPU may set in our copy.
+struct Watch {
+    /// Guest-physical address of the guest's 32-bit entry.
+    guest: u64,
+    /// Offsets of our 64-bit entries that mirror it.
+    ours: [usize; 2],
+    n: usize,
+    /// The guest entry's value when we built ours.
+    value: u32,
+}
+
+pub(super) struct Private {
+    map: MmapMut,
+    active: bool,
+    watches: Vec<Watch>,
+    /// Bytes of the guest GDT copied into the private GDT.
+    gdt_len: usize,
+    gdt_snapshot: Vec<u8>,
+}
+
+impl Private {
+    pub(super) fn new() -> std::io::Result<Self> {
+        let mut p = Private {
+            map: MmapMut::map_anon(SIZE)?,
+            active: false,
+            watches: Vec::new(),
+            gdt_len: 0,
+            gdt_snapshot: Vec::new(),
+        };
+        p.build_static();
+        Ok(p)
+    }
+
+    pub(super) fn host_addr(&self) -> u64 {
+        self.map.as_ptr() as u64
+    }
+    pub(super) fn active(&self) -> bool {
+        self.active
+    }
+
+    fn put64(&mut self, off: usize, v: u64) {
+        self.map[off..off + 8].copy_from_slice(&v.to_le_bytes());
+    }
+    fn get64(&self, off: usize) -> u64 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.map[off..off + 8]);
+        u64::from_le_bytes(b)
+    }
+
+    /// What never changes: the upper paging levels, the private mapping,
+    /// the IDT, TSS and handler stubs.
+    fn build_static(&mut self) {
+        let phys = |off: usize| BASE + off as u64;
+        let dir = pte::P | pte::RW | pte::US;
+        self.put64(PML4, phys(PDPT) | dir);
+        for i in 0..4 {
+            self.put64(PDPT + 8 * i, phys(PD0 + 0x1000 * i) | dir);
+        }
+        // PDPT entry 4 covers linear [4 GiB, 5 GiB): the private slot,
+        // supervisor-only.
+        self.put64(PDPT + 8 * 4, phys(PD_PRIV) | pte::P | pte::RW);
+        for i in 0..SIZE >> 21 {
+            self.put64(
+                PD_PRIV + 8 * i,
+                (BASE + ((i as u64) << 21)) | pte::P | pte::RW | pte::PS | pte::A | pte::D,
+            );
+        }
+        // 64-bit interrupt gates, DPL 0, IST 1 (SDM Vol. 3 6.14.1).
+        for v in 0..256usize {
+            let off = phys(STUBS + v * STUB_SIZE);
+            let lo = (off & 0xFFFF)
+                | ((SEL_CODE64 as u64) << 16)
+                | (1u64 << 32)
+                | (0x8Eu64 << 40)
+                | (((off >> 16) & 0xFFFF) << 48);
+            self.put64(IDT + 16 * v, lo);
+            self.put64(IDT + 16 * v + 8, off >> 32);
+            // Stub: [push 0;] push imm32 vector; jmp rel32 common.
+            let mut code = Vec::with_capacity(STUB_SIZE);
+            if !has_error_code(v as u8) {
+                code.extend_from_slice(&[0x6A, 0x00]);
+            }
+            code.push(0x68);
+            code.extend_from_slice(&(v as u32).to_le_bytes());
+            let here = STUBS + v * STUB_SIZE + code.len() + 5;
+            code.push(0xE9);
+            code.extend_from_slice(&((COMMON as i64 - here as i64) as i32).to_le_bytes());
+            code.resize(STUB_SIZE, 0x90);
+            let s = STUBS + v * STUB_SIZE;
+            self.map[s..s + STUB_SIZE].copy_from_slice(&code);
+        }
+        // common: hlt; jmp common.
+        self.map[COMMON..COMMON + 3].copy_from_slice(&[0xF4, 0xEB, 0xFD]);
+        // 64-bit TSS: RSP0 and IST1 at the private stack.
+        let top = phys(STACK_TOP);
+        self.map[TSS + 4..TSS + 12].copy_from_slice(&top.to_le_bytes());
+        self.map[TSS + 0x24..TSS + 0x2C].copy_from_slice(&top.to_le_bytes());
+        // No I/O bitmap: its offset lies past the limit.
+        self.map[TSS + 0x66..TSS + 0x68].copy_from_slice(&((TSS_LIMIT as u16) + 1).to_le_bytes());
+    }
+
+    /// Rebuild the GDT copy and the 4-level tables from the guest's state.
+    fn build(&mut self, vm: &mut Vm) -> Result<(), String> {
+        self.watches.clear();
+        // GDT: the guest's bytes, then zeros, then our descriptors.
+        let glen = (vm.cpu.gdtr.limit as usize + 1).min(SEL_CODE64 as usize);
+        let mut g = vec![0u8; glen];
+        vm.mem.read(vm.cpu.gdtr.base as u64, &mut g);
+        self.map[GDT..GDT + GDT_SIZE].fill(0);
+        self.map[GDT..GDT + glen].copy_from_slice(&g);
+        self.gdt_len = glen;
+        self.gdt_snapshot = g;
+        // 64-bit code: P, DPL 0, S, type execute/read accessed; L.
+        self.put64(GDT + SEL_CODE64 as usize, 0x0020_9B00_0000_0000);
+        // 64-bit busy TSS (type 0xB), 16 bytes.
+        let tss = BASE + TSS as u64;
+        let lo = (TSS_LIMIT as u64)
+            | ((tss & 0xFF_FFFF) << 16)
+            | (0x8Bu64 << 40)
+            | (((tss >> 24) & 0xFF) << 56);
+        self.put64(GDT + SEL_TSS as usize, lo);
+        self.put64(GDT + SEL_TSS as usize + 8, tss >> 32);
+
+        // Page tables.
+        let pse = vm.cpu.cr4 & cr4::PSE != 0;
+        let pd_base = (vm.cpu.cr3 & 0xFFFF_F000) as u64;
+        let mut next_pt = 0usize;
+        for i in 0..1024u64 {
+            let pde_addr = pd_base + 4 * i;
+            let pde = vm.mem.read_u32(pde_addr);
+            // Our two 2 MiB entries for guest PDE i.
+            let j0 = 2 * i as usize;
+            let ours = |j: usize| PD0 + 8 * j;
+            if pde as u64 & pte::P == 0 {
+                self.put64(ours(j0), 0);
+                self.put64(ours(j0 + 1), 0);
+                continue;
+            }
+            let perm = pde as u64 & (pte::RW | pte::US | pte::PWT | pte::PCD);
+            let ad = pde as u64 & (pte::A | pte::D);
+            if pse && pde as u64 & pte::PS != 0 {
+                if pde & pte::PSE36_MASK != 0 {
+                    self.put64(ours(j0), 0);
+                    self.put64(ours(j0 + 1), 0);
+                    continue;
+                }
+                let frame = (pde & 0xFFC0_0000) as u64;
+                for h in 0..2 {
+                    let e = (frame + ((h as u64) << 21)) | pte::P | pte::PS | perm | ad;
+                    self.put64(ours(j0 + h), e);
+                }
+                if ad != pte::A | pte::D {
+                    self.watches.push(Watch {
+                        guest: pde_addr,
+                        ours: [ours(j0), ours(j0 + 1)],
+                        n: 2,
+                        value: pde,
+                    });
+                }
+                continue;
+            }
+            // A page table: two private tables of 512 entries each.
+            if next_pt + 2 > PT_MAX {
+                return Err("paging emulation: private page-table pool exhausted".into());
+            }
+            let pt_guest = (pde & 0xFFFF_F000) as u64;
+            let mut raw = [0u8; 4096];
+            vm.mem.read(pt_guest, &mut raw);
+            for h in 0..2usize {
+                let pt = PT_POOL + 0x1000 * next_pt;
+                next_pt += 1;
+                let e = (BASE + pt as u64) | pte::P | perm | (pde as u64 & pte::A);
+                self.put64(ours(j0 + h), e);
+                for k in 0..512usize {
+                    let idx = h * 512 + k;
+                    let g = u32::from_le_bytes([raw[4 * idx], raw[4 * idx + 1], raw[4 * idx + 2], raw[4 * idx + 3]]);
+                    let v = if g as u64 & pte::P == 0 {
+                        0
+                    } else {
+                        let bits = g as u64 & (pte::P | pte::RW | pte::US | pte::PWT | pte::PCD | pte::A | pte::D);
+                        let e = (g & 0xFFFF_F000) as u64 | bits;
+                        if g as u64 & (pte::A | pte::D) != pte::A | pte::D {
+                            self.watches.push(Watch {
+                                guest: pt_guest + 4 * idx as u64,
+                                ours: [pt + 8 * k, 0],
+                                n: 1,
+                                value: g,
+                            });
+                        }
+                        e
+                    };
+                    self.put64(pt + 8 * k, v);
+                }
+            }
+            if pde as u64 & pte::A == 0 {
+                self.watches.push(Watch {
+                    guest: pde_addr,
+                    ours: [ours(j0), ours(j0 + 1)],
+                    n: 2,
+                    value: pde,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Copy A/D bits the CPU set in our tables, and bytes it wrote into the
+    /// GDT copy (accessed and busy bits), into guest memory.
+    fn sync_back(&mut self, vm: &mut Vm) {
+        for w in &self.watches {
+            let mut set = 0u64;
+            for &o in &w.ours[..w.n] {
+                set |= self.get64(o) & (pte::A | pte::D);
+            }
+            let new = set & !(w.value as u64);
+            if new != 0 {
+                // Re-read: the guest may have rewritten the entry itself.
+                let cur = vm.mem.read_u32(w.guest);
+                if cur & !(pte::A | pte::D) as u32 == w.value & !(pte::A | pte::D) as u32 {
+                    vm.mem.write_u32(w.guest, cur | new as u32);
+                }
+            }
+        }
+        for i in 0..self.gdt_len {
+            let b = self.map[GDT + i];
+            if b != self.gdt_snapshot[i] {
+                vm.mem.write_u8(vm.cpu.gdtr.base as u64 + i as u64, b);
+            }
+        }
+        vm.flush_watch_hits();
+    }
+
+    /// The system registers that run the guest under the private tables.
+    fn sregs(&self, cpu: &CpuState, s: &mut kvm_sregs) {
+        super::state::to_kvm_sregs(cpu, s);
+        s.cr3 = BASE + PML4 as u64;
+        s.cr4 = (cpu.cr4 | cr4::PAE) as u64;
+        s.efer = cpu.efer | EFER_LME | EFER_LMA;
+        s.gdt.base = BASE + GDT as u64;
+        s.gdt.limit = 0xFFFF;
+        s.idt.base = BASE + IDT as u64;
+        s.idt.limit = 0xFFF;
+        s.tr.base = BASE + TSS as u64;
+        s.tr.limit = TSS_LIMIT;
+        s.tr.selector = SEL_TSS;
+        s.tr.type_ = 0xB;
+        s.tr.present = 1;
+        s.tr.s = 0;
+        s.tr.dpl = 0;
+        s.tr.db = 0;
+        s.tr.l = 0;
+        s.tr.g = 0;
+        s.tr.unusable = 0;
+        // A 32-bit guest segment must not look like 64-bit code.
+        s.cs.l = 0;
+    }
+
+    /// Read the vector and error code our handler left on the IST stack.
+    fn trap_frame(&self) -> (u8, u32) {
+        let err = self.get64(STACK_TOP - 48) as u32;
+        let vec = self.get64(STACK_TOP - 56) as u8;
+        (vec, err)
+    }
+}
+
+/// Whether `pc` is in the handlers' common tail (the vector is pushed).
+pub(super) fn at_common(pc: u64) -> bool {
+    (BASE + COMMON as u64..BASE + COMMON as u64 + 4).contains(&pc)
+}
+
+/// Whether the paging mode of `c` runs natively (PAE would, were the host
+/// able to; only 2-level tables are emulated).
+pub(super) fn native(c: &CpuState) -> bool {
+    c.cr4 & cr4::PAE != 0
+}
+
+/// Guest-physical address of `lin` under the guest's 2-level tables, or
+/// None when not mapped. No A/D bits are set (this is only for decoding).
+fn walk(vm: &mut Vm, lin: u32) -> Option<u64> {
+    let pde = vm.mem.read_u32((vm.cpu.cr3 & 0xFFFF_F000) as u64 + 4 * (lin >> 22) as u64);
+    if pde & 1 == 0 {
+        return None;
+    }
+    if vm.cpu.cr4 & cr4::PSE != 0 && pde as u64 & pte::PS != 0 {
+        return Some(((pde & 0xFFC0_0000) | (lin & 0x3F_FFFF)) as u64);
+    }
+    let p = vm.mem.read_u32((pde & 0xFFFF_F000) as u64 + 4 * ((lin >> 12) & 0x3FF) as u64);
+    if p & 1 == 0 {
+        return None;
+    }
+    Some(((p & 0xFFFF_F000) | (lin & 0xFFF)) as u64)
+}
+
+/// Whether the instruction at CS:EIP must be interpreted rather than run
+/// in compatibility mode (see the module doc).
+fn needs_interpreter(vm: &mut Vm) -> bool {
+    let cs = *vm.cpu.seg(SegReg::Cs);
+    let lin = cs.base.wrapping_add(vm.cpu.eip);
+    let mut buf = [0u8; 15];
+    let mut n = 0;
+    while n < buf.len() {
+        let Some(p) = walk(vm, lin.wrapping_add(n as u32)) else {
+            break;
+        };
+        buf[n] = vm.mem.read_u8(p);
+        n += 1;
+    }
+    let bits = if vm.cpu.code32() { 32 } else { 16 };
+    let ins = Decoder::with_ip(bits, &buf[..n], vm.cpu.eip as u64, DecoderOptions::NONE).decode();
+    if ins.code() == Code::INVALID {
+        return false;
+    }
+    matches!(
+        ins.mnemonic(),
+        Mnemonic::Lgdt
+            | Mnemonic::Lidt
+            | Mnemonic::Sgdt
+            | Mnemonic::Sidt
+            | Mnemonic::Lldt
+            | Mnemonic::Ltr
+            | Mnemonic::Int
+            | Mnemonic::Int3
+            | Mnemonic::Into
+            | Mnemonic::Int1
+            | Mnemonic::Sysenter
+            | Mnemonic::Sysexit
+            | Mnemonic::Rdmsr
+            | Mnemonic::Wrmsr
+    ) || matches!(
+        ins.code(),
+        Code::Mov_r32_cr | Code::Mov_cr_r32
+    )
+}
+
 impl KvmEngine {
-    pub(super) fn run_paged(&mut self, _vm: &mut Vm, _b: Budget, _done: u64) -> Exit { Exit::Error("todo".into()) }
+    /// Run a guest with 2-level paging, one instruction per KVM entry (see
+    /// the module doc).
+    pub(super) fn run_paged(&mut self, vm: &mut Vm, budget: Budget, mut done: u64) -> Exit {
+        if let Err(e) = self.set_stepping(true) {
+            return Exit::Error(e.to_string());
+        }
+        self.watchdog.arm(self.time_limit_for(budget));
+        let exit = loop {
+            if done >= budget.instructions {
+                break Exit::BudgetSpent;
+            }
+            if self.watchdog.fired() {
+                self.stats.timeouts += 1;
+                self.last_exit = "timeout (wall-clock limit)".into();
+                break Exit::BudgetSpent;
+            }
+            if !vm.cpu.paging() || native(&vm.cpu) {
+                // The guest left 2-level paging: go on in the normal path.
+                self.watchdog.disarm();
+                return self.run_inner_from(vm, budget, done);
+            }
+            if vm.cpu.halted {
+                break Exit::Halted;
+            }
+            match self.paged_step(vm) {
+                Ok(None) => done += 1,
+                Ok(Some(e)) => break e,
+                Err(e) => break Exit::Error(e),
+            }
+        };
+        self.watchdog.disarm();
+        self.paging.active = false;
+        vm.mmu.flush_all(&vm.cpu);
+        exit
+    }
+
+    /// One instruction (or one exception delivery) of a 2-level paging
+    /// guest. `Ok(None)` when it retired and the guest goes on.
+    fn paged_step(&mut self, vm: &mut Vm) -> Result<Option<Exit>, String> {
+        if needs_interpreter(vm) {
+            self.last_exit = "interpreted (compatibility-mode sensitive)".into();
+            return Ok(match self.interp.step(vm) {
+                Step::Retired => None,
+                Step::Halted => Some(Exit::Halted),
+                Step::Shutdown(r) => Some(Exit::Shutdown(r)),
+            });
+        }
+        self.paging.build(vm)?;
+        self.paging.active = true;
+        let mut sregs = self.vcpu.get_sregs().map_err(|e| e.to_string())?;
+        self.paging.sregs(&vm.cpu, &mut sregs);
+        self.load_with_sregs(&vm.cpu, &sregs).map_err(|e| e.to_string())?;
+        let mut n = 0;
+        let end = self.enter(vm, 1, &mut n);
+        self.complete_pending_io();
+        self.paging.active = false;
+        match end {
+            End::PrivateTrap => {
+                // The instruction faulted: the guest state is the one we
+                // loaded (nothing committed), plus CR2 for a #PF.
+                let s = self.vcpu.get_sregs().map_err(|e| e.to_string())?;
+                self.paging.sync_back(vm);
+                let (vector, code) = self.paging.trap_frame();
+                let cr2 = s.cr2 as u32;
+                let fault = Fault {
+                    vector,
+                    error_code: has_error_code(vector).then_some(code),
+                    cr2: (vector == umbra_core::exception::vector::PF).then_some(cr2),
+                };
+                if let Some(a) = fault.cr2 {
+                    vm.cpu.cr2 = a;
+                }
+                self.stats.converted_exceptions += 1;
+                self.last_exit = format!("exception {fault} converted");
+                vm.clock.retired += 1;
+                Ok(match interrupt::deliver_exception(vm, fault) {
+                    Ok(()) => None,
+                    Err(r) => Some(Exit::Shutdown(r)),
+                })
+            }
+            End::Budget | End::Halted | End::Timeout => {
+                let regs = self.vcpu.get_regs().map_err(|e| e.to_string())?;
+                let s = self.vcpu.get_sregs().map_err(|e| e.to_string())?;
+                self.paging.sync_back(vm);
+                super::state::from_kvm_regs(&mut vm.cpu, &regs);
+                let keep = vm.cpu.clone();
+                super::state::from_kvm_sregs(&mut vm.cpu, &s);
+                // The guest's own view of what we replaced.
+                vm.cpu.cr3 = keep.cr3;
+                vm.cpu.cr4 = keep.cr4;
+                vm.cpu.efer = keep.efer;
+                vm.cpu.gdtr = keep.gdtr;
+                vm.cpu.idtr = keep.idtr;
+                vm.cpu.tr = keep.tr;
+                vm.cpu.cr0 = (s.cr0 as u32) | (keep.cr0 & cr0::PG);
+                self.store_common(&mut vm.cpu).map_err(|e| e.to_string())?;
+                match end {
+                    End::Halted => {
+                        vm.cpu.halted = true;
+                        Ok(Some(Exit::Halted))
+                    }
+                    End::Timeout => Ok(Some(Exit::BudgetSpent)),
+                    _ => Ok(None),
+                }
+            }
+            End::Shutdown => Ok(Some(Exit::Shutdown(
+                umbra_core::engine::ShutdownReason::TripleFault,
+            ))),
+            End::Error(s) => Err(s),
+        }
+    }
 }
