@@ -304,3 +304,28 @@ fn paging_2level_runs_and_page_fault_converts() {
     assert_eq!(vm.cpu.cr2, 0x7000);
     assert!(k.last_exit_reason().contains("#PF(0x0)") || e2 == Exit::Halted, "{}", k.last_exit_reason());
 }
+
+#[test]
+fn free_run_turns_on_2level_paging() {
+    need_kvm!();
+    let mut vm = new_vm();
+    pmode32(&mut vm, 0x1000);
+    paging_2level(&mut vm);
+    vm.cpu.cr0 &= !(1 << 31);
+    vm.mem.write_u32(0x5004, 77);
+    let code = assemble(32, 0x1000, |a| {
+        a.mov(eax, cr0)?;
+        a.or(eax, 0x8000_0000u32)?;
+        a.mov(cr0, eax)?;
+        a.mov(ebx, dword_ptr(0x40_5004))?; // only mapped with paging on
+        a.hlt()?;
+        Ok(())
+    });
+    vm.mem.write(0x1000, &code);
+    let mut k = KvmEngine::new(&mut vm).unwrap();
+    let e = k.run(&mut vm, BIG);
+    assert_eq!(e, Exit::Halted, "{}", k.last_exit_reason());
+    assert_eq!(vm.cpu.gpr[EBX], 77);
+    assert_ne!(vm.cpu.cr0 & (1 << 31), 0);
+    assert_eq!(vm.cpu.eip, 0x1000 + code.len() as u32);
+}

@@ -538,6 +538,11 @@ impl KvmEngine {
         if let Err(e) = self.store(&mut vm.cpu) {
             return Exit::Error(e.to_string());
         }
+        if matches!(end, End::Shutdown) && paging::complete_paging_enable(vm) {
+            self.last_exit = "mov cr0 enabling 2-level paging (emulated)".into();
+            vm.mmu.flush_all(&vm.cpu);
+            return self.run_inner_from(vm, budget, done + 1);
+        }
         self.finish(vm, end)
     }
 

@@ -40,7 +40,7 @@
 //! (IA-32e mode uses different formats); SGDT-visible state is the guest's
 //! because SGDT is interpreted.
 
-use iced_x86::{Code, Decoder, DecoderOptions, Mnemonic};
+use iced_x86::{Code, Decoder, DecoderOptions, Mnemonic, Register};
 use kvm_bindings::kvm_sregs;
 use memmap2::MmapMut;
 use umbra_core::cpu::{cr0, cr4, CpuState, SegReg};
@@ -368,6 +368,40 @@ impl Private {
         let vec = self.get64(STACK_TOP - 56) as u8;
         (vec, err)
     }
+}
+
+/// This host's KVM shuts the guest down at a MOV to CR0 that turns 2-level
+/// paging on. When the shutdown happened at such an instruction (paging
+/// off, CS:EIP at `mov cr0, r32` whose value sets PG with PE), perform it
+/// here and return true: the engine then goes on under paging emulation.
+pub(super) fn complete_paging_enable(vm: &mut Vm) -> bool {
+    if vm.cpu.paging() || vm.cpu.v86() || !vm.cpu.protected() || vm.cpu.cr4 & cr4::PAE != 0 {
+        return false;
+    }
+    let lin = vm.cpu.seg(SegReg::Cs).base.wrapping_add(vm.cpu.eip);
+    let mut buf = [0u8; 15];
+    vm.mem.read(lin as u64, &mut buf);
+    let bits = if vm.cpu.code32() { 32 } else { 16 };
+    let ins = Decoder::with_ip(bits, &buf, vm.cpu.eip as u64, DecoderOptions::NONE).decode();
+    if ins.code() != Code::Mov_cr_r32 || ins.op0_register() != Register::CR0 {
+        return false;
+    }
+    let idx = (ins.op1_register() as u32).wrapping_sub(Register::EAX as u32) as usize;
+    let Some(&val) = vm.cpu.gpr.get(idx) else {
+        return false;
+    };
+    let val = val as u32;
+    if val & cr0::PG == 0 || val & cr0::PE == 0 || val & !cr0::VALID != 0 {
+        return false;
+    }
+    vm.cpu.cr0 = val | cr0::ET;
+    vm.cpu.eip = if bits == 32 {
+        ins.next_ip32()
+    } else {
+        ins.next_ip32() & 0xFFFF
+    };
+    vm.clock.retired += 1;
+    true
 }
 
 /// Whether `pc` is in the handlers' common tail (the vector is pushed).
