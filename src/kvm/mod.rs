@@ -25,6 +25,7 @@
 
 mod cpuid;
 mod paging;
+mod realstep;
 mod state;
 mod watchdog;
 
@@ -32,9 +33,10 @@ use std::time::Duration;
 
 use kvm_bindings::{
     kvm_guest_debug, kvm_run, kvm_userspace_memory_region, CpuId, Msrs, KVM_GUESTDBG_ENABLE,
-    KVM_GUESTDBG_SINGLESTEP, KVM_VCPUEVENT_VALID_NMI_PENDING, KVM_VCPUEVENT_VALID_SHADOW,
+    KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP, KVM_VCPUEVENT_VALID_NMI_PENDING, KVM_VCPUEVENT_VALID_SHADOW,
     KVM_X86_SHADOW_INT_MOV_SS, KVM_X86_SHADOW_INT_STI,
 };
+use iced_x86::Mnemonic;
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use umbra_core::cpu::CpuState;
 use umbra_core::engine::{Budget, Engine, Exit, ShutdownReason};
@@ -101,7 +103,9 @@ pub struct KvmEngine {
     ram_size: u64,
     /// Private tables for the 2-level paging emulation.
     paging: paging::Private,
-    stepping: Option<bool>,
+    stepping: Option<StepMode>,
+    /// Private IVT for exact real-mode steps (mapped into the VM).
+    _ivt: realstep::PrivateIvt,
     /// Runs the instructions paging emulation cannot run natively.
     interp: Interpreter,
     watchdog: watchdog::Watchdog,
@@ -113,6 +117,15 @@ pub struct KvmEngine {
     _kvm: Kvm,
 }
 
+/// How KVM's guest debugging is set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StepMode {
+    Off,
+    Step,
+    /// Step, with the real-mode delivery catcher (see `realstep`).
+    StepCatch,
+}
+
 /// How one pass of the run loop ended.
 enum End {
     /// Budget of steps done.
@@ -122,6 +135,8 @@ enum End {
     Timeout,
     /// A private-IDT handler halted (paging emulation).
     PrivateTrap,
+    /// A real-mode step stopped at the private IVT's catch address.
+    Caught,
     Error(String),
 }
 
@@ -184,6 +199,19 @@ impl KvmEngine {
         unsafe { vm_fd.set_user_memory_region(region) }
             .map_err(ioctl("KVM_SET_USER_MEMORY_REGION (private)"))?;
 
+        let ivt = realstep::PrivateIvt::new().map_err(KvmError::Alloc)?;
+        let region = kvm_userspace_memory_region {
+            slot: PRIVATE_SLOT + 1,
+            flags: 0,
+            guest_phys_addr: realstep::IVT_ADDR,
+            memory_size: realstep::IVT_SIZE as u64,
+            userspace_addr: ivt.host_addr(),
+        };
+        // SAFETY: the private IVT mapping is owned by the engine and
+        // dropped after the VM fd.
+        unsafe { vm_fd.set_user_memory_region(region) }
+            .map_err(ioctl("KVM_SET_USER_MEMORY_REGION (private IVT)"))?;
+
         let vcpu = vm_fd.create_vcpu(0).map_err(ioctl("KVM_CREATE_VCPU"))?;
         let ents = cpuid::entries();
         let cpuid = CpuId::from_entries(&ents).map_err(|_| KvmError::Ioctl {
@@ -199,6 +227,7 @@ impl KvmEngine {
             ram_size,
             paging,
             stepping: None,
+            _ivt: ivt,
             interp: Interpreter::new(),
             watchdog: watchdog::Watchdog::new(),
             last_exit: String::from("none"),
@@ -218,22 +247,24 @@ impl KvmEngine {
         &self.vm_fd
     }
 
-    fn set_stepping(&mut self, on: bool) -> Result<(), KvmError> {
-        if self.stepping == Some(on) {
+    fn set_stepping(&mut self, mode: StepMode) -> Result<(), KvmError> {
+        if self.stepping == Some(mode) {
             return Ok(());
         }
-        let dbg = kvm_guest_debug {
-            control: if on {
-                KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP
-            } else {
-                0
-            },
-            ..Default::default()
-        };
+        let mut dbg = kvm_guest_debug::default();
+        match mode {
+            StepMode::Off => {}
+            StepMode::Step => dbg.control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP,
+            StepMode::StepCatch => {
+                dbg.control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP | KVM_GUESTDBG_USE_HW_BP;
+                dbg.arch.debugreg[0] = realstep::CATCH;
+                dbg.arch.debugreg[7] = realstep::DR7_L0;
+            }
+        }
         self.vcpu
             .set_guest_debug(&dbg)
             .map_err(ioctl("KVM_SET_GUEST_DEBUG"))?;
-        self.stepping = Some(on);
+        self.stepping = Some(mode);
         Ok(())
     }
 
@@ -360,7 +391,8 @@ impl KvmEngine {
     /// exits (free-running mode) done, HLT, shutdown, timeout, a private
     /// trap, an error. `done` counts steps/exits; I/O and MMIO are served.
     fn enter(&mut self, vm: &mut Vm, steps: u64, done: &mut u64) -> End {
-        let stepping = self.stepping == Some(true);
+        let stepping = matches!(self.stepping, Some(StepMode::Step | StepMode::StepCatch));
+        let catching = self.stepping == Some(StepMode::StepCatch);
         loop {
             if self.watchdog.fired() {
                 self.stats.timeouts += 1;
@@ -456,6 +488,10 @@ impl KvmEngine {
                         "debug exception {} at {:#x} dr6 {:#x}",
                         d.exception, d.pc, d.dr6
                     );
+                    if catching && d.dr6 & realstep::DR6_B0 != 0 && d.dr6 & realstep::DR6_BS == 0 {
+                        *done += 1;
+                        return End::Caught;
+                    }
                     *done += 1;
                 }
                 Ok(VcpuExit::Intr) | Err(_) if self.watchdog.fired() => {
@@ -489,6 +525,12 @@ impl KvmEngine {
         self.vcpu.set_kvm_immediate_exit(1);
         let _ = self.vcpu.run();
         self.vcpu.set_kvm_immediate_exit(0);
+    }
+
+    fn point_idt_at_private_ivt(&mut self) -> Result<(), KvmError> {
+        let mut s = self.vcpu.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
+        s.idt.base = realstep::IVT_ADDR;
+        self.vcpu.set_sregs(&s).map_err(ioctl("KVM_SET_SREGS"))
     }
 
     fn rip_is_private(&self) -> bool {
@@ -528,15 +570,47 @@ impl KvmEngine {
         if vm.cpu.paging() && !paging::native(&vm.cpu) {
             return self.run_paged(vm, budget, done);
         }
-        if let Err(e) = self.set_stepping(budget.instructions == 1).and_then(|_| self.load(&vm.cpu)) {
+        let mode = match (budget.instructions == 1, vm.cpu.real()) {
+            (false, _) => StepMode::Off,
+            (true, false) => StepMode::Step,
+            (true, true) => StepMode::StepCatch,
+        };
+        if let Err(e) = self.set_stepping(mode).and_then(|_| self.load(&vm.cpu)) {
             return Exit::Error(e.to_string());
         }
+        let guest_idtr = vm.cpu.idtr;
+        if mode == StepMode::StepCatch {
+            if let Err(e) = self.point_idt_at_private_ivt() {
+                return Exit::Error(e.to_string());
+            }
+        }
+        let stepping_hlt = mode != StepMode::Off && paging::decode_at_eip(vm, false) == Some(Mnemonic::Hlt);
         self.watchdog.arm(self.time_limit_for(budget));
-        let end = self.enter(vm, budget.instructions, &mut done);
+        let mut end = self.enter(vm, budget.instructions, &mut done);
+        if stepping_hlt && matches!(end, End::Budget) {
+            // A single-stepped HLT ends with the step's debug exit.
+            end = End::Halted;
+        }
         self.watchdog.disarm();
         self.complete_pending_io();
         if let Err(e) = self.store(&mut vm.cpu) {
             return Exit::Error(e.to_string());
+        }
+        if mode == StepMode::StepCatch {
+            if vm.cpu.idtr.base as u64 == realstep::IVT_ADDR {
+                vm.cpu.idtr = guest_idtr;
+            }
+            if matches!(end, End::Caught) {
+                match realstep::caught_vector(vm) {
+                    Some(v) => {
+                        realstep::redirect(vm, v);
+                        self.last_exit = format!("real-mode delivery of vector {v}");
+                    }
+                    None => {
+                        self.last_exit = "breakpoint at the catch address without a delivery".into();
+                    }
+                }
+            }
         }
         if matches!(end, End::Shutdown) && paging::complete_paging_enable(vm) {
             self.last_exit = "mov cr0 enabling 2-level paging (emulated)".into();
@@ -551,7 +625,7 @@ impl KvmEngine {
         // KVM wrote RAM behind the MMU's back.
         vm.mmu.flush_all(&vm.cpu);
         match end {
-            End::Budget | End::Timeout => Exit::BudgetSpent,
+            End::Budget | End::Timeout | End::Caught => Exit::BudgetSpent,
             End::Halted => {
                 vm.cpu.halted = true;
                 Exit::Halted

@@ -432,25 +432,36 @@ fn walk(vm: &mut Vm, lin: u32) -> Option<u64> {
     Some(((p & 0xFFFF_F000) | (lin & 0xFFF)) as u64)
 }
 
-/// Whether the instruction at CS:EIP must be interpreted rather than run
-/// in compatibility mode (see the module doc).
-fn needs_interpreter(vm: &mut Vm) -> bool {
+/// Decode the instruction at CS:EIP without side effects: through the
+/// guest's 2-level tables when `paged`, else linear = physical. Bytes that
+/// are not mapped end the buffer early (the decode may then fail: None).
+pub(super) fn decode_at_eip(vm: &mut Vm, paged: bool) -> Option<Mnemonic> {
+    decode_insn(vm, paged).map(|i| i.mnemonic())
+}
+
+fn decode_insn(vm: &mut Vm, paged: bool) -> Option<iced_x86::Instruction> {
     let cs = *vm.cpu.seg(SegReg::Cs);
-    let lin = cs.base.wrapping_add(vm.cpu.eip);
+    let eip = if vm.cpu.code32() { vm.cpu.eip } else { vm.cpu.eip & 0xFFFF };
+    let lin = cs.base.wrapping_add(eip);
     let mut buf = [0u8; 15];
     let mut n = 0;
     while n < buf.len() {
-        let Some(p) = walk(vm, lin.wrapping_add(n as u32)) else {
+        let l = lin.wrapping_add(n as u32);
+        let p = if paged { walk(vm, l) } else { Some(l as u64) };
+        let Some(p) = p else {
             break;
         };
         buf[n] = vm.mem.read_u8(p);
         n += 1;
     }
     let bits = if vm.cpu.code32() { 32 } else { 16 };
-    let ins = Decoder::with_ip(bits, &buf[..n], vm.cpu.eip as u64, DecoderOptions::NONE).decode();
-    if ins.code() == Code::INVALID {
-        return false;
-    }
+    let ins = Decoder::with_ip(bits, &buf[..n], eip as u64, DecoderOptions::NONE).decode();
+    (ins.code() != Code::INVALID).then_some(ins)
+}
+
+/// Whether the instruction at CS:EIP must be interpreted rather than run
+/// in compatibility mode (see the module doc).
+fn needs_interpreter(ins: &iced_x86::Instruction) -> bool {
     matches!(
         ins.mnemonic(),
         Mnemonic::Lgdt
@@ -467,17 +478,14 @@ fn needs_interpreter(vm: &mut Vm) -> bool {
             | Mnemonic::Sysexit
             | Mnemonic::Rdmsr
             | Mnemonic::Wrmsr
-    ) || matches!(
-        ins.code(),
-        Code::Mov_r32_cr | Code::Mov_cr_r32
-    )
+    ) || matches!(ins.code(), Code::Mov_r32_cr | Code::Mov_cr_r32)
 }
 
 impl KvmEngine {
     /// Run a guest with 2-level paging, one instruction per KVM entry (see
     /// the module doc).
     pub(super) fn run_paged(&mut self, vm: &mut Vm, budget: Budget, mut done: u64) -> Exit {
-        if let Err(e) = self.set_stepping(true) {
+        if let Err(e) = self.set_stepping(super::StepMode::Step) {
             return Exit::Error(e.to_string());
         }
         self.watchdog.arm(self.time_limit_for(budget));
@@ -513,7 +521,8 @@ impl KvmEngine {
     /// One instruction (or one exception delivery) of a 2-level paging
     /// guest. `Ok(None)` when it retired and the guest goes on.
     fn paged_step(&mut self, vm: &mut Vm) -> Result<Option<Exit>, String> {
-        if needs_interpreter(vm) {
+        let ins = decode_insn(vm, true);
+        if ins.as_ref().is_some_and(needs_interpreter) {
             self.last_exit = "interpreted (compatibility-mode sensitive)".into();
             return Ok(match self.interp.step(vm) {
                 Step::Retired => None,
@@ -527,7 +536,10 @@ impl KvmEngine {
         self.paging.sregs(&vm.cpu, &mut sregs);
         self.load_with_sregs(&vm.cpu, &sregs).map_err(|e| e.to_string())?;
         let mut n = 0;
-        let end = self.enter(vm, 1, &mut n);
+        let mut end = self.enter(vm, 1, &mut n);
+        if matches!(end, End::Budget) && ins.is_some_and(|i| i.mnemonic() == Mnemonic::Hlt) {
+            end = End::Halted;
+        }
         self.complete_pending_io();
         self.paging.active = false;
         match end {
@@ -554,7 +566,7 @@ impl KvmEngine {
                     Err(r) => Some(Exit::Shutdown(r)),
                 })
             }
-            End::Budget | End::Halted | End::Timeout => {
+            End::Budget | End::Halted | End::Timeout | End::Caught => {
                 let regs = self.vcpu.get_regs().map_err(|e| e.to_string())?;
                 let s = self.vcpu.get_sregs().map_err(|e| e.to_string())?;
                 self.paging.sync_back(vm);
