@@ -36,7 +36,6 @@ use kvm_bindings::{
     KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP, KVM_VCPUEVENT_VALID_NMI_PENDING, KVM_VCPUEVENT_VALID_SHADOW,
     KVM_X86_SHADOW_INT_MOV_SS, KVM_X86_SHADOW_INT_STI,
 };
-use iced_x86::Mnemonic;
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use umbra_core::cpu::CpuState;
 use umbra_core::engine::{Budget, Engine, Exit, ShutdownReason};
@@ -567,7 +566,7 @@ impl KvmEngine {
             self.last_exit = "halted on entry".into();
             return Exit::Halted;
         }
-        if vm.cpu.paging() && !paging::native(&vm.cpu) {
+        if paging::compat_mode(&vm.cpu, budget) {
             return self.run_paged(vm, budget, done);
         }
         let mode = match (budget.instructions == 1, vm.cpu.real()) {
@@ -584,17 +583,21 @@ impl KvmEngine {
                 return Exit::Error(e.to_string());
             }
         }
-        let stepping_hlt = mode != StepMode::Off && paging::decode_at_eip(vm, false) == Some(Mnemonic::Hlt);
+        let hlt_next = if mode == StepMode::Off {
+            None
+        } else {
+            paging::hlt_next(vm, false)
+        };
         self.watchdog.arm(self.time_limit_for(budget));
         let mut end = self.enter(vm, budget.instructions, &mut done);
-        if stepping_hlt && matches!(end, End::Budget) {
-            // A single-stepped HLT ends with the step's debug exit.
-            end = End::Halted;
-        }
         self.watchdog.disarm();
         self.complete_pending_io();
         if let Err(e) = self.store(&mut vm.cpu) {
             return Exit::Error(e.to_string());
+        }
+        if matches!(end, End::Budget) && hlt_next == Some(vm.cpu.eip) {
+            // A single-stepped HLT ends with the step's debug exit.
+            end = End::Halted;
         }
         if mode == StepMode::StepCatch {
             if vm.cpu.idtr.base as u64 == realstep::IVT_ADDR {

@@ -21,6 +21,9 @@
 //!   CR2 from KVM, and delivers the exception architecturally with
 //!   `interp::interrupt::deliver_exception` on the guest's own IDT.
 //!
+//! The same machinery, with identity tables, runs single steps of
+//! protected mode without paging (see `compat_mode`).
+//!
 //! Paging mode always single-steps (one KVM_RUN per instruction), so that
 //! the private tables follow the guest's: a change of the guest's tables is
 //! seen by the next instruction, as after an INVLPG. Instructions whose
@@ -228,6 +231,15 @@ impl Private {
         self.put64(GDT + SEL_TSS as usize, lo);
         self.put64(GDT + SEL_TSS as usize + 8, tss >> 32);
 
+        if !vm.cpu.paging() {
+            // Protected mode without paging: linear = physical, all
+            // accessible (2 MiB pages, A/D preset: nothing to copy back).
+            for j in 0..2048usize {
+                let e = ((j as u64) << 21) | pte::P | pte::RW | pte::US | pte::PS | pte::A | pte::D;
+                self.put64(PD0 + 8 * j, e);
+            }
+            return Ok(());
+        }
         // Page tables.
         let pse = vm.cpu.cr4 & cr4::PSE != 0;
         let pd_base = (vm.cpu.cr3 & 0xFFFF_F000) as u64;
@@ -340,6 +352,7 @@ impl Private {
     /// The system registers that run the guest under the private tables.
     fn sregs(&self, cpu: &CpuState, s: &mut kvm_sregs) {
         super::state::to_kvm_sregs(cpu, s);
+        s.cr0 = (cpu.cr0 | cr0::PG | cr0::PE) as u64;
         s.cr3 = BASE + PML4 as u64;
         s.cr4 = (cpu.cr4 | cr4::PAE) as u64;
         s.efer = cpu.efer | EFER_LME | EFER_LMA;
@@ -409,6 +422,21 @@ pub(super) fn at_common(pc: u64) -> bool {
     (BASE + COMMON as u64..BASE + COMMON as u64 + 4).contains(&pc)
 }
 
+/// Whether `run` with `budget` runs `c` as compatibility-mode code: always
+/// under 2-level paging; for single steps in protected mode without
+/// paging too (with identity tables), so that an exception delivery ends
+/// the step exactly at the handler (KVM's own single-step runs the
+/// handler's first instruction with it). V86 and real mode never.
+pub(super) fn compat_mode(c: &CpuState, budget: Budget) -> bool {
+    if !c.protected() || c.v86() {
+        return false;
+    }
+    if c.paging() {
+        return !native(c);
+    }
+    budget.instructions == 1
+}
+
 /// Whether the paging mode of `c` runs natively (PAE would, were the host
 /// able to; only 2-level tables are emulated).
 pub(super) fn native(c: &CpuState) -> bool {
@@ -432,13 +460,19 @@ fn walk(vm: &mut Vm, lin: u32) -> Option<u64> {
     Some(((p & 0xFFFF_F000) | (lin & 0xFFF)) as u64)
 }
 
+/// If the instruction at CS:EIP is HLT, the EIP after it. A stepped HLT
+/// ends with the step's debug exit rather than a halt exit; the caller
+/// compares the EIP after the step with this (a HLT that faults at CPL > 0
+/// goes elsewhere).
+pub(super) fn hlt_next(vm: &mut Vm, paged: bool) -> Option<u32> {
+    decode_insn(vm, paged)
+        .filter(|i| i.mnemonic() == Mnemonic::Hlt)
+        .map(|i| if vm.cpu.code32() { i.next_ip32() } else { i.next_ip32() & 0xFFFF })
+}
+
 /// Decode the instruction at CS:EIP without side effects: through the
 /// guest's 2-level tables when `paged`, else linear = physical. Bytes that
 /// are not mapped end the buffer early (the decode may then fail: None).
-pub(super) fn decode_at_eip(vm: &mut Vm, paged: bool) -> Option<Mnemonic> {
-    decode_insn(vm, paged).map(|i| i.mnemonic())
-}
-
 fn decode_insn(vm: &mut Vm, paged: bool) -> Option<iced_x86::Instruction> {
     let cs = *vm.cpu.seg(SegReg::Cs);
     let eip = if vm.cpu.code32() { vm.cpu.eip } else { vm.cpu.eip & 0xFFFF };
@@ -498,7 +532,7 @@ impl KvmEngine {
                 self.last_exit = "timeout (wall-clock limit)".into();
                 break Exit::BudgetSpent;
             }
-            if !vm.cpu.paging() || native(&vm.cpu) {
+            if !compat_mode(&vm.cpu, budget) {
                 // The guest left 2-level paging: go on in the normal path.
                 self.watchdog.disarm();
                 return self.run_inner_from(vm, budget, done);
@@ -521,7 +555,7 @@ impl KvmEngine {
     /// One instruction (or one exception delivery) of a 2-level paging
     /// guest. `Ok(None)` when it retired and the guest goes on.
     fn paged_step(&mut self, vm: &mut Vm) -> Result<Option<Exit>, String> {
-        let ins = decode_insn(vm, true);
+        let ins = decode_insn(vm, vm.cpu.paging());
         if ins.as_ref().is_some_and(needs_interpreter) {
             self.last_exit = "interpreted (compatibility-mode sensitive)".into();
             return Ok(match self.interp.step(vm) {
@@ -536,10 +570,10 @@ impl KvmEngine {
         self.paging.sregs(&vm.cpu, &mut sregs);
         self.load_with_sregs(&vm.cpu, &sregs).map_err(|e| e.to_string())?;
         let mut n = 0;
-        let mut end = self.enter(vm, 1, &mut n);
-        if matches!(end, End::Budget) && ins.is_some_and(|i| i.mnemonic() == Mnemonic::Hlt) {
-            end = End::Halted;
-        }
+        let hlt_next = ins
+            .filter(|i| i.mnemonic() == Mnemonic::Hlt)
+            .map(|i| if vm.cpu.code32() { i.next_ip32() } else { i.next_ip32() & 0xFFFF });
+        let end = self.enter(vm, 1, &mut n);
         self.complete_pending_io();
         self.paging.active = false;
         match end {
@@ -580,8 +614,13 @@ impl KvmEngine {
                 vm.cpu.gdtr = keep.gdtr;
                 vm.cpu.idtr = keep.idtr;
                 vm.cpu.tr = keep.tr;
-                vm.cpu.cr0 = (s.cr0 as u32) | (keep.cr0 & cr0::PG);
+                vm.cpu.cr0 = (s.cr0 as u32 & !cr0::PG) | (keep.cr0 & cr0::PG);
                 self.store_common(&mut vm.cpu).map_err(|e| e.to_string())?;
+                let end = if matches!(end, End::Budget) && hlt_next == Some(vm.cpu.eip) {
+                    End::Halted
+                } else {
+                    end
+                };
                 match end {
                     End::Halted => {
                         vm.cpu.halted = true;
