@@ -9,7 +9,9 @@ use std::time::Instant;
 pub enum ClockMode {
     RealTime,
     /// Nanoseconds of virtual time per retired instruction.
-    Deterministic { ns_per_insn: u64 },
+    Deterministic {
+        ns_per_insn: u64,
+    },
 }
 
 pub struct Clock {

@@ -41,5 +41,4 @@ pub const ID: u32 = 1 << 21;
 /// The six arithmetic status flags.
 pub const STATUS: u32 = CF | PF | AF | ZF | SF | OF;
 /// Every bit software can ever see set.
-pub const DEFINED: u32 =
-    STATUS | FIXED1 | TF | IF | DF | IOPL | NT | RF | VM | AC | VIF | VIP | ID;
+pub const DEFINED: u32 = STATUS | FIXED1 | TF | IF | DF | IOPL | NT | RF | VM | AC | VIF | VIP | ID;

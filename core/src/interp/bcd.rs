@@ -1,5 +1,329 @@
-//! bcd instructions (to be filled in).
+//! Decimal adjust instructions: DAA DAS (packed BCD), AAA AAS AAM AAD
+//! (unpacked BCD; AAM and AAD with any immediate base). All work on AL/AH
+//! and exist only outside 64-bit mode.
+//!
+//! The SDM (Vol. 2, each instruction's Operation section) leaves some
+//! flags undefined; this file sets them the way they are reported on
+//! Intel hardware where that is known, otherwise sensibly:
+//! - DAA/DAS: OF = signed overflow of the whole adjustment (AL +/- 0x06,
+//!   0x60 or 0x66);
+//! - AAA/AAS: SF ZF PF from the final AL, OF = 0;
+//! - AAM: CF AF OF = 0;
+//! - AAD: CF AF OF as the 8-bit ADD AL + AH * base that computes AL.
 
-use super::Table;
+use iced_x86::{Instruction, Mnemonic};
 
-pub(super) fn register(_t: &mut Table) {}
+use super::alu::check_lock;
+use super::flags::{add_flags, set_status, szp};
+use super::{Ctx, Table};
+use crate::cpu::{CpuState, AF, CF, EAX, OF, STATUS};
+use crate::exception::Fault;
+
+/// Result of an AL/AH adjustment: the new AX and the six status flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Adjusted {
+    pub ax: u16,
+    pub flags: u32,
+}
+
+#[inline]
+fn bit(c: bool, f: u32) -> u32 {
+    if c {
+        f
+    } else {
+        0
+    }
+}
+
+/// DAA on AX with the incoming flags (SDM Vol. 2 DAA).
+pub fn daa(ax: u16, flags: u32) -> Adjusted {
+    let old_al = ax as u8;
+    let old_cf = flags & CF != 0;
+    let af = (old_al & 0x0F) > 9 || flags & AF != 0;
+    let mut al = old_al;
+    if af {
+        al = al.wrapping_add(6);
+    }
+    // The SDM also ORs in the carry out of AL + 6, but that carry needs
+    // AL >= 0xFA, which the second condition already covers.
+    let cf = old_al > 0x99 || old_cf;
+    if cf {
+        al = al.wrapping_add(0x60);
+    }
+    // Adding a positive adjustment overflows when the sign goes 0 -> 1.
+    let of = old_al & 0x80 == 0 && al & 0x80 != 0;
+    Adjusted {
+        ax: (ax & 0xFF00) | al as u16,
+        flags: szp(al as u32, 1) | bit(cf, CF) | bit(af, AF) | bit(of, OF),
+    }
+}
+
+/// DAS on AX with the incoming flags (SDM Vol. 2 DAS).
+pub fn das(ax: u16, flags: u32) -> Adjusted {
+    let old_al = ax as u8;
+    let old_cf = flags & CF != 0;
+    let mut al = old_al;
+    let mut cf = false;
+    let af = (old_al & 0x0F) > 9 || flags & AF != 0;
+    if af {
+        let (r, borrow) = al.overflowing_sub(6);
+        al = r;
+        cf = old_cf || borrow;
+    }
+    // No ELSE here: a borrow from the low adjustment stays in CF.
+    if old_al > 0x99 || old_cf {
+        al = al.wrapping_sub(0x60);
+        cf = true;
+    }
+    // Subtracting a positive adjustment overflows when the sign goes 1 -> 0.
+    let of = old_al & 0x80 != 0 && al & 0x80 == 0;
+    Adjusted {
+        ax: (ax & 0xFF00) | al as u16,
+        flags: szp(al as u32, 1) | bit(cf, CF) | bit(af, AF) | bit(of, OF),
+    }
+}
+
+/// AAA (SDM Vol. 2 AAA: AX += 0x106 when adjusting, then AL &= 0x0F).
+pub fn aaa(ax: u16, flags: u32) -> Adjusted {
+    let adjust = (ax & 0x0F) > 9 || flags & AF != 0;
+    let ax = if adjust { ax.wrapping_add(0x106) } else { ax };
+    let ax = ax & 0xFF0F;
+    Adjusted {
+        ax,
+        flags: szp(ax as u32 & 0xFF, 1) | bit(adjust, CF | AF),
+    }
+}
+
+/// AAS (SDM Vol. 2 AAS: AX -= 6 and AH -= 1 when adjusting, then
+/// AL &= 0x0F).
+pub fn aas(ax: u16, flags: u32) -> Adjusted {
+    let adjust = (ax & 0x0F) > 9 || flags & AF != 0;
+    let ax = if adjust {
+        ax.wrapping_sub(6).wrapping_sub(0x100)
+    } else {
+        ax
+    };
+    let ax = ax & 0xFF0F;
+    Adjusted {
+        ax,
+        flags: szp(ax as u32 & 0xFF, 1) | bit(adjust, CF | AF),
+    }
+}
+
+/// AAM base: AH = AL / base, AL = AL % base; #DE for base 0.
+pub fn aam(ax: u16, base: u8) -> Result<Adjusted, Fault> {
+    if base == 0 {
+        return Err(Fault::de());
+    }
+    let al = ax as u8;
+    let (q, r) = (al / base, al % base);
+    Ok(Adjusted {
+        ax: ((q as u16) << 8) | r as u16,
+        flags: szp(r as u32, 1),
+    })
+}
+
+/// AAD base: AL = (AL + AH * base) & 0xFF, AH = 0.
+pub fn aad(ax: u16, base: u8) -> Adjusted {
+    let al = ax as u8 as u32;
+    let ah = (ax >> 8) as u8 as u32;
+    let (r, f) = add_flags(al, (ah * base as u32) & 0xFF, 0, 1);
+    Adjusted {
+        ax: r as u16,
+        flags: f,
+    }
+}
+
+fn commit(cpu: &mut CpuState, a: Adjusted) {
+    cpu.set_reg16(EAX, a.ax);
+    set_status(cpu, STATUS, a.flags);
+}
+
+/// DAA DAS AAA AAS AAM AAD.
+fn adjust(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
+    check_lock(ins, false)?;
+    let cpu = &ctx.vm.cpu;
+    let ax = cpu.reg16(EAX);
+    let fl = cpu.eflags;
+    let a = match ins.mnemonic() {
+        Mnemonic::Daa => daa(ax, fl),
+        Mnemonic::Das => das(ax, fl),
+        Mnemonic::Aaa => aaa(ax, fl),
+        Mnemonic::Aas => aas(ax, fl),
+        Mnemonic::Aam => aam(ax, ins.immediate8())?,
+        Mnemonic::Aad => aad(ax, ins.immediate8()),
+        _ => return Err(Fault::ud()),
+    };
+    commit(&mut ctx.vm.cpu, a);
+    Ok(())
+}
+
+pub(super) fn register(t: &mut Table) {
+    t.set(
+        &[
+            Mnemonic::Daa,
+            Mnemonic::Das,
+            Mnemonic::Aaa,
+            Mnemonic::Aas,
+            Mnemonic::Aam,
+            Mnemonic::Aad,
+        ],
+        adjust,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::{FIXED1, PF, SF, ZF};
+    use crate::exception::vector;
+    use crate::interp::testutil::{exec, load_bytes, vm16, vm32};
+
+    const CF_AF: u32 = CF | AF;
+
+    /// (AL in, CF in, AF in) -> (AL out, CF out, AF out), hand-computed
+    /// from the SDM DAA pseudo-code.
+    #[test]
+    fn daa_table() {
+        let cases: &[(u8, bool, bool, u8, bool, bool)] = &[
+            // 0x19 + 0x28 = 0x41 with AF: 0x41 + 6 = 0x47.
+            (0x41, false, true, 0x47, false, true),
+            // 0x79 + 0x35 = 0xAE: +6 = 0xB4, > 0x99 -> +0x60 = 0x14, CF.
+            (0xAE, false, false, 0x14, true, true),
+            // 0x99 + 0x01 = 0x9A: low nibble > 9 -> 0xA0; old 0x9A > 0x99
+            // -> 0x00, CF.
+            (0x9A, false, false, 0x00, true, true),
+            // 0x99 + 0x99 = 0x132: AL 0x32, CF, AF -> 0x38 + 0x60 = 0x98.
+            (0x32, true, true, 0x98, true, true),
+            // Already BCD: unchanged, flags clear.
+            (0x45, false, false, 0x45, false, false),
+            // 0xFA: +6 = 0x00 with carry; old > 0x99 -> 0x60, CF.
+            (0xFA, false, false, 0x60, true, true),
+            // CF in alone: +0x60.
+            (0x05, true, false, 0x65, true, false),
+        ];
+        for &(al, cf, af, r, rcf, raf) in cases {
+            let fl = bit(cf, CF) | bit(af, AF);
+            let a = daa(0x1200 | al as u16, fl);
+            assert_eq!(a.ax, 0x1200 | r as u16, "DAA {al:#x}");
+            assert_eq!(a.flags & CF_AF, bit(rcf, CF) | bit(raf, AF), "DAA {al:#x}");
+            assert_eq!(a.flags & (SF | ZF | PF), szp(r as u32, 1));
+        }
+        // OF: 0x7A -> 0x80 goes positive to negative.
+        assert_eq!(daa(0x7A, 0).flags & OF, OF);
+        assert_eq!(daa(0x45, 0).flags & OF, 0);
+    }
+
+    #[test]
+    fn das_table() {
+        let cases: &[(u8, bool, bool, u8, bool, bool)] = &[
+            // 0x41 - 0x19 = 0x28 with AF: 0x28 - 6 = 0x22.
+            (0x28, false, true, 0x22, false, true),
+            // 0x12 - 0x21 = 0xF1 with CF: -0x60 = 0x91, CF.
+            (0xF1, true, false, 0x91, true, false),
+            // 0x10 - 0x01 = 0x0F, AF: -6 = 0x09.
+            (0x0F, false, true, 0x09, false, true),
+            // AL 0x03 with AF: 0x03 - 6 borrows -> 0xFD, CF stays 1 (no
+            // second adjustment since old AL <= 0x99 and CF was 0).
+            (0x03, false, true, 0xFD, true, true),
+            // 0x9A: low nibble > 9 and > 0x99: 0x9A - 0x66 = 0x34, CF.
+            (0x9A, false, false, 0x34, true, true),
+            (0x45, false, false, 0x45, false, false),
+        ];
+        for &(al, cf, af, r, rcf, raf) in cases {
+            let fl = bit(cf, CF) | bit(af, AF);
+            let a = das(0x3400 | al as u16, fl);
+            assert_eq!(a.ax, 0x3400 | r as u16, "DAS {al:#x}");
+            assert_eq!(a.flags & CF_AF, bit(rcf, CF) | bit(raf, AF), "DAS {al:#x}");
+            assert_eq!(a.flags & (SF | ZF | PF), szp(r as u32, 1));
+        }
+    }
+
+    #[test]
+    fn aaa_aas() {
+        // 0x0009 + 0x0003 = 0x000C -> AAA -> 0x0102.
+        assert_eq!(
+            aaa(0x000C, 0),
+            Adjusted {
+                ax: 0x0102,
+                flags: CF_AF
+            }
+        );
+        // AF in from 9 + 9 = 0x12: 0x0012 + 0x106 = 0x0118 -> 0x0108.
+        assert_eq!(aaa(0x0012, AF).ax, 0x0108);
+        // AX + 0x106 carries from AL into AH: AL 0xFA -> 0x0200 | 0x00.
+        assert_eq!(aaa(0x00FA, 0).ax, 0x0200);
+        // No adjust: AL masked, CF AF cleared.
+        assert_eq!(aaa(0x0537, CF).ax, 0x0507);
+        assert_eq!(aaa(0x0537, CF).flags & CF_AF, 0);
+        // AAS: 0x0000 with AF: AX - 6 = 0xFFFA, AH - 1 = 0xFE -> 0xFE0A.
+        assert_eq!(
+            aas(0x0000, AF),
+            Adjusted {
+                ax: 0xFE0A,
+                flags: CF_AF | PF
+            }
+        );
+        // 0x0203 - 0x0005 = 0x01FE -> AL low nibble 0xE > 9: 0x01F8 -
+        // 0x100 = 0x00F8 -> 0x0008.
+        assert_eq!(aas(0x01FE, 0).ax, 0x0008);
+        assert_eq!(
+            aas(0x0105, 0),
+            Adjusted {
+                ax: 0x0105,
+                flags: PF
+            }
+        );
+    }
+
+    #[test]
+    fn aam_aad() {
+        // AAM 10: 63 = 0x3F -> AH 6, AL 3.
+        assert_eq!(aam(0x003F, 10).unwrap().ax, 0x0603);
+        // AAM 16 splits nibbles.
+        assert_eq!(
+            aam(0x77AB, 16).unwrap(),
+            Adjusted {
+                ax: 0x0A0B,
+                flags: 0
+            }
+        );
+        assert_eq!(aam(0x0000, 7).unwrap().flags, ZF | PF);
+        assert_eq!(aam(0x1234, 0).unwrap_err().vector, vector::DE);
+        // AAD 10: AH 6, AL 3 -> 63.
+        assert_eq!(aad(0x0603, 10).ax, 0x003F);
+        // AAD 16 with overflow of the byte: 0x0F * 16 + 0x1F = 0x10F ->
+        // AL = 0xF0 + 0x1F = 0x0F with carry out.
+        let a = aad(0x0F1F, 16);
+        assert_eq!(a.ax, 0x000F);
+        assert_eq!(a.flags & CF, CF);
+    }
+
+    #[test]
+    fn handlers() {
+        let mut vm = vm16();
+        vm.cpu.set_reg32(EAX, 0xABCD_0041);
+        vm.cpu.eflags = FIXED1 | AF;
+        // DAA; AAM 10 (D4 0A); AAD 7 (D5 07); AAM 0 (D4 00).
+        load_bytes(&mut vm, &[0x27, 0xD4, 0x0A, 0xD5, 0x07, 0xD4, 0x00]);
+        exec(&mut vm).unwrap();
+        assert_eq!(vm.cpu.reg32(EAX), 0xABCD_0047);
+        assert_eq!(vm.cpu.eflags & STATUS, AF | PF);
+        exec(&mut vm).unwrap();
+        // 0x47 = 71 -> AH 7, AL 1.
+        assert_eq!(vm.cpu.reg32(EAX), 0xABCD_0701);
+        exec(&mut vm).unwrap();
+        // 1 + 7 * 7 = 50 = 0x32.
+        assert_eq!(vm.cpu.reg32(EAX), 0xABCD_0032);
+        let eip = vm.cpu.eip;
+        assert_eq!(exec(&mut vm).unwrap_err().vector, vector::DE);
+        assert_eq!(vm.cpu.eip, eip);
+        assert_eq!(vm.cpu.reg32(EAX), 0xABCD_0032);
+        // In 32-bit code too.
+        let mut vm = vm32();
+        vm.cpu.set_reg32(EAX, 0x0000_000C);
+        load_bytes(&mut vm, &[0x37]);
+        exec(&mut vm).unwrap();
+        assert_eq!(vm.cpu.reg32(EAX), 0x0102);
+    }
+}

@@ -25,11 +25,13 @@ pub mod shift;
 pub mod string;
 pub mod system;
 pub mod task;
+#[cfg(test)]
+pub(crate) mod testutil;
 pub mod x87;
 
 use std::collections::BTreeMap;
 
-use iced_x86::{Instruction, Mnemonic};
+use iced_x86::{Code, Instruction, Mnemonic};
 
 use crate::engine::{Budget, Engine, Exit, ShutdownReason};
 use crate::exception::Fault;
@@ -40,16 +42,32 @@ use crate::vm::Vm;
 /// so that a fault leaves the guest exactly at the instruction's start.
 pub type Handler = fn(&mut Ctx, &Instruction) -> Result<(), Fault>;
 
-/// Handlers indexed by `Mnemonic as usize`.
+/// Handlers indexed by `Mnemonic as usize`, with per-`Code` overrides for
+/// mnemonics that several families share (MOV to a segment register vs
+/// MOV between GPRs, string MOVSD vs SSE MOVSD, near vs far JMP/CALL).
 pub struct Table {
     handlers: Vec<Option<Handler>>,
+    by_code: Vec<Option<Handler>>,
 }
 
 impl Table {
     fn new() -> Self {
         Table {
             handlers: vec![None; Mnemonic::values().count()],
+            by_code: vec![None; Code::values().count()],
         }
+    }
+    /// Register `h` for exactly the encodings `cs`; these win over a
+    /// handler registered for their mnemonic.
+    pub fn set_codes(&mut self, cs: &[Code], h: Handler) {
+        for &c in cs {
+            self.by_code[c as usize] = Some(h);
+        }
+    }
+    /// The handler for `ins`: its code's, else its mnemonic's.
+    #[inline]
+    pub fn lookup(&self, ins: &Instruction) -> Option<Handler> {
+        self.by_code[ins.code() as usize].or(self.handlers[ins.mnemonic() as usize])
     }
     /// Register `h` for every mnemonic in `ms`.
     pub fn set(&mut self, ms: &[Mnemonic], h: Handler) {
@@ -69,6 +87,7 @@ impl Table {
         bit::register(&mut t);
         control::register(&mut t);
         data::register(&mut t);
+        interrupt::register(&mut t);
         io::register(&mut t);
         muldiv::register(&mut t);
         segment::register(&mut t);
@@ -173,7 +192,7 @@ impl Interpreter {
             shadow: false,
             rep_batch: self.rep_batch.max(1),
         };
-        let r = match self.table.get(ins.mnemonic()) {
+        let r = match self.table.lookup(&ins) {
             Some(h) if ins.code() != iced_x86::Code::INVALID => h(&mut ctx, &ins),
             _ => {
                 *self
@@ -184,7 +203,9 @@ impl Interpreter {
                 Err(Fault::ud())
             }
         };
-        let Ctx { next_eip, shadow, .. } = ctx;
+        let Ctx {
+            next_eip, shadow, ..
+        } = ctx;
         match r {
             Ok(()) => {
                 self.stats.instructions += 1;

@@ -316,7 +316,11 @@ impl Ctx<'_> {
     #[inline]
     pub fn push(&mut self, v: u32, size: usize) -> Result<(), Fault> {
         let sp = self.vm.cpu.sp().wrapping_sub(size as u32);
-        let sp = if self.vm.cpu.stack32() { sp } else { sp & 0xFFFF };
+        let sp = if self.vm.cpu.stack32() {
+            sp
+        } else {
+            sp & 0xFFFF
+        };
         self.write_mem(SegReg::Ss, sp, size, v)?;
         self.vm.cpu.set_sp(sp);
         Ok(())
@@ -335,7 +339,11 @@ impl Ctx<'_> {
     #[inline]
     pub fn peek(&mut self, delta: u32, size: usize) -> Result<u32, Fault> {
         let sp = self.vm.cpu.sp().wrapping_add(delta);
-        let sp = if self.vm.cpu.stack32() { sp } else { sp & 0xFFFF };
+        let sp = if self.vm.cpu.stack32() {
+            sp
+        } else {
+            sp & 0xFFFF
+        };
         self.read_mem(SegReg::Ss, sp, size)
     }
 

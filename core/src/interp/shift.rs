@@ -1,5 +1,470 @@
-//! shift instructions (to be filled in).
+//! Shifts and rotates: SHL/SAL SHR SAR ROL ROR RCL RCR (count 1, CL or
+//! imm8) and the double shifts SHLD SHRD. The pure functions `shift` and
+//! `double_shift` compute result and flags so that other engines can reuse
+//! them; the handlers only move operands.
+//!
+//! SDM Vol. 2 SAL/SAR/SHL/SHR, RCL/RCR/ROL/ROR, SHLD, SHRD:
+//! - the count is masked to 5 bits; a masked count of 0 changes nothing,
+//!   flags included;
+//! - RCL/RCR rotate through CF, so 8- and 16-bit operands rotate modulo 9
+//!   and 17;
+//! - OF is defined for a count of 1 only, CF is undefined for SHL/SHR
+//!   counts >= the operand width, AF is undefined for any nonzero count.
+//!
+//! For the SDM-undefined cases this file does what QEMU and Bochs model
+//! for P6-class Intel parts (the differential harness masks them anyway):
+//! OF is computed by the count-1 formula for every count (for SHL/RCL/ROL
+//! MSB(result) XOR CF, for SHR/SAR/RCR/ROR the XOR of the two top result
+//! bits), AF is cleared by the shifts and left alone by the rotates, CF of
+//! a shift past the width is the bit the wide shift leaves there (0 for
+//! SHL/SHR, the sign for SAR).
 
-use super::Table;
+use iced_x86::{Instruction, Mnemonic};
 
-pub(super) fn register(_t: &mut Table) {}
+use super::alu::check_lock;
+use super::flags::{carry, set_status, szp};
+use super::operand::{mask, sext, sign_bit};
+use super::{Ctx, Table};
+use crate::cpu::{CF, OF, STATUS};
+use crate::exception::Fault;
+
+/// Counts are masked to 5 bits outside 64-bit mode.
+pub const COUNT_MASK: u32 = 0x1F;
+
+/// Flags a rotate may change: rotates leave SF ZF AF PF alone.
+const ROTATE_FLAGS: u32 = CF | OF;
+
+/// Result, new status flags and which flags they replace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shifted {
+    pub value: u32,
+    pub flags: u32,
+    pub mask: u32,
+}
+
+/// MSB of a `size`-byte value as 0 or 1.
+#[inline]
+fn msb(v: u32, size: usize) -> u32 {
+    (v & sign_bit(size) != 0) as u32
+}
+
+/// The bit just below the MSB, as 0 or 1.
+#[inline]
+fn msb1(v: u32, size: usize) -> u32 {
+    (v & (sign_bit(size) >> 1) != 0) as u32
+}
+
+/// Rotate the `width`-bit value `x` left by `c` (0 <= c < width <= 33).
+#[inline]
+fn rotl_n(x: u64, c: u32, width: u32) -> u64 {
+    let wm = (1u64 << width) - 1;
+    if c == 0 {
+        x & wm
+    } else {
+        ((x << c) | (x >> (width - c))) & wm
+    }
+}
+
+/// Rotate the `width`-bit value `x` right by `c` (0 <= c < width <= 33).
+#[inline]
+fn rotr_n(x: u64, c: u32, width: u32) -> u64 {
+    let wm = (1u64 << width) - 1;
+    if c == 0 {
+        x & wm
+    } else {
+        ((x >> c) | (x << (width - c))) & wm
+    }
+}
+
+/// Execute the shift or rotate `op` on the `size`-byte `v` by the raw
+/// `count` (masked here), with incoming carry `cf` (0 or 1). `None` when
+/// the masked count is 0: nothing changes.
+pub fn shift(op: Mnemonic, v: u32, count: u32, cf: u32, size: usize) -> Option<Shifted> {
+    let count = count & COUNT_MASK;
+    if count == 0 {
+        return None;
+    }
+    let bits = size as u32 * 8;
+    let m = mask(size);
+    let v = v & m;
+    let flag = |b: u32, f: u32| if b != 0 { f } else { 0 };
+    let out = match op {
+        Mnemonic::Shl | Mnemonic::Sal => {
+            let wide = (v as u64) << count;
+            let r = wide as u32 & m;
+            let c = ((wide >> bits) & 1) as u32;
+            Shifted {
+                value: r,
+                flags: szp(r, size) | flag(c, CF) | flag(c ^ msb(r, size), OF),
+                mask: STATUS,
+            }
+        }
+        Mnemonic::Shr => {
+            let r = v >> count;
+            let c = (v >> (count - 1)) & 1;
+            Shifted {
+                value: r,
+                flags: szp(r, size) | flag(c, CF) | flag(msb(r, size) ^ msb1(r, size), OF),
+                mask: STATUS,
+            }
+        }
+        Mnemonic::Sar => {
+            let s = sext(v, size) as i32;
+            let r = (s >> count) as u32 & m;
+            let c = ((s >> (count - 1)) & 1) as u32;
+            // OF = 0: the two top bits of an arithmetic right shift agree.
+            Shifted {
+                value: r,
+                flags: szp(r, size) | flag(c, CF),
+                mask: STATUS,
+            }
+        }
+        Mnemonic::Rol => {
+            let r = rotl_n(v as u64, count % bits, bits) as u32;
+            let c = r & 1;
+            Shifted {
+                value: r,
+                flags: flag(c, CF) | flag(c ^ msb(r, size), OF),
+                mask: ROTATE_FLAGS,
+            }
+        }
+        Mnemonic::Ror => {
+            let r = rotr_n(v as u64, count % bits, bits) as u32;
+            let c = msb(r, size);
+            Shifted {
+                value: r,
+                flags: flag(c, CF) | flag(c ^ msb1(r, size), OF),
+                mask: ROTATE_FLAGS,
+            }
+        }
+        Mnemonic::Rcl | Mnemonic::Rcr => {
+            // Rotate the (bits + 1)-bit value CF:v (SDM RCL/RCR: 8- and
+            // 16-bit counts are taken modulo 9 and 17).
+            let width = bits + 1;
+            let x = ((cf as u64 & 1) << bits) | v as u64;
+            let t = if op == Mnemonic::Rcl {
+                rotl_n(x, count % width, width)
+            } else {
+                rotr_n(x, count % width, width)
+            };
+            let r = t as u32 & m;
+            let c = ((t >> bits) & 1) as u32;
+            let o = if op == Mnemonic::Rcl {
+                c ^ msb(r, size)
+            } else {
+                msb(r, size) ^ msb1(r, size)
+            };
+            Shifted {
+                value: r,
+                flags: flag(c, CF) | flag(o, OF),
+                mask: ROTATE_FLAGS,
+            }
+        }
+        _ => return None,
+    };
+    Some(out)
+}
+
+/// SHLD (`left`) or SHRD of the `size`-byte (2 or 4) `dst` with bits from
+/// `src` by the raw `count` (masked here). `None` when the masked count is
+/// 0. A 16-bit count above 16 has an undefined result (SDM SHLD/SHRD):
+/// here the operands repeat as dst:src:dst, so the bits entering after
+/// `src` is used up are `dst`'s own, as Bochs models Intel parts.
+pub fn double_shift(left: bool, dst: u32, src: u32, count: u32, size: usize) -> Option<Shifted> {
+    let count = count & COUNT_MASK;
+    if count == 0 {
+        return None;
+    }
+    let m = mask(size);
+    let (d, s) = ((dst & m) as u64, (src & m) as u64);
+    let (r, c) = if size == 4 {
+        if left {
+            let t = (d << 32) | s;
+            (
+                ((t << count) >> 32) as u32,
+                ((t >> (64 - count)) & 1) as u32,
+            )
+        } else {
+            let t = (s << 32) | d;
+            ((t >> count) as u32, ((t >> (count - 1)) & 1) as u32)
+        }
+    } else {
+        // 48 bits: dst in 47..32, src in 31..16, dst again in 15..0.
+        let t = (d << 32) | (s << 16) | d;
+        if left {
+            (
+                ((t << count) >> 32) as u32 & m,
+                ((t >> (48 - count)) & 1) as u32,
+            )
+        } else {
+            ((t >> count) as u32 & m, ((t >> (count - 1)) & 1) as u32)
+        }
+    };
+    let o = if left {
+        c ^ msb(r, size)
+    } else {
+        msb(r, size) ^ msb1(r, size)
+    };
+    let mut flags = szp(r, size);
+    if c != 0 {
+        flags |= CF;
+    }
+    if o != 0 {
+        flags |= OF;
+    }
+    Some(Shifted {
+        value: r,
+        flags,
+        mask: STATUS,
+    })
+}
+
+/// SHL SAL SHR SAR ROL ROR RCL RCR r/m, 1|CL|imm8.
+fn shift_rotate(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
+    check_lock(ins, false)?;
+    let size = ctx.op_size(ins, 0);
+    let count = ctx.read_op(ins, 1)?;
+    // The destination is accessed for writing even when the count is 0.
+    let v = ctx.read_rmw(ins)?;
+    let Some(out) = shift(ins.mnemonic(), v, count, carry(&ctx.vm.cpu), size) else {
+        return Ok(());
+    };
+    ctx.write_op(ins, 0, out.value)?;
+    // Shifts clear AF (undefined in the SDM: their mask includes it and
+    // their flags never set it); rotates do not touch it.
+    set_status(&mut ctx.vm.cpu, out.mask, out.flags);
+    Ok(())
+}
+
+/// SHLD SHRD r/m, reg, CL|imm8.
+fn shld_shrd(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
+    check_lock(ins, false)?;
+    let size = ctx.op_size(ins, 0);
+    let src = ctx.read_op(ins, 1)?;
+    let count = ctx.read_op(ins, 2)?;
+    let dst = ctx.read_rmw(ins)?;
+    let left = ins.mnemonic() == Mnemonic::Shld;
+    let Some(out) = double_shift(left, dst, src, count, size) else {
+        return Ok(());
+    };
+    ctx.write_op(ins, 0, out.value)?;
+    set_status(&mut ctx.vm.cpu, out.mask, out.flags);
+    Ok(())
+}
+
+pub(super) fn register(t: &mut Table) {
+    t.set(
+        &[
+            Mnemonic::Shl,
+            Mnemonic::Sal,
+            Mnemonic::Shr,
+            Mnemonic::Sar,
+            Mnemonic::Rol,
+            Mnemonic::Ror,
+            Mnemonic::Rcl,
+            Mnemonic::Rcr,
+        ],
+        shift_rotate,
+    );
+    t.set(&[Mnemonic::Shld, Mnemonic::Shrd], shld_shrd);
+}
+
+#[cfg(test)]
+mod tests {
+    use iced_x86::code_asm::*;
+    use iced_x86::Mnemonic as M;
+
+    use super::*;
+    use crate::cpu::{AF, EAX, EBX, ECX, EDX, FIXED1, PF, SF, ZF};
+    use crate::interp::testutil::{exec, load_bytes, run, vm32, DATA};
+
+    fn sh(op: M, v: u32, count: u32, cf: u32, size: usize) -> (u32, u32) {
+        let s = shift(op, v, count, cf, size).expect("nonzero count");
+        (s.value, s.flags)
+    }
+
+    #[test]
+    fn count_zero_and_masking() {
+        assert_eq!(shift(M::Shl, 0x81, 0, 1, 1), None);
+        // 32 masks to 0: nothing happens even for an 8-bit operand.
+        assert_eq!(shift(M::Rcl, 0x81, 32, 1, 1), None);
+        // 33 masks to 1.
+        assert_eq!(sh(M::Shl, 0x81, 33, 0, 1), (0x02, CF | OF));
+    }
+
+    #[test]
+    fn shl_cf_of_at_sizes() {
+        // 0x40 << 1 = 0x80: CF 0, OF = MSB ^ CF = 1, SF.
+        assert_eq!(sh(M::Shl, 0x40, 1, 0, 1), (0x80, OF | SF));
+        // 0xC0 << 1 = 0x80 with CF 1: OF 0.
+        assert_eq!(sh(M::Shl, 0xC0, 1, 0, 1), (0x80, CF | SF));
+        // 8-bit count 8: CF = old bit 0; result 0.
+        assert_eq!(sh(M::Shl, 0x01, 8, 0, 1), (0, CF | ZF | PF | OF));
+        // Count 9 on a byte shifts everything out, CF 0.
+        assert_eq!(sh(M::Shl, 0xFF, 9, 0, 1), (0, ZF | PF));
+        // 16-bit: 0x8001 << 4 = 0x0010, CF = bit 12 = 0.
+        assert_eq!(sh(M::Shl, 0x8001, 4, 0, 2), (0x0010, 0));
+        // 16-bit count 16: CF = bit 0.
+        assert_eq!(sh(M::Shl, 0x0001, 16, 0, 2), (0, CF | ZF | PF | OF));
+        // 32-bit count 31.
+        assert_eq!(sh(M::Shl, 3, 31, 0, 4), (0x8000_0000, CF | SF | PF));
+    }
+
+    #[test]
+    fn shr_sar() {
+        // SHR 1: OF = old MSB.
+        assert_eq!(sh(M::Shr, 0x81, 1, 0, 1), (0x40, CF | OF));
+        assert_eq!(sh(M::Shr, 0x8000_0000, 31, 0, 4), (1, 0));
+        assert_eq!(sh(M::Shr, 0x4000_0000, 31, 0, 4), (0, CF | ZF | PF));
+        // Byte shifted by 8: CF = old bit 7.
+        assert_eq!(sh(M::Shr, 0x80, 8, 0, 1), (0, CF | ZF | PF));
+        // SAR keeps the sign; OF 0 for count 1.
+        assert_eq!(sh(M::Sar, 0x81, 1, 0, 1), (0xC0, CF | SF | PF));
+        // SAR past the width: result and CF are the sign.
+        assert_eq!(sh(M::Sar, 0x80, 20, 0, 1), (0xFF, CF | SF | PF));
+        assert_eq!(sh(M::Sar, 0x7FFF, 17, 0, 2), (0, ZF | PF));
+        // CF is the last bit out: bit 30, which is 0.
+        assert_eq!(sh(M::Sar, 0x8000_0000, 31, 0, 4), (0xFFFF_FFFF, SF | PF));
+        assert_eq!(
+            sh(M::Sar, 0xC000_0000, 31, 0, 4),
+            (0xFFFF_FFFF, CF | SF | PF)
+        );
+    }
+
+    #[test]
+    fn rol_ror() {
+        assert_eq!(sh(M::Rol, 0x81, 1, 0, 1), (0x03, CF | OF));
+        assert_eq!(sh(M::Rol, 0x40, 1, 1, 1), (0x80, OF));
+        // Count 8 on a byte: value unchanged, CF = LSB.
+        assert_eq!(sh(M::Rol, 0x81, 8, 0, 1), (0x81, CF));
+        assert_eq!(sh(M::Rol, 0x1234, 4, 0, 2), (0x2341, CF | OF));
+        assert_eq!(sh(M::Ror, 0x01, 1, 0, 1), (0x80, CF | OF));
+        assert_eq!(sh(M::Ror, 0x02, 1, 1, 1), (0x01, 0));
+        assert_eq!(sh(M::Ror, 0x1234_5678, 8, 0, 4), (0x7812_3456, OF));
+        assert_eq!(sh(M::Ror, 0x1234_5678, 4, 0, 4), (0x8123_4567, CF | OF));
+    }
+
+    #[test]
+    fn rcl_rcr_modulo() {
+        // RCL 1 with CF in: 0x80 -> 0x01 with CF out 1; OF = 0 ^ 1.
+        assert_eq!(sh(M::Rcl, 0x80, 1, 1, 1), (0x01, CF | OF));
+        // Byte RCL by 9 is the identity (modulo 9), CF unchanged.
+        assert_eq!(sh(M::Rcl, 0x5A, 9, 1, 1), (0x5A, CF | OF));
+        assert_eq!(sh(M::Rcl, 0x5A, 18, 0, 1), (0x5A, 0));
+        // Byte RCL by 10 == by 1.
+        assert_eq!(sh(M::Rcl, 0x80, 10, 0, 1), (0x00, CF | OF));
+        // Word RCR by 17 is the identity; by 18 == by 1.
+        assert_eq!(sh(M::Rcr, 0x0001, 17, 0, 2), (0x0001, 0));
+        assert_eq!(sh(M::Rcr, 0x0001, 18, 1, 2), (0x8000, CF | OF));
+        // Dword RCR by 31 == RCL by 2 in 33 bits: CF:v = 1:0x80000001.
+        // RCL 2 moves bit 31 to 0, CF to 1 and bit 0 to 2: v' = 7, CF' = 0.
+        assert_eq!(sh(M::Rcr, 0x8000_0001, 31, 1, 4), (0x0000_0007, 0));
+        // RCR 1: OF = old MSB ^ old CF.
+        assert_eq!(sh(M::Rcr, 0x81, 1, 0, 1), (0x40, CF | OF));
+        assert_eq!(sh(M::Rcr, 0x81, 1, 1, 1), (0xC0, CF));
+    }
+
+    #[test]
+    fn double_shifts() {
+        let d = |l, a, b, c, s| {
+            let r = double_shift(l, a, b, c, s).expect("nonzero");
+            (r.value, r.flags)
+        };
+        assert_eq!(double_shift(true, 1, 2, 32, 4), None);
+        // SHLD 0x12345678, 0x9ABCDEF0, 8 = 0x3456789A; CF = bit 24 = 0.
+        assert_eq!(d(true, 0x1234_5678, 0x9ABC_DEF0, 8, 4), (0x3456_789A, PF));
+        // SHRD same: 0xF0123456, CF = bit 7 of dst = 0, OF = 1 ^ 1.
+        assert_eq!(
+            d(false, 0x1234_5678, 0x9ABC_DEF0, 8, 4),
+            (0xF012_3456, SF | PF)
+        );
+        // SHLD 1 changing the sign: OF.
+        assert_eq!(d(true, 0x4000_0000, 0, 1, 4), (0x8000_0000, OF | SF | PF));
+        // 16-bit, count 4.
+        assert_eq!(d(true, 0x1234, 0xABCD, 4, 2), (0x234A, CF | OF));
+        assert_eq!(d(false, 0x1234, 0xABCD, 4, 2), (0xD123, SF));
+        // 16-bit count 20 (undefined): dst:src:dst = 1234:ABCD:1234 << 20
+        // -> top 16 bits are BCD1; CF = bit 28 of the 48 = 0xA's bit 0.
+        assert_eq!(d(true, 0x1234, 0xABCD, 20, 2), (0xBCD1, SF | OF | PF));
+        // SHRD 20: bits 35..20 of 1234ABCD1234 = 0x4ABC; CF = bit 19 = 1.
+        assert_eq!(d(false, 0x1234, 0xABCD, 20, 2), (0x4ABC, CF | OF));
+    }
+
+    #[test]
+    fn handlers_memory_and_cl() {
+        let mut vm = vm32();
+        vm.mem.write_u32(DATA as u64, 0x8000_0001);
+        vm.cpu.set_reg32(ECX, 0x21); // masks to 1
+        vm.cpu.eflags = FIXED1 | AF;
+        run(&mut vm, 32, |a| a.shl(dword_ptr(DATA), cl)).unwrap();
+        assert_eq!(vm.mem.read_u32(DATA as u64), 2);
+        assert_eq!(vm.cpu.eflags & STATUS, CF | OF);
+        // Count 0 leaves flags alone.
+        vm.cpu.set_reg32(ECX, 0x20);
+        vm.cpu.eflags = FIXED1 | ZF | SF;
+        run(&mut vm, 32, |a| a.sar(dword_ptr(DATA), cl)).unwrap();
+        assert_eq!(vm.mem.read_u32(DATA as u64), 2);
+        assert_eq!(vm.cpu.eflags, FIXED1 | ZF | SF);
+        // Rotates keep SF ZF PF AF.
+        vm.cpu.set_reg32(EAX, 0x80);
+        run(&mut vm, 32, |a| a.rol(al, 1)).unwrap();
+        assert_eq!(vm.cpu.reg32(EAX), 0x01);
+        assert_eq!(vm.cpu.eflags & STATUS, ZF | SF | CF | OF);
+        // RCR through CF.
+        run(&mut vm, 32, |a| a.rcr(eax, 1)).unwrap();
+        assert_eq!(vm.cpu.reg32(EAX), 0x8000_0000);
+        assert_eq!(vm.cpu.eflags & STATUS, ZF | SF | CF | OF);
+        // SHLD with CL and a register.
+        vm.cpu.set_reg32(EBX, 0xF000_0000);
+        vm.cpu.set_reg32(ECX, 4);
+        run(&mut vm, 32, |a| a.shld(eax, ebx, cl)).unwrap();
+        assert_eq!(vm.cpu.reg32(EAX), 0x0000_000F);
+        // D0 /6 (SAL alias) executes as SHL.
+        vm.cpu.set_reg32(EAX, 0x41);
+        load_bytes(&mut vm, &[0xD0, 0xF0]);
+        exec(&mut vm).unwrap();
+        assert_eq!(vm.cpu.reg32(EAX), 0x82);
+    }
+
+    #[test]
+    fn encodings_by_one_cl_imm() {
+        let mut vm = vm32();
+        vm.cpu.set_reg32(EAX, 0x8000_0001);
+        vm.cpu.set_reg32(ECX, 4);
+        vm.cpu.set_reg32(EDX, 0x1234);
+        load_bytes(
+            &mut vm,
+            &[
+                0xD1, 0xE0, // shl eax, 1
+                0xD3, 0xE8, // shr eax, cl
+                0xC1, 0xF8, 0x1F, // sar eax, 31
+                0x66, 0xC1, 0xC2, 0x04, // rol dx, 4
+                0xD0, 0xD2, // rcl dl, 1
+                0x66, 0x0F, 0xA4, 0xD0, 0x10, // shld ax, dx, 16
+                0x0F, 0xAD, 0xD0, // shrd eax, edx, cl
+            ],
+        );
+        exec(&mut vm).unwrap();
+        assert_eq!(vm.cpu.reg32(EAX), 2);
+        assert_eq!(vm.cpu.eflags & (CF | OF), CF | OF);
+        exec(&mut vm).unwrap();
+        assert_eq!(vm.cpu.reg32(EAX), 0);
+        // Last bit out of 2 >> 4 is bit 3 = 0.
+        assert_eq!(vm.cpu.eflags & (CF | ZF), ZF);
+        exec(&mut vm).unwrap();
+        assert_eq!(vm.cpu.reg32(EAX), 0);
+        exec(&mut vm).unwrap();
+        assert_eq!(vm.cpu.reg32(EDX), 0x2341);
+        // ROL sets CF = LSB = 1; RCL DL,1: 0x41 -> 0x83, CF out 0.
+        exec(&mut vm).unwrap();
+        assert_eq!(vm.cpu.reg32(EDX), 0x2383);
+        assert_eq!(vm.cpu.eflags & CF, 0);
+        // SHLD AX, DX, 16: AX becomes DX; CF = old bit 0 of AX.
+        exec(&mut vm).unwrap();
+        assert_eq!(vm.cpu.reg32(EAX), 0x2383);
+        // SHRD EAX, EDX, 4: 0x00002383 >> 4 | 0x3 << 28.
+        exec(&mut vm).unwrap();
+        assert_eq!(vm.cpu.reg32(EAX), 0x3000_0238);
+        assert_eq!(vm.cpu.eflags & CF, 0);
+    }
+}

@@ -38,7 +38,9 @@ pub enum MemError {
     Alloc(u64, std::io::Error),
     #[error("guest RAM size must be a non-zero multiple of 4 KiB below 4 GiB, got {0:#x}")]
     BadSize(u64),
-    #[error("ROM at {base:#x} of {len:#x} bytes overlaps another ROM or leaves the 4 GiB address space")]
+    #[error(
+        "ROM at {base:#x} of {len:#x} bytes overlaps another ROM or leaves the 4 GiB address space"
+    )]
     BadRom { base: u64, len: u64 },
 }
 
@@ -280,7 +282,10 @@ impl GuestMemory {
     }
     #[inline]
     pub fn is_watched(&self, frame: u64) -> bool {
-        self.watched.get(frame as usize).map(|b| *b).unwrap_or(false)
+        self.watched
+            .get(frame as usize)
+            .map(|b| *b)
+            .unwrap_or(false)
     }
     /// Watched frames written through `write*` since the last call.
     pub fn take_watch_hits(&mut self) -> Vec<u64> {

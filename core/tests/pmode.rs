@@ -1,0 +1,656 @@
+//! Protected-mode control machinery of the interpreter: interrupt and
+//! exception delivery (IVT, IDT gates, stack switches, V86), far transfers
+//! through call gates, segment loads and their faults, double and triple
+//! faults, hardware task switches. Every expected value is derived by hand
+//! from the SDM rules named in each test.
+
+use iced_x86::code_asm::{ax, ds, ebx, es, esp, ptr, ss, word_ptr, CodeAssembler};
+use umbra_core::cpu::{attr, cr0, flags, SegReg, Segment, EAX, EBX, ESP};
+use umbra_core::exception::Fault;
+use umbra_core::interp::{interrupt, Interpreter, Step};
+use umbra_core::mem::GuestMemory;
+use umbra_core::{Budget, Engine, Exit, ShutdownReason, Vm};
+
+const GDT: u32 = 0x1000;
+const IDT: u32 = 0x2000;
+const TSS0: u32 = 0x3000;
+const TSS_DF: u32 = 0x3100;
+
+const K_CODE: u16 = 0x08;
+const K_DATA: u16 = 0x10;
+const U_CODE: u16 = 0x1B;
+const U_DATA: u16 = 0x23;
+const TSS_SEL: u16 = 0x28;
+const DF_TSS_SEL: u16 = 0x30;
+const CALL_GATE: u16 = 0x3B;
+const NP_DATA: u16 = 0x48;
+
+/// Kernel stack top in TSS0.ESP0.
+const ESP0: u32 = 0x9000;
+
+/// A code/data/system descriptor: `access` is byte 5, `fl` the G/D nibble.
+fn desc(base: u32, limit: u32, access: u8, fl: u8) -> u64 {
+    let lo = (limit & 0xFFFF) | (base << 16);
+    let hi = ((base >> 16) & 0xFF)
+        | ((access as u32) << 8)
+        | (limit & 0xF_0000)
+        | (((fl & 0xF) as u32) << 20)
+        | (base & 0xFF00_0000);
+    lo as u64 | (hi as u64) << 32
+}
+
+/// A gate descriptor (present).
+fn gate(sel: u16, off: u32, typ: u8, dpl: u8, params: u8) -> u64 {
+    let lo = (off & 0xFFFF) | ((sel as u32) << 16);
+    let hi =
+        (off & 0xFFFF_0000) | 0x8000 | ((dpl as u32) << 13) | ((typ as u32) << 8) | params as u32;
+    lo as u64 | (hi as u64) << 32
+}
+
+fn asm(bits: u32, ip: u32, f: impl FnOnce(&mut CodeAssembler)) -> Vec<u8> {
+    let mut a = CodeAssembler::new(bits).unwrap();
+    f(&mut a);
+    a.assemble(ip as u64).unwrap()
+}
+
+fn put(vm: &mut Vm, at: u32, bytes: &[u8]) {
+    vm.mem.write(at as u64, bytes);
+}
+
+fn r32(vm: &mut Vm, at: u32) -> u32 {
+    vm.mem.read_u32(at as u64)
+}
+
+fn r16(vm: &mut Vm, at: u32) -> u16 {
+    vm.mem.read_u16(at as u64)
+}
+
+fn set_idt(vm: &mut Vm, v: u8, g: u64) {
+    vm.mem.write_u64((IDT + 8 * v as u32) as u64, g);
+}
+
+/// Load a segment register's cache from the GDT the way hardware would.
+fn set_seg(vm: &mut Vm, s: SegReg, sel: u16) {
+    let d = vm.mem.read_u64((GDT + (sel & !7) as u32) as u64);
+    vm.cpu.seg[s as usize] = Segment::from_descriptor(sel, d as u32, (d >> 32) as u32);
+}
+
+/// Flat protected mode at CPL 0 with the GDT above, an empty IDT, TR =
+/// TSS0 (busy) whose ring-0 stack is K_DATA:ESP0.
+fn pm_vm() -> Vm {
+    let mut vm = Vm::new(GuestMemory::new(2 << 20).unwrap());
+    let gdt = [
+        0,
+        desc(0, 0xFFFFF, 0x9A, 0xC),
+        desc(0, 0xFFFFF, 0x92, 0xC),
+        desc(0, 0xFFFFF, 0xFA, 0xC),
+        desc(0, 0xFFFFF, 0xF2, 0xC),
+        desc(TSS0, 0x67, 0x8B, 0),
+        desc(TSS_DF, 0x67, 0x89, 0),
+        gate(K_CODE, 0x22000, 0xC, 3, 2),
+        desc(0, 0xFFFF, 0x9A, 0),
+        desc(0, 0xFFFFF, 0x12 | 0x60, 0xC), // DPL 3 data, not present
+    ];
+    for (i, d) in gdt.iter().enumerate() {
+        vm.mem.write_u64((GDT + 8 * i as u32) as u64, *d);
+    }
+    vm.cpu.cr0 |= cr0::PE;
+    vm.cpu.gdtr.base = GDT;
+    vm.cpu.gdtr.limit = (gdt.len() * 8 - 1) as u16;
+    vm.cpu.idtr.base = IDT;
+    vm.cpu.idtr.limit = 0x7FF;
+    set_seg(&mut vm, SegReg::Cs, K_CODE);
+    for s in [SegReg::Ss, SegReg::Ds, SegReg::Es, SegReg::Fs, SegReg::Gs] {
+        set_seg(&mut vm, s, K_DATA);
+    }
+    let t = vm.mem.read_u64((GDT + TSS_SEL as u32) as u64);
+    vm.cpu.tr = Segment::from_descriptor(TSS_SEL, t as u32, (t >> 32) as u32);
+    vm.cpu.ldtr = Segment {
+        attr: attr::UNUSABLE,
+        ..Segment::default()
+    };
+    vm.mem.write_u32((TSS0 + 4) as u64, ESP0);
+    vm.mem.write_u16((TSS0 + 8) as u64, K_DATA);
+    vm.cpu.eflags = flags::FIXED1 | flags::IF;
+    vm.cpu.gpr[ESP] = 0x8000;
+    vm.cpu.eip = 0x10000;
+    vm
+}
+
+/// Switch `vm` to CPL 3 with user segments and ESP `esp`.
+fn to_ring3(vm: &mut Vm, top: u32) {
+    set_seg(vm, SegReg::Cs, U_CODE);
+    for s in [SegReg::Ss, SegReg::Ds, SegReg::Es, SegReg::Fs, SegReg::Gs] {
+        set_seg(vm, s, U_DATA);
+    }
+    vm.cpu.gpr[ESP] = top as u64;
+}
+
+fn step(it: &mut Interpreter, vm: &mut Vm) {
+    assert_eq!(it.step(vm), Step::Retired);
+}
+
+fn sel(vm: &Vm, s: SegReg) -> u16 {
+    vm.cpu.seg(s).selector
+}
+
+fn sp_of(vm: &Vm) -> u32 {
+    vm.cpu.gpr[ESP] as u32
+}
+
+#[test]
+fn real_mode_int_and_iret() {
+    let mut vm = Vm::new(GuestMemory::new(2 << 20).unwrap());
+    let mut it = Interpreter::new();
+    vm.cpu.seg[SegReg::Cs as usize] = Segment::real(0);
+    vm.cpu.eip = 0x100;
+    vm.cpu.gpr[ESP] = 0x8000;
+    vm.cpu.eflags = flags::FIXED1 | flags::IF | flags::CF;
+    // IVT[0x21] = 0050:0010.
+    vm.mem.write_u32(0x21 * 4, 0x0050_0010);
+    put(&mut vm, 0x100, &asm(16, 0x100, |a| a.int(0x21).unwrap()));
+    put(&mut vm, 0x510, &asm(16, 0x10, |a| a.iret().unwrap()));
+    step(&mut it, &mut vm);
+    // Pushed FLAGS, CS, IP (return IP after the 2-byte INT); IF cleared.
+    assert_eq!((sel(&vm, SegReg::Cs), vm.cpu.eip), (0x50, 0x10));
+    assert_eq!(vm.cpu.seg(SegReg::Cs).base, 0x500);
+    assert_eq!(sp_of(&vm), 0x7FFA);
+    assert_eq!(r16(&mut vm, 0x7FFA), 0x102);
+    assert_eq!(r16(&mut vm, 0x7FFC), 0);
+    assert_eq!(r16(&mut vm, 0x7FFE), 0x203);
+    assert_eq!(vm.cpu.eflags, 0x3);
+    step(&mut it, &mut vm);
+    assert_eq!(
+        (sel(&vm, SegReg::Cs), vm.cpu.eip, sp_of(&vm)),
+        (0, 0x102, 0x8000)
+    );
+    assert_eq!(vm.cpu.eflags, 0x203);
+}
+
+#[test]
+fn real_mode_vector_beyond_ivt_limit_shuts_down() {
+    let mut vm = Vm::new(GuestMemory::new(2 << 20).unwrap());
+    let mut it = Interpreter::new();
+    vm.cpu.seg[SegReg::Cs as usize] = Segment::real(0);
+    vm.cpu.eip = 0x100;
+    vm.cpu.gpr[ESP] = 0x8000;
+    // The IVT covers vectors 0..8: INT 0x21 beyond it is #GP; vector 13 is
+    // beyond it too, a contributory fault during #GP delivery -> #DF, whose
+    // vector 8 is inside: delivered.
+    vm.cpu.idtr.limit = 4 * 9 - 1;
+    vm.mem.write_u32(8 * 4, 0x0060_0000);
+    put(&mut vm, 0x100, &asm(16, 0x100, |a| a.int(0x21).unwrap()));
+    step(&mut it, &mut vm);
+    assert_eq!((sel(&vm, SegReg::Cs), vm.cpu.eip), (0x60, 0));
+    // Return address of the #DF frame is the faulting INT.
+    assert_eq!(r16(&mut vm, 0x7FFA), 0x100);
+    // With vector 8 outside the IVT as well, the machine shuts down.
+    let mut vm2 = Vm::new(GuestMemory::new(2 << 20).unwrap());
+    vm2.cpu.seg[SegReg::Cs as usize] = Segment::real(0);
+    vm2.cpu.eip = 0x100;
+    vm2.cpu.idtr.limit = 4 * 8 - 1;
+    put(&mut vm2, 0x100, &asm(16, 0x100, |a| a.int(0x21).unwrap()));
+    assert_eq!(
+        it.step(&mut vm2),
+        Step::Shutdown(ShutdownReason::TripleFault)
+    );
+}
+
+#[test]
+fn de_through_idt_frame() {
+    let mut vm = pm_vm();
+    set_idt(&mut vm, 0, gate(K_CODE, 0x20000, 0xE, 0, 0));
+    interrupt::deliver_exception(&mut vm, Fault::de()).unwrap();
+    // Same privilege: EFLAGS (RF set for a fault), CS, EIP; no error code.
+    assert_eq!((sel(&vm, SegReg::Cs), vm.cpu.eip), (K_CODE, 0x20000));
+    assert_eq!(sp_of(&vm), 0x8000 - 12);
+    assert_eq!(r32(&mut vm, 0x7FF4), 0x10000);
+    assert_eq!(r32(&mut vm, 0x7FF8), K_CODE as u32);
+    assert_eq!(r32(&mut vm, 0x7FFC), 0x202 | flags::RF);
+    assert_eq!(vm.cpu.eflags & flags::IF, 0);
+}
+
+#[test]
+fn ring3_int_switches_stack_and_iret_returns() {
+    let mut vm = pm_vm();
+    let mut it = Interpreter::new();
+    to_ring3(&mut vm, 0x7000);
+    set_idt(&mut vm, 0x80, gate(K_CODE, 0x21000, 0xF, 3, 0));
+    put(
+        &mut vm,
+        0x10000,
+        &asm(32, 0x10000, |a| a.int(0x80).unwrap()),
+    );
+    put(&mut vm, 0x21000, &asm(32, 0x21000, |a| a.iretd().unwrap()));
+    step(&mut it, &mut vm);
+    assert_eq!((sel(&vm, SegReg::Cs), vm.cpu.eip), (K_CODE, 0x21000));
+    assert_eq!(sel(&vm, SegReg::Ss), K_DATA);
+    assert_eq!(sp_of(&vm), ESP0 - 20);
+    let f = ESP0 - 20;
+    assert_eq!(r32(&mut vm, f), 0x10002);
+    assert_eq!(r32(&mut vm, f + 4), U_CODE as u32);
+    assert_eq!(r32(&mut vm, f + 8), 0x202); // trap gate, software: no RF
+    assert_eq!(r32(&mut vm, f + 12), 0x7000);
+    assert_eq!(r32(&mut vm, f + 16), U_DATA as u32);
+    assert_ne!(vm.cpu.eflags & flags::IF, 0, "trap gate keeps IF");
+    // A ring-0 data segment in DS must be nulled by the return to ring 3.
+    set_seg(&mut vm, SegReg::Ds, K_DATA);
+    step(&mut it, &mut vm);
+    assert_eq!((sel(&vm, SegReg::Cs), vm.cpu.eip), (U_CODE, 0x10002));
+    assert_eq!((sel(&vm, SegReg::Ss), sp_of(&vm)), (U_DATA, 0x7000));
+    assert_eq!(vm.cpu.cpl(), 3);
+    assert_eq!(sel(&vm, SegReg::Ds), 0);
+    assert!(vm.cpu.seg(SegReg::Ds).unusable());
+    assert_eq!(sel(&vm, SegReg::Es), U_DATA);
+}
+
+#[test]
+fn int_through_dpl0_gate_from_ring3_is_gp_with_idt_code() {
+    let mut vm = pm_vm();
+    let mut it = Interpreter::new();
+    to_ring3(&mut vm, 0x7000);
+    set_idt(&mut vm, 0x81, gate(K_CODE, 0x21000, 0xE, 0, 0));
+    set_idt(&mut vm, 13, gate(K_CODE, 0x23000, 0xE, 0, 0));
+    put(
+        &mut vm,
+        0x10000,
+        &asm(32, 0x10000, |a| a.int(0x81).unwrap()),
+    );
+    step(&mut it, &mut vm);
+    assert_eq!(vm.cpu.eip, 0x23000);
+    let f = ESP0 - 24;
+    assert_eq!(sp_of(&vm), f);
+    // Error code: vector*8 + IDT bit, EXT clear (software interrupt).
+    assert_eq!(r32(&mut vm, f), 0x81 * 8 + 2);
+    // A fault returns to the INT itself.
+    assert_eq!(r32(&mut vm, f + 4), 0x10000);
+    assert_eq!(r32(&mut vm, f + 12), 0x202 | flags::RF);
+}
+
+#[test]
+fn call_gate_copies_parameters_and_retf_returns_to_ring3() {
+    let mut vm = pm_vm();
+    let mut it = Interpreter::new();
+    to_ring3(&mut vm, 0x6FF8);
+    vm.mem.write_u32(0x6FF8, 0x2222_2222); // parameter 0 (top of stack)
+    vm.mem.write_u32(0x6FFC, 0x1111_1111); // parameter 1
+    put(
+        &mut vm,
+        0x10000,
+        &asm(32, 0x10000, |a| a.call_far(CALL_GATE, 0).unwrap()),
+    );
+    put(
+        &mut vm,
+        0x22000,
+        &asm(32, 0x22000, |a| a.retf_1(8).unwrap()),
+    );
+    step(&mut it, &mut vm);
+    assert_eq!((sel(&vm, SegReg::Cs), vm.cpu.eip), (K_CODE, 0x22000));
+    assert_eq!(vm.cpu.cpl(), 0);
+    assert_eq!(sel(&vm, SegReg::Ss), K_DATA);
+    let f = ESP0 - 24;
+    assert_eq!(sp_of(&vm), f);
+    assert_eq!(r32(&mut vm, f), 0x10007);
+    assert_eq!(r32(&mut vm, f + 4), U_CODE as u32);
+    assert_eq!(r32(&mut vm, f + 8), 0x2222_2222);
+    assert_eq!(r32(&mut vm, f + 12), 0x1111_1111);
+    assert_eq!(r32(&mut vm, f + 16), 0x6FF8);
+    assert_eq!(r32(&mut vm, f + 20), U_DATA as u32);
+    step(&mut it, &mut vm);
+    assert_eq!((sel(&vm, SegReg::Cs), vm.cpu.eip), (U_CODE, 0x10007));
+    // RETF 8 releases the parameters on the outer stack too.
+    assert_eq!((sel(&vm, SegReg::Ss), sp_of(&vm)), (U_DATA, 0x7000));
+}
+
+#[test]
+fn iret_to_v86_and_interrupts_back_to_ring0() {
+    let mut vm = pm_vm();
+    let mut it = Interpreter::new();
+    // IRETD frame: EIP CS EFLAGS ESP SS ES DS FS GS.
+    let v86_flags = flags::FIXED1 | flags::IF | flags::VM;
+    let frame = [
+        0x100, 0x2000, v86_flags, 0x1000, 0x3000, 0x4000, 0x5000, 0x6000, 0x7000,
+    ];
+    for (i, v) in frame.iter().enumerate() {
+        vm.mem.write_u32((0x7F00 + 4 * i) as u64, *v);
+    }
+    vm.cpu.gpr[ESP] = 0x7F00;
+    put(&mut vm, 0x10000, &asm(32, 0x10000, |a| a.iretd().unwrap()));
+    put(&mut vm, 0x20100, &asm(16, 0x100, |a| a.int(0x30).unwrap()));
+    set_idt(&mut vm, 13, gate(K_CODE, 0x23000, 0xE, 0, 0));
+    step(&mut it, &mut vm);
+    assert!(vm.cpu.v86());
+    assert_eq!(vm.cpu.cpl(), 3);
+    assert_eq!((sel(&vm, SegReg::Cs), vm.cpu.eip), (0x2000, 0x100));
+    assert_eq!(vm.cpu.seg(SegReg::Cs).base, 0x20000);
+    assert_eq!((sel(&vm, SegReg::Ss), sp_of(&vm)), (0x3000, 0x1000));
+    assert_eq!(vm.cpu.seg(SegReg::Gs).base, 0x70000);
+    assert_eq!(vm.cpu.seg(SegReg::Ds).dpl(), 3);
+
+    // IOPL 0: INT n in V86 mode is #GP(0), taken on the ring-0 stack with
+    // GS FS DS ES SS ESP EFLAGS CS EIP and the error code.
+    step(&mut it, &mut vm);
+    assert!(!vm.cpu.v86());
+    assert_eq!((sel(&vm, SegReg::Cs), vm.cpu.eip), (K_CODE, 0x23000));
+    let f = ESP0 - 40;
+    assert_eq!(sp_of(&vm), f);
+    let want = [
+        0,
+        0x100,
+        0x2000,
+        v86_flags | flags::RF,
+        0x1000,
+        0x3000,
+        0x4000,
+        0x5000,
+        0x6000,
+        0x7000,
+    ];
+    for (i, w) in want.iter().enumerate() {
+        assert_eq!(r32(&mut vm, f + 4 * i as u32), *w, "frame slot {i}");
+    }
+    for s in [SegReg::Es, SegReg::Ds, SegReg::Fs, SegReg::Gs] {
+        assert_eq!(sel(&vm, s), 0);
+        assert!(vm.cpu.seg(s).unusable());
+    }
+    assert_eq!(vm.cpu.eflags & (flags::VM | flags::IF), 0);
+}
+
+#[test]
+fn v86_int_with_iopl3_round_trip() {
+    let mut vm = pm_vm();
+    let mut it = Interpreter::new();
+    let v86_flags = flags::FIXED1 | flags::VM | flags::IOPL;
+    let frame = [
+        0x100, 0x2000, v86_flags, 0x1000, 0x3000, 0x4000, 0x5000, 0x6000, 0x7000,
+    ];
+    for (i, v) in frame.iter().enumerate() {
+        vm.mem.write_u32((0x7F00 + 4 * i) as u64, *v);
+    }
+    vm.cpu.gpr[ESP] = 0x7F00;
+    put(&mut vm, 0x10000, &asm(32, 0x10000, |a| a.iretd().unwrap()));
+    put(&mut vm, 0x20100, &asm(16, 0x100, |a| a.int(0x31).unwrap()));
+    set_idt(&mut vm, 0x31, gate(K_CODE, 0x24000, 0xE, 3, 0));
+    put(&mut vm, 0x24000, &asm(32, 0x24000, |a| a.iretd().unwrap()));
+    step(&mut it, &mut vm);
+    step(&mut it, &mut vm);
+    assert_eq!(vm.cpu.eip, 0x24000);
+    assert_eq!(sp_of(&vm), ESP0 - 36);
+    assert_eq!(r32(&mut vm, ESP0 - 36), 0x102);
+    step(&mut it, &mut vm);
+    assert!(vm.cpu.v86());
+    assert_eq!((sel(&vm, SegReg::Cs), vm.cpu.eip), (0x2000, 0x102));
+    assert_eq!(
+        (sel(&vm, SegReg::Ds), vm.cpu.seg(SegReg::Ds).base),
+        (0x5000, 0x50000)
+    );
+    assert_eq!(vm.cpu.iopl(), 3);
+}
+
+/// (instruction, AX, vector, error code).
+type Case = (fn(&mut CodeAssembler), u16, u32, u32);
+
+#[test]
+fn segment_load_faults_carry_selectors() {
+    let mut it = Interpreter::new();
+    let cases: [Case; 4] = [
+        (|a| a.mov(ds, ax).unwrap(), NP_DATA, 11, NP_DATA as u32),
+        (|a| a.mov(ss, ax).unwrap(), U_DATA, 13, (U_DATA & !3) as u32),
+        (|a| a.mov(ds, ax).unwrap(), 0x1F8, 13, 0x1F8),
+        (|a| a.mov(ss, ax).unwrap(), 0, 13, 0),
+    ];
+    for (i, (ins, sel_ax, vec, code)) in cases.into_iter().enumerate() {
+        let mut vm = pm_vm();
+        set_idt(&mut vm, 11, gate(K_CODE, 0x2B000, 0xE, 0, 0));
+        set_idt(&mut vm, 13, gate(K_CODE, 0x2D000, 0xE, 0, 0));
+        vm.cpu.gpr[EAX] = sel_ax as u64;
+        put(&mut vm, 0x10000, &asm(32, 0x10000, ins));
+        step(&mut it, &mut vm);
+        let handler = if vec == 11 { 0x2B000 } else { 0x2D000 };
+        assert_eq!(vm.cpu.eip, handler, "case {i}");
+        assert_eq!(r32(&mut vm, 0x8000 - 16), code, "case {i}");
+        assert_eq!(r32(&mut vm, 0x8000 - 12), 0x10000, "case {i}");
+        assert_eq!(sel(&vm, SegReg::Ds), K_DATA, "case {i}: DS untouched");
+    }
+}
+
+#[test]
+fn mov_sreg_loads_and_sets_accessed() {
+    let mut vm = pm_vm();
+    let mut it = Interpreter::new();
+    // Clear the accessed bit of the user data descriptor.
+    let a = (GDT + 0x20 + 5) as u64;
+    let b = vm.mem.read_u8(a);
+    vm.mem.write_u8(a, b & !1);
+    vm.cpu.gpr[EAX] = U_DATA as u64;
+    vm.cpu.gpr[EBX] = 0xFFFF_FFFF;
+    put(
+        &mut vm,
+        0x10000,
+        &asm(32, 0x10000, |a| {
+            a.mov(es, ax).unwrap();
+            a.mov(ebx, ds).unwrap();
+            a.mov(word_ptr(0x5000), es).unwrap();
+        }),
+    );
+    vm.mem.write_u32(0x5000, 0xAAAA_AAAA);
+    for _ in 0..3 {
+        step(&mut it, &mut vm);
+    }
+    assert_eq!(sel(&vm, SegReg::Es), U_DATA);
+    assert_eq!(vm.cpu.seg(SegReg::Es).dpl(), 3);
+    assert_eq!(vm.mem.read_u8(a) & 1, 1, "accessed bit set");
+    assert_eq!(
+        vm.cpu.gpr[EBX], K_DATA as u64,
+        "32-bit destination zero-extends"
+    );
+    assert_eq!(
+        r32(&mut vm, 0x5000),
+        0xAAAA_0000 | U_DATA as u32,
+        "memory gets 16 bits"
+    );
+}
+
+#[test]
+fn df_from_gp_during_np_delivery() {
+    let mut vm = pm_vm();
+    let mut it = Interpreter::new();
+    // #NP's gate names a code selector beyond the GDT limit.
+    set_idt(&mut vm, 11, gate(0x1F8, 0x2B000, 0xE, 0, 0));
+    set_idt(&mut vm, 8, gate(K_CODE, 0x28000, 0xE, 0, 0));
+    vm.cpu.gpr[EAX] = NP_DATA as u64;
+    put(
+        &mut vm,
+        0x10000,
+        &asm(32, 0x10000, |a| a.mov(ds, ax).unwrap()),
+    );
+    step(&mut it, &mut vm);
+    assert_eq!(vm.cpu.eip, 0x28000);
+    assert_eq!(sp_of(&vm), 0x8000 - 16);
+    assert_eq!(r32(&mut vm, 0x8000 - 16), 0, "#DF error code is 0");
+    assert_eq!(r32(&mut vm, 0x8000 - 12), 0x10000);
+}
+
+#[test]
+fn triple_fault_shuts_down() {
+    let mut vm = pm_vm();
+    let mut it = Interpreter::new();
+    // Empty IDT: #GP -> gate invalid -> #GP -> #DF -> invalid -> shutdown.
+    vm.cpu.gpr[EAX] = 0x1F8;
+    put(
+        &mut vm,
+        0x10000,
+        &asm(32, 0x10000, |a| a.mov(ds, ax).unwrap()),
+    );
+    assert_eq!(
+        it.run(&mut vm, Budget::insns(10)),
+        Exit::Shutdown(ShutdownReason::TripleFault)
+    );
+}
+
+#[test]
+fn df_task_gate_and_iret_back() {
+    let mut vm = pm_vm();
+    let mut it = Interpreter::new();
+    // #GP's gate is not present: #NP during #GP -> #DF through a task gate.
+    vm.mem.write_u64(
+        (IDT + 13 * 8) as u64,
+        gate(K_CODE, 0x2D000, 0xE, 0, 0) & !(0x8000u64 << 32),
+    );
+    set_idt(&mut vm, 8, gate(DF_TSS_SEL, 0, 0x5, 0, 0));
+    // The #DF task.
+    vm.mem.write_u32((TSS_DF + 0x20) as u64, 0x25000); // EIP
+    vm.mem.write_u32((TSS_DF + 0x24) as u64, 0x2); // EFLAGS
+    vm.mem.write_u32((TSS_DF + 0x28 + 3 * 4) as u64, 0x5555); // EBX
+    vm.mem.write_u32((TSS_DF + 0x28 + 4 * 4) as u64, 0xA000); // ESP
+    for (i, s) in [K_DATA, K_CODE, K_DATA, K_DATA, K_DATA, K_DATA]
+        .iter()
+        .enumerate()
+    {
+        vm.mem.write_u16((TSS_DF + 0x48 + 4 * i as u32) as u64, *s);
+    }
+    put(&mut vm, 0x25000, &asm(32, 0x25000, |a| a.iretd().unwrap()));
+    vm.cpu.gpr[EBX] = 0x1234;
+    vm.cpu.gpr[EAX] = 0x1F8;
+    put(
+        &mut vm,
+        0x10000,
+        &asm(32, 0x10000, |a| a.mov(ds, ax).unwrap()),
+    );
+    step(&mut it, &mut vm);
+    assert_eq!(vm.cpu.tr.selector, DF_TSS_SEL);
+    assert_eq!(vm.cpu.eip, 0x25000);
+    assert_eq!(vm.cpu.gpr[EBX], 0x5555);
+    assert_eq!(sp_of(&vm), 0xA000 - 4);
+    assert_eq!(
+        r32(&mut vm, 0xA000 - 4),
+        0,
+        "#DF error code on the new stack"
+    );
+    assert_ne!(vm.cpu.eflags & flags::NT, 0);
+    assert_ne!(vm.cpu.cr0 & cr0::TS, 0);
+    assert_eq!(r16(&mut vm, TSS_DF), TSS_SEL, "back link");
+    assert_eq!(r32(&mut vm, TSS0 + 0x20), 0x10000, "old EIP saved");
+    assert_eq!(r32(&mut vm, TSS0 + 0x28 + 12), 0x1234, "old EBX saved");
+    let busy = |vm: &mut Vm, s: u16| (vm.mem.read_u8((GDT + s as u32 + 5) as u64) & 0xF) == 0xB;
+    assert!(busy(&mut vm, TSS_SEL) && busy(&mut vm, DF_TSS_SEL));
+    // IRET with NT returns to the interrupted task.
+    step(&mut it, &mut vm);
+    assert_eq!(vm.cpu.tr.selector, TSS_SEL);
+    assert_eq!((vm.cpu.eip, vm.cpu.gpr[EBX]), (0x10000, 0x1234));
+    assert_eq!(sp_of(&vm), 0x8000);
+    assert!(!busy(&mut vm, DF_TSS_SEL) && busy(&mut vm, TSS_SEL));
+    assert_eq!(
+        r32(&mut vm, TSS_DF + 0x20),
+        0x25001,
+        "outgoing EIP after IRETD"
+    );
+    assert_eq!(
+        r32(&mut vm, TSS_DF + 0x24) & flags::NT,
+        0,
+        "NT cleared in saved image"
+    );
+}
+
+#[test]
+fn mov_ss_shadow_holds_off_interrupt_one_instruction() {
+    let mut vm = pm_vm();
+    let mut it = Interpreter::new();
+    set_idt(&mut vm, 0x40, gate(K_CODE, 0x26000, 0xE, 0, 0));
+    vm.cpu.gpr[EAX] = K_DATA as u64;
+    vm.mem.write_u32(0x5000, 0x7777);
+    vm.mem.write_u16(0x5004, K_DATA);
+    put(
+        &mut vm,
+        0x10000,
+        &asm(32, 0x10000, |a| {
+            a.mov(ss, ax).unwrap(); // 66 8E D0
+            a.mov(ds, ax).unwrap(); // 66 8E D8
+            a.lss(esp, ptr(0x5000)).unwrap();
+        }),
+    );
+    step(&mut it, &mut vm);
+    assert!(vm.cpu.interrupt_shadow);
+    // The IRQ arrives while the shadow of MOV SS is up.
+    vm.cpu.pending_irq = Some(0x40);
+    step(&mut it, &mut vm);
+    assert_eq!(vm.cpu.eip, 0x10006, "instruction after MOV SS ran first");
+    assert_eq!(vm.cpu.pending_irq, Some(0x40));
+    step(&mut it, &mut vm);
+    assert_eq!(vm.cpu.eip, 0x26000, "then the interrupt");
+    assert_eq!(r32(&mut vm, 0x8000 - 12), 0x10006);
+    // LSS loads SS:ESP and sets no shadow.
+    let mut vm = pm_vm();
+    vm.mem.write_u32(0x5000, 0x7777);
+    vm.mem.write_u16(0x5004, K_DATA);
+    put(
+        &mut vm,
+        0x10000,
+        &asm(32, 0x10000, |a| a.lss(esp, ptr(0x5000)).unwrap()),
+    );
+    vm.cpu.gpr[ESP] = 0;
+    step(&mut it, &mut vm);
+    assert_eq!((sp_of(&vm), sel(&vm, SegReg::Ss)), (0x7777, K_DATA));
+    assert!(!vm.cpu.interrupt_shadow);
+}
+
+#[test]
+fn pending_irq_wakes_halted_cpu() {
+    let mut vm = pm_vm();
+    let mut it = Interpreter::new();
+    set_idt(&mut vm, 0x40, gate(K_CODE, 0x26000, 0xE, 0, 0));
+    vm.cpu.halted = true;
+    assert_eq!(it.step(&mut vm), Step::Halted);
+    vm.cpu.pending_irq = Some(0x40);
+    step(&mut it, &mut vm);
+    assert!(!vm.cpu.halted);
+    assert_eq!(vm.cpu.eip, 0x26000);
+    // External interrupt: no RF, return to the halted EIP.
+    assert_eq!(r32(&mut vm, 0x8000 - 12), 0x10000);
+    assert_eq!(r32(&mut vm, 0x8000 - 4), 0x202);
+}
+
+#[test]
+fn far_jmp_and_call_real_and_protected() {
+    let mut it = Interpreter::new();
+    // Real mode: JMP 1234:0010 keeps the limit, sets base.
+    let mut vm = Vm::new(GuestMemory::new(2 << 20).unwrap());
+    vm.cpu.seg[SegReg::Cs as usize] = Segment::real(0);
+    vm.cpu.eip = 0x100;
+    put(
+        &mut vm,
+        0x100,
+        &asm(16, 0x100, |a| a.jmp_far(0x1234, 0x10).unwrap()),
+    );
+    step(&mut it, &mut vm);
+    assert_eq!(
+        (
+            sel(&vm, SegReg::Cs),
+            vm.cpu.seg(SegReg::Cs).base,
+            vm.cpu.eip
+        ),
+        (0x1234, 0x12340, 0x10)
+    );
+    // Protected: far CALL to a non-conforming ring-0 code segment, then RETF.
+    let mut vm = pm_vm();
+    put(
+        &mut vm,
+        0x10000,
+        &asm(32, 0x10000, |a| a.call_far(0x40, 0x300).unwrap()),
+    );
+    step(&mut it, &mut vm);
+    assert_eq!((sel(&vm, SegReg::Cs), vm.cpu.eip), (0x40, 0x300));
+    assert_eq!(r32(&mut vm, 0x8000 - 8), 0x10007);
+    assert_eq!(r32(&mut vm, 0x8000 - 4), K_CODE as u32);
+    // Far JMP to a ring-3 code segment from ring 0 is #GP(selector).
+    let mut vm = pm_vm();
+    set_idt(&mut vm, 13, gate(K_CODE, 0x2D000, 0xE, 0, 0));
+    put(
+        &mut vm,
+        0x10000,
+        &asm(32, 0x10000, |a| a.jmp_far(U_CODE, 0).unwrap()),
+    );
+    step(&mut it, &mut vm);
+    assert_eq!(vm.cpu.eip, 0x2D000);
+    assert_eq!(r32(&mut vm, 0x8000 - 16), (U_CODE & !3) as u32);
+}
