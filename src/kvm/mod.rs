@@ -17,6 +17,11 @@
 //!   run as compatibility-mode code under private 4-level tables: see
 //!   `paging`.
 //!
+//! CPUID: KVM gets the interpreter's table (KVM_SET_CPUID2), but this
+//! host (PVM) answers leaf 1 ECX/EDX with the host's feature bits anyway;
+//! other leaves match. Single steps therefore interpret CPUID, so lockstep
+//! comparisons see one CPU; free runs see the host's leaf-1 features.
+//!
 //! Known differences from the architecture, by design: KVM writes guest RAM
 //! behind `GuestMemory`'s dirty and write-watch bitmaps (the engine flushes
 //! the MMU's shadow state after each run instead), and ROM/MMIO ranges must
@@ -39,7 +44,7 @@ use kvm_bindings::{
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use umbra_core::cpu::CpuState;
 use umbra_core::engine::{Budget, Engine, Exit, ShutdownReason};
-use umbra_core::interp::{interrupt, Interpreter};
+use umbra_core::interp::{interrupt, Interpreter, Step};
 use umbra_core::mem::PAGE_SIZE;
 use umbra_core::Vm;
 
@@ -582,6 +587,19 @@ impl KvmEngine {
             if let Err(e) = self.point_idt_at_private_ivt() {
                 return Exit::Error(e.to_string());
             }
+        }
+        if mode != StepMode::Off
+            && paging::decode_insn(vm, false).is_some_and(|i| i.mnemonic() == iced_x86::Mnemonic::Cpuid)
+        {
+            // This host answers CPUID leaf 1 ECX/EDX with its own features
+            // whatever KVM_SET_CPUID2 says; lockstep runs take the
+            // interpreter's answer (see the module doc).
+            self.last_exit = "cpuid (interpreted)".into();
+            return match self.interp.step(vm) {
+                Step::Retired => Exit::BudgetSpent,
+                Step::Halted => Exit::Halted,
+                Step::Shutdown(r) => Exit::Shutdown(r),
+            };
         }
         let hlt_next = if mode == StepMode::Off {
             None

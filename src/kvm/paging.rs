@@ -29,7 +29,8 @@
 //! seen by the next instruction, as after an INVLPG. Instructions whose
 //! behaviour would differ in compatibility mode (MOV to/from control
 //! registers, descriptor-table loads and stores, INT n/INT3/INTO,
-//! SYSENTER/SYSEXIT, RDMSR/WRMSR) are executed by the interpreter instead.
+//! SYSENTER/SYSEXIT, RDMSR/WRMSR), and CPUID (see `KvmEngine`), are
+//! executed by the interpreter instead.
 //!
 //! Accessed and dirty bits that the CPU sets land in the private tables;
 //! after each step the engine copies newly set ones into the guest's
@@ -473,7 +474,7 @@ pub(super) fn hlt_next(vm: &mut Vm, paged: bool) -> Option<u32> {
 /// Decode the instruction at CS:EIP without side effects: through the
 /// guest's 2-level tables when `paged`, else linear = physical. Bytes that
 /// are not mapped end the buffer early (the decode may then fail: None).
-fn decode_insn(vm: &mut Vm, paged: bool) -> Option<iced_x86::Instruction> {
+pub(super) fn decode_insn(vm: &mut Vm, paged: bool) -> Option<iced_x86::Instruction> {
     let cs = *vm.cpu.seg(SegReg::Cs);
     let eip = if vm.cpu.code32() { vm.cpu.eip } else { vm.cpu.eip & 0xFFFF };
     let lin = cs.base.wrapping_add(eip);
@@ -512,6 +513,7 @@ fn needs_interpreter(ins: &iced_x86::Instruction) -> bool {
             | Mnemonic::Sysexit
             | Mnemonic::Rdmsr
             | Mnemonic::Wrmsr
+            | Mnemonic::Cpuid
     ) || matches!(ins.code(), Code::Mov_r32_cr | Code::Mov_cr_r32)
 }
 
