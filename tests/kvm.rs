@@ -9,7 +9,7 @@ use std::rc::Rc;
 use iced_x86::code_asm::*;
 use umbra::kvm::KvmEngine;
 use umbra_core::bus::PortIo;
-use umbra_core::cpu::{attr, Segment, SegReg, EAX, EBX, ECX, EDX, ESP};
+use umbra_core::cpu::{attr, SegReg, Segment, EAX, EBX, ECX, EDX, ESP};
 use umbra_core::mem::GuestMemory;
 use umbra_core::{Budget, Engine, Exit, ShutdownReason, Vm};
 
@@ -24,7 +24,11 @@ macro_rules! need_kvm {
 
 const BIG: Budget = Budget::insns(100_000_000);
 
-fn assemble(bits: u32, org: u64, f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {
+fn assemble(
+    bits: u32,
+    org: u64,
+    f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
+) -> Vec<u8> {
     let mut a = CodeAssembler::new(bits).unwrap();
     f(&mut a).unwrap();
     a.assemble(org).unwrap()
@@ -126,7 +130,8 @@ fn load_seg(vm: &mut Vm, s: SegReg, sel: u16) {
 
 /// 32-bit interrupt gate to `sel:off`, DPL 0.
 fn set_gate(vm: &mut Vm, vector: u8, sel: u16, off: u32) {
-    let g = (off as u64 & 0xFFFF) | ((sel as u64) << 16) | (0x8Eu64 << 40) | ((off as u64 >> 16) << 48);
+    let g =
+        (off as u64 & 0xFFFF) | ((sel as u64) << 16) | (0x8Eu64 << 40) | ((off as u64 >> 16) << 48);
     vm.mem.write_u64(IDT + 8 * vector as u64, g);
     vm.cpu.idtr.base = IDT as u32;
     vm.cpu.idtr.limit = 0x7FF;
@@ -238,7 +243,12 @@ fn triple_fault_is_shutdown() {
     vm.mem.write(0x1000, &code);
     let mut k = KvmEngine::new(&mut vm).unwrap();
     let e = k.run(&mut vm, BIG);
-    assert_eq!(e, Exit::Shutdown(ShutdownReason::TripleFault), "{}", k.last_exit_reason());
+    assert_eq!(
+        e,
+        Exit::Shutdown(ShutdownReason::TripleFault),
+        "{}",
+        k.last_exit_reason()
+    );
 }
 
 /// 2-level paging: PD at 0x10000, PT at 0x11000 identity-mapping the first
@@ -253,7 +263,8 @@ fn paging_2level(vm: &mut Vm) {
     vm.mem.write_u32(0x10004, PS | P | RW | US);
     for i in 0..0x200u32 {
         if i != 7 {
-            vm.mem.write_u32(0x11000 + 4 * i as u64, (i << 12) | P | RW | US);
+            vm.mem
+                .write_u32(0x11000 + 4 * i as u64, (i << 12) | P | RW | US);
         }
     }
     vm.cpu.cr3 = 0x10000;
@@ -314,7 +325,7 @@ fn paging_2level_runs_and_page_fault_converts() {
     assert_eq!(vm.cpu.gpr[EDX], 0);
     assert_eq!(vm.cpu.eip, 0x3000 + handler.len() as u32);
     // The faulting EIP: mov eax,[m] (5) + mov [m],imm32 (10).
-    assert_eq!(vm.mem.read_u32(vm.cpu.gpr[ESP] as u64), 0x1000 + 5 + 10);
+    assert_eq!(vm.mem.read_u32(vm.cpu.gpr[ESP]), 0x1000 + 5 + 10);
 }
 
 #[test]
@@ -348,7 +359,10 @@ fn cpuid_matches_interpreter_table() {
     let mut vm = new_vm();
     pmode32(&mut vm, 0x1000);
     let code = assemble(32, 0x1000, |a| {
-        for (i, leaf) in [0u32, 1, 0x8000_0000, 0x8000_0002, 0x4000_0000].iter().enumerate() {
+        for (i, leaf) in [0u32, 1, 0x8000_0000, 0x8000_0002, 0x4000_0000]
+            .iter()
+            .enumerate()
+        {
             a.mov(eax, *leaf)?;
             a.xor(ecx, ecx)?;
             a.cpuid()?;
@@ -363,10 +377,23 @@ fn cpuid_matches_interpreter_table() {
     });
     vm.mem.write(0x1000, &code);
     let mut k = KvmEngine::new(&mut vm).unwrap();
-    assert_eq!(k.run(&mut vm, BIG), Exit::Halted, "{}", k.last_exit_reason());
-    for (i, leaf) in [0u32, 1, 0x8000_0000, 0x8000_0002, 0x4000_0000].iter().enumerate() {
+    assert_eq!(
+        k.run(&mut vm, BIG),
+        Exit::Halted,
+        "{}",
+        k.last_exit_reason()
+    );
+    for (i, leaf) in [0u32, 1, 0x8000_0000, 0x8000_0002, 0x4000_0000]
+        .iter()
+        .enumerate()
+    {
         let at = 0x6000 + 16 * i as u64;
-        let got = [vm.mem.read_u32(at), vm.mem.read_u32(at + 4), vm.mem.read_u32(at + 8), vm.mem.read_u32(at + 12)];
+        let got = [
+            vm.mem.read_u32(at),
+            vm.mem.read_u32(at + 4),
+            vm.mem.read_u32(at + 8),
+            vm.mem.read_u32(at + 12),
+        ];
         let want = umbra_core::interp::cpuid::cpuid(*leaf, 0);
         // This host (PVM) forces its own leaf-1 ECX/EDX features in free
         // runs; the signature and every other leaf must match.
@@ -382,9 +409,242 @@ fn cpuid_matches_interpreter_table() {
     vm.mem.write(0x1000, &code);
     let mut k = KvmEngine::new(&mut vm).unwrap();
     while k.run(&mut vm, Budget::ONE) == Exit::BudgetSpent {}
-    for (i, leaf) in [0u32, 1, 0x8000_0000, 0x8000_0002, 0x4000_0000].iter().enumerate() {
+    for (i, leaf) in [0u32, 1, 0x8000_0000, 0x8000_0002, 0x4000_0000]
+        .iter()
+        .enumerate()
+    {
         let at = 0x6000 + 16 * i as u64;
-        let got = [vm.mem.read_u32(at), vm.mem.read_u32(at + 4), vm.mem.read_u32(at + 8), vm.mem.read_u32(at + 12)];
-        assert_eq!(got, umbra_core::interp::cpuid::cpuid(*leaf, 0), "stepped leaf {leaf:#x}");
+        let got = [
+            vm.mem.read_u32(at),
+            vm.mem.read_u32(at + 4),
+            vm.mem.read_u32(at + 8),
+            vm.mem.read_u32(at + 12),
+        ];
+        assert_eq!(
+            got,
+            umbra_core::interp::cpuid::cpuid(*leaf, 0),
+            "stepped leaf {leaf:#x}"
+        );
     }
+}
+
+#[test]
+fn pmode16_free_run_and_steps() {
+    need_kvm!();
+    let code = assemble(16, 0, |a| {
+        a.mov(ax, 0x100u32)?; // 3
+        a.mov(word_ptr(0x20), ax)?; // 3
+        a.mov(bx, word_ptr(0x20))?; // 4
+        a.push(bx)?; // 1
+        a.pop(cx)?; // 1
+        a.add(cx, 0x23u32)?; // 3
+        a.hlt()?;
+        Ok(())
+    });
+    let setup = |vm: &mut Vm| {
+        setup_gdt(vm);
+        vm.cpu.cr0 |= 1;
+        load_seg(vm, SegReg::Cs, 0x18);
+        for s in [SegReg::Ds, SegReg::Es, SegReg::Ss] {
+            load_seg(vm, s, 0x20);
+        }
+        vm.cpu.eip = 0;
+        vm.cpu.gpr[ESP] = 0x8000;
+        vm.mem.write(0x10000, &code);
+    };
+    // Free run.
+    let mut vm = new_vm();
+    setup(&mut vm);
+    let mut k = KvmEngine::new(&mut vm).unwrap();
+    assert_eq!(k.run(&mut vm, BIG), Exit::Halted, "{}", k.last_exit_reason());
+    assert_eq!(vm.mem.read_u16(0x10020), 0x100);
+    assert_eq!(vm.cpu.gpr[ECX] as u16, 0x123);
+    assert_eq!(vm.cpu.eip, 16);
+    assert_eq!(vm.cpu.gpr[ESP] as u16, 0x8000);
+    let free = vm.cpu.clone();
+    // Stepped: EIP after each instruction.
+    let mut vm = new_vm();
+    setup(&mut vm);
+    let mut k = KvmEngine::new(&mut vm).unwrap();
+    let mut eips = Vec::new();
+    loop {
+        let e = k.run(&mut vm, Budget::ONE);
+        eips.push(vm.cpu.eip);
+        if e != Exit::BudgetSpent {
+            assert_eq!(e, Exit::Halted, "{}", k.last_exit_reason());
+            break;
+        }
+        assert!(eips.len() < 10);
+    }
+    assert_eq!(eips, [3, 6, 10, 11, 12, 15, 16]);
+    assert_eq!(vm.cpu.gpr, free.gpr);
+    assert_eq!(vm.cpu.seg, free.seg);
+    assert_eq!(vm.cpu.eflags, free.eflags);
+    assert_eq!((vm.cpu.cr0, vm.cpu.cr3, vm.cpu.cr4, vm.cpu.efer), (free.cr0, free.cr3, free.cr4, free.efer));
+    assert_eq!((vm.cpu.gdtr, vm.cpu.idtr, vm.cpu.tr), (free.gdtr, free.idtr, free.tr));
+}
+
+#[test]
+fn pmode32_single_step_fault_ends_at_handler() {
+    need_kvm!();
+    let mut vm = new_vm();
+    pmode32(&mut vm, 0x1000);
+    let handler = assemble(32, 0x3000, |a| {
+        a.pop(edx)?;
+        a.hlt()?;
+        Ok(())
+    });
+    vm.mem.write(0x3000, &handler);
+    set_gate(&mut vm, 13, 0x08, 0x3000);
+    let code = assemble(32, 0x1000, |a| {
+        a.mov(ax, 0x3Bu32)?; // 4
+        a.mov(ds, ax)?; // 2: #GP(0x38)
+        a.hlt()?;
+        Ok(())
+    });
+    vm.mem.write(0x1000, &code);
+    let mut k = KvmEngine::new(&mut vm).unwrap();
+    assert_eq!(k.run(&mut vm, Budget::ONE), Exit::BudgetSpent);
+    assert_eq!(vm.cpu.eip, 0x1004);
+    // The delivery is the whole step: EIP at the handler's first byte.
+    assert_eq!(k.run(&mut vm, Budget::ONE), Exit::BudgetSpent, "{}", k.last_exit_reason());
+    assert_eq!(vm.cpu.eip, 0x3000, "{}", k.last_exit_reason());
+    assert_eq!(vm.cpu.gpr[ESP], 0x9000 - 16);
+    assert_eq!(vm.mem.read_u32(0x9000 - 16), 0x38);
+    assert_eq!(vm.mem.read_u32(0x9000 - 12), 0x1004);
+    assert_eq!(vm.mem.read_u32(0x9000 - 8), 0x08);
+    assert_eq!(k.run(&mut vm, Budget::ONE), Exit::BudgetSpent);
+    assert_eq!(vm.cpu.gpr[EDX], 0x38);
+    assert_eq!(k.run(&mut vm, Budget::ONE), Exit::Halted);
+    assert_eq!(vm.cpu.eip, 0x3002);
+}
+
+#[test]
+fn v86_hlt_faults_to_ring0() {
+    need_kvm!();
+    let mut vm = new_vm();
+    pmode32(&mut vm, 0);
+    // 32-bit TSS at 0x4000: ESP0 0x9000, SS0 0x10, no I/O bitmap.
+    vm.mem.write_u32(0x4004, 0x9000);
+    vm.mem.write_u32(0x4008, 0x10);
+    vm.mem.write_u16(0x4066, 0x68);
+    vm.mem.write_u64(GDT + 0x38, desc(0x4000, 0x67, 0x8B, 0));
+    vm.cpu.gdtr.limit = 0x3F;
+    vm.cpu.tr = Segment::from_descriptor(0x38, desc(0x4000, 0x67, 0x8B, 0) as u32, (desc(0x4000, 0x67, 0x8B, 0) >> 32) as u32);
+    let handler = assemble(32, 0x3000, |a| {
+        a.pop(edx)?;
+        a.hlt()?;
+        Ok(())
+    });
+    vm.mem.write(0x3000, &handler);
+    set_gate(&mut vm, 13, 0x08, 0x3000);
+    let code = assemble(16, 0x100, |a| {
+        a.mov(ax, 0x1234u32)?; // 3
+        a.mov(bx, ax)?; // 2
+        a.hlt()?; // #GP(0) at CPL 3
+        Ok(())
+    });
+    vm.mem.write(0x20100, &code);
+    // V86 at 2000:0100, stack 2000:0800.
+    for s in SegReg::ALL {
+        vm.cpu.seg[s as usize] = Segment::real(0x2000);
+    }
+    vm.cpu.seg[SegReg::Cs as usize].attr |= attr::CODE;
+    for s in SegReg::ALL {
+        vm.cpu.seg[s as usize].attr |= 3 << attr::DPL_SHIFT;
+    }
+    vm.cpu.eflags |= 1 << 17; // VM
+    vm.cpu.eip = 0x100;
+    vm.cpu.gpr[ESP] = 0x800;
+    let mut k = KvmEngine::new(&mut vm).unwrap();
+    let e = k.run(&mut vm, BIG);
+    if let Exit::Error(msg) = &e {
+        // PVM hosts drop EFLAGS.VM; the engine must say so, not run the
+        // code as something else.
+        assert!(msg.contains("virtual-8086"), "{msg}");
+        assert_eq!(vm.cpu.eip, 0x100);
+        eprintln!("skipped: this host's KVM cannot run virtual-8086 mode");
+        return;
+    }
+    assert_eq!(e, Exit::Halted, "{}", k.last_exit_reason());
+    assert_eq!(vm.cpu.gpr[EBX], 0x1234);
+    assert_eq!(vm.cpu.gpr[EDX], 0);
+    // Ring-0 frame on ESP0 after the error code: EIP, CS, EFLAGS, ESP, SS,
+    // ES, DS, FS, GS.
+    let vm_flags = vm.cpu.eflags;
+    let mut f = |i: u64| vm.mem.read_u32(0x9000 - 36 + 4 * i);
+    assert_eq!(f(0), 0x105);
+    assert_eq!(f(1), 0x2000);
+    assert_ne!(f(2) & (1 << 17), 0);
+    assert_eq!(f(3), 0x800);
+    assert_eq!(f(4), 0x2000);
+    assert_eq!(f(8), 0x2000);
+    assert_eq!(vm_flags & (1 << 17), 0);
+}
+
+/// An MMIO device: reads return 0xA5A5_0000 | offset, writes are logged.
+#[derive(Clone, Default)]
+struct MmioLog(Rc<RefCell<Vec<(u64, u8, u64)>>>);
+impl umbra_core::bus::Mmio for MmioLog {
+    fn read(&mut self, addr: u64, _size: u8) -> u64 {
+        0xA5A5_0000 | (addr & 0xFFFF)
+    }
+    fn write(&mut self, addr: u64, size: u8, value: u64) {
+        self.0.borrow_mut().push((addr, size, value));
+    }
+}
+
+#[test]
+fn mmio_and_port_io_reach_the_bus() {
+    need_kvm!();
+    let mut vm = new_vm();
+    pmode32(&mut vm, 0x1000);
+    vm.mem.add_mmio(0x18_0000, 0x1000);
+    let log = MmioLog::default();
+    vm.bus.add_mmio(0x18_0000, 0x1000, Box::new(log.clone()));
+    let sink = Sink::default();
+    vm.bus.add_ports(0xE9, 1, Box::new(sink.clone()));
+    let code = assemble(32, 0x1000, |a| {
+        a.mov(eax, 0x1122_3344u32)?;
+        a.mov(dword_ptr(0x18_0010), eax)?;
+        a.mov(ebx, dword_ptr(0x18_0020))?;
+        a.mov(al, 0x41u32)?;
+        a.out(0xE9, al)?;
+        a.mov(dx, 0xE9u32)?;
+        a.mov(ax, 0x4243u32)?;
+        a.out(dx, ax)?;
+        a.hlt()?;
+        Ok(())
+    });
+    vm.mem.write(0x1000, &code);
+    let mut k = KvmEngine::new(&mut vm).unwrap();
+    assert_eq!(k.run(&mut vm, BIG), Exit::Halted, "{}", k.last_exit_reason());
+    assert_eq!(&*log.0.borrow(), &[(0x18_0010, 4, 0x1122_3344)]);
+    assert_eq!(vm.cpu.gpr[EBX], 0xA5A5_0020);
+    assert_eq!(&*sink.0.borrow(), &[(0xE9, 1, 0x41), (0xE9, 2, 0x4243)]);
+    assert!(k.stats.mmio_exits >= 2 && k.stats.io_exits >= 2);
+}
+
+#[test]
+fn spinning_guest_times_out() {
+    need_kvm!();
+    let mut vm = new_vm();
+    pmode32(&mut vm, 0x1000);
+    let code = assemble(32, 0x1000, |a| {
+        let mut l = a.create_label();
+        a.set_label(&mut l)?;
+        a.inc(eax)?;
+        a.jmp(l)?;
+        Ok(())
+    });
+    vm.mem.write(0x1000, &code);
+    let mut k = KvmEngine::new(&mut vm).unwrap();
+    k.time_limit = Some(std::time::Duration::from_millis(50));
+    let t = std::time::Instant::now();
+    assert_eq!(k.run(&mut vm, Budget::insns(u64::MAX)), Exit::BudgetSpent);
+    assert!(t.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(k.stats.timeouts, 1);
+    // The state is consistent: EIP is on one of the loop's two instructions.
+    assert!(vm.cpu.eip == 0x1000 || vm.cpu.eip == 0x1001, "{:#x}", vm.cpu.eip);
+    assert_ne!(vm.cpu.gpr[EAX], 0);
 }

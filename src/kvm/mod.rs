@@ -38,8 +38,8 @@ use std::time::Duration;
 
 use kvm_bindings::{
     kvm_guest_debug, kvm_run, kvm_userspace_memory_region, CpuId, Msrs, KVM_GUESTDBG_ENABLE,
-    KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP, KVM_VCPUEVENT_VALID_NMI_PENDING, KVM_VCPUEVENT_VALID_SHADOW,
-    KVM_X86_SHADOW_INT_MOV_SS, KVM_X86_SHADOW_INT_STI,
+    KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP, KVM_VCPUEVENT_VALID_NMI_PENDING,
+    KVM_VCPUEVENT_VALID_SHADOW, KVM_X86_SHADOW_INT_MOV_SS, KVM_X86_SHADOW_INT_STI,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use umbra_core::cpu::CpuState;
@@ -76,6 +76,8 @@ pub enum KvmError {
         what: &'static str,
         err: kvm_ioctls::Error,
     },
+    #[error("guest RAM is cut into {0} pieces by ROM/MMIO ranges; KVM takes fewer memory slots: merge the holes")]
+    Layout(usize),
     #[error("cannot allocate the engine's private memory: {0}")]
     Alloc(std::io::Error),
 }
@@ -173,10 +175,13 @@ impl KvmEngine {
 
         let ram_size = vm.mem.ram_size();
         let ram_host = vm.mem.ram_host_ptr() as usize;
-        let mut slot = 0u32;
-        for (start, end) in ram_pieces(vm) {
+        let pieces = ram_pieces(vm);
+        if pieces.len() >= PRIVATE_SLOT as usize {
+            return Err(KvmError::Layout(pieces.len()));
+        }
+        for (slot, (start, end)) in pieces.into_iter().enumerate() {
             let region = kvm_userspace_memory_region {
-                slot,
+                slot: slot as u32,
                 flags: 0,
                 guest_phys_addr: start,
                 memory_size: end - start,
@@ -187,7 +192,6 @@ impl KvmEngine {
             // (documented above); KVM only accesses it while we run.
             unsafe { vm_fd.set_user_memory_region(region) }
                 .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
-            slot += 1;
         }
 
         let paging = paging::Private::new().map_err(KvmError::Alloc)?;
@@ -260,7 +264,8 @@ impl KvmEngine {
             StepMode::Off => {}
             StepMode::Step => dbg.control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP,
             StepMode::StepCatch => {
-                dbg.control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP | KVM_GUESTDBG_USE_HW_BP;
+                dbg.control =
+                    KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP | KVM_GUESTDBG_USE_HW_BP;
                 dbg.arch.debugreg[0] = realstep::CATCH;
                 dbg.arch.debugreg[7] = realstep::DR7_L0;
             }
@@ -288,9 +293,7 @@ impl KvmEngine {
         // MSRs first: EFER goes with the sregs, the TSC here.
         let ents = state::msr_entries(cpu);
         self.set_msrs_lenient(&ents);
-        self.vcpu
-            .set_sregs(sregs)
-            .map_err(ioctl("KVM_SET_SREGS"))?;
+        self.vcpu.set_sregs(sregs).map_err(ioctl("KVM_SET_SREGS"))?;
         self.vcpu
             .set_regs(&state::to_kvm_regs(cpu))
             .map_err(ioctl("KVM_SET_REGS"))?;
@@ -537,6 +540,14 @@ impl KvmEngine {
         self.vcpu.set_sregs(&s).map_err(ioctl("KVM_SET_SREGS"))
     }
 
+    /// Whether the vCPU kept EFLAGS.VM as loaded (PVM hosts drop it).
+    fn vm_flag_sticks(&self) -> bool {
+        self.vcpu
+            .get_regs()
+            .map(|r| r.rflags & umbra_core::cpu::flags::VM as u64 != 0)
+            .unwrap_or(false)
+    }
+
     fn rip_is_private(&self) -> bool {
         self.vcpu
             .get_regs()
@@ -546,7 +557,9 @@ impl KvmEngine {
 
     fn run_inner(&mut self, vm: &mut Vm, budget: Budget) -> Exit {
         if vm.mem.ram_host_ptr() as usize != self.ram_host || vm.mem.ram_size() != self.ram_size {
-            return Exit::Error("KvmEngine::run: this Vm's RAM is not the one the engine mapped".into());
+            return Exit::Error(
+                "KvmEngine::run: this Vm's RAM is not the one the engine mapped".into(),
+            );
         }
         let mut done = 0u64;
         // External events at an instruction boundary, through the
@@ -582,6 +595,12 @@ impl KvmEngine {
         if let Err(e) = self.set_stepping(mode).and_then(|_| self.load(&vm.cpu)) {
             return Exit::Error(e.to_string());
         }
+        if vm.cpu.v86() && !self.vm_flag_sticks() {
+            self.last_exit = "virtual-8086 mode unsupported by this host's KVM".into();
+            return Exit::Error(
+                "this host's KVM cannot run virtual-8086 mode (EFLAGS.VM does not stick); use the interpreter".into(),
+            );
+        }
         let guest_idtr = vm.cpu.idtr;
         if mode == StepMode::StepCatch {
             if let Err(e) = self.point_idt_at_private_ivt() {
@@ -589,7 +608,8 @@ impl KvmEngine {
             }
         }
         if mode != StepMode::Off
-            && paging::decode_insn(vm, false).is_some_and(|i| i.mnemonic() == iced_x86::Mnemonic::Cpuid)
+            && paging::decode_insn(vm, false)
+                .is_some_and(|i| i.mnemonic() == iced_x86::Mnemonic::Cpuid)
         {
             // This host answers CPUID leaf 1 ECX/EDX with its own features
             // whatever KVM_SET_CPUID2 says; lockstep runs take the
@@ -628,7 +648,8 @@ impl KvmEngine {
                         self.last_exit = format!("real-mode delivery of vector {v}");
                     }
                     None => {
-                        self.last_exit = "breakpoint at the catch address without a delivery".into();
+                        self.last_exit =
+                            "breakpoint at the catch address without a delivery".into();
                     }
                 }
             }

@@ -293,11 +293,17 @@ impl Private {
                 self.put64(ours(j0 + h), e);
                 for k in 0..512usize {
                     let idx = h * 512 + k;
-                    let g = u32::from_le_bytes([raw[4 * idx], raw[4 * idx + 1], raw[4 * idx + 2], raw[4 * idx + 3]]);
+                    let g = u32::from_le_bytes([
+                        raw[4 * idx],
+                        raw[4 * idx + 1],
+                        raw[4 * idx + 2],
+                        raw[4 * idx + 3],
+                    ]);
                     let v = if g as u64 & pte::P == 0 {
                         0
                     } else {
-                        let bits = g as u64 & (pte::P | pte::RW | pte::US | pte::PWT | pte::PCD | pte::A | pte::D);
+                        let bits = g as u64
+                            & (pte::P | pte::RW | pte::US | pte::PWT | pte::PCD | pte::A | pte::D);
                         let e = (g & 0xFFFF_F000) as u64 | bits;
                         if g as u64 & (pte::A | pte::D) != pte::A | pte::D {
                             self.watches.push(Watch {
@@ -447,14 +453,18 @@ pub(super) fn native(c: &CpuState) -> bool {
 /// Guest-physical address of `lin` under the guest's 2-level tables, or
 /// None when not mapped. No A/D bits are set (this is only for decoding).
 fn walk(vm: &mut Vm, lin: u32) -> Option<u64> {
-    let pde = vm.mem.read_u32((vm.cpu.cr3 & 0xFFFF_F000) as u64 + 4 * (lin >> 22) as u64);
+    let pde = vm
+        .mem
+        .read_u32((vm.cpu.cr3 & 0xFFFF_F000) as u64 + 4 * (lin >> 22) as u64);
     if pde & 1 == 0 {
         return None;
     }
     if vm.cpu.cr4 & cr4::PSE != 0 && pde as u64 & pte::PS != 0 {
         return Some(((pde & 0xFFC0_0000) | (lin & 0x3F_FFFF)) as u64);
     }
-    let p = vm.mem.read_u32((pde & 0xFFFF_F000) as u64 + 4 * ((lin >> 12) & 0x3FF) as u64);
+    let p = vm
+        .mem
+        .read_u32((pde & 0xFFFF_F000) as u64 + 4 * ((lin >> 12) & 0x3FF) as u64);
     if p & 1 == 0 {
         return None;
     }
@@ -468,7 +478,13 @@ fn walk(vm: &mut Vm, lin: u32) -> Option<u64> {
 pub(super) fn hlt_next(vm: &mut Vm, paged: bool) -> Option<u32> {
     decode_insn(vm, paged)
         .filter(|i| i.mnemonic() == Mnemonic::Hlt)
-        .map(|i| if vm.cpu.code32() { i.next_ip32() } else { i.next_ip32() & 0xFFFF })
+        .map(|i| {
+            if vm.cpu.code32() {
+                i.next_ip32()
+            } else {
+                i.next_ip32() & 0xFFFF
+            }
+        })
 }
 
 /// Decode the instruction at CS:EIP without side effects: through the
@@ -476,7 +492,11 @@ pub(super) fn hlt_next(vm: &mut Vm, paged: bool) -> Option<u32> {
 /// are not mapped end the buffer early (the decode may then fail: None).
 pub(super) fn decode_insn(vm: &mut Vm, paged: bool) -> Option<iced_x86::Instruction> {
     let cs = *vm.cpu.seg(SegReg::Cs);
-    let eip = if vm.cpu.code32() { vm.cpu.eip } else { vm.cpu.eip & 0xFFFF };
+    let eip = if vm.cpu.code32() {
+        vm.cpu.eip
+    } else {
+        vm.cpu.eip & 0xFFFF
+    };
     let lin = cs.base.wrapping_add(eip);
     let mut buf = [0u8; 15];
     let mut n = 0;
@@ -570,11 +590,16 @@ impl KvmEngine {
         self.paging.active = true;
         let mut sregs = self.vcpu.get_sregs().map_err(|e| e.to_string())?;
         self.paging.sregs(&vm.cpu, &mut sregs);
-        self.load_with_sregs(&vm.cpu, &sregs).map_err(|e| e.to_string())?;
+        self.load_with_sregs(&vm.cpu, &sregs)
+            .map_err(|e| e.to_string())?;
         let mut n = 0;
-        let hlt_next = ins
-            .filter(|i| i.mnemonic() == Mnemonic::Hlt)
-            .map(|i| if vm.cpu.code32() { i.next_ip32() } else { i.next_ip32() & 0xFFFF });
+        let hlt_next = ins.filter(|i| i.mnemonic() == Mnemonic::Hlt).map(|i| {
+            if vm.cpu.code32() {
+                i.next_ip32()
+            } else {
+                i.next_ip32() & 0xFFFF
+            }
+        });
         let end = self.enter(vm, 1, &mut n);
         self.complete_pending_io();
         self.paging.active = false;

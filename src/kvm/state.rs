@@ -4,8 +4,10 @@
 //! <-> FXSAVE's abridged one) and the MSRs `CpuState` keeps.
 
 use kvm_bindings::{kvm_dtable, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs};
-use umbra_core::cpu::{attr, CpuState, DescTable, Segment, SegReg, EAX, EBP, EBX, ECX, EDI, EDX, ESI, ESP};
 use umbra_core::cpu::flags;
+use umbra_core::cpu::{
+    attr, CpuState, DescTable, SegReg, Segment, EAX, EBP, EBX, ECX, EDI, EDX, ESI, ESP,
+};
 
 /// MSR indices (SDM Vol. 4, Table 2-2).
 pub(super) mod msr {
@@ -312,10 +314,20 @@ mod tests {
             selector: 0x1B,
             base: 0x1234_5000,
             limit: 0xFFFF_FFFF,
-            attr: attr::CODE | attr::DC | attr::ACCESSED | attr::S | (3 << attr::DPL_SHIFT) | attr::P | attr::DB | attr::G,
+            attr: attr::CODE
+                | attr::DC
+                | attr::ACCESSED
+                | attr::S
+                | (3 << attr::DPL_SHIFT)
+                | attr::P
+                | attr::DB
+                | attr::G,
         };
         let k = to_kvm_seg(&s);
-        assert_eq!((k.type_, k.s, k.dpl, k.present, k.db, k.g, k.l), (0xD, 1, 3, 1, 1, 1, 0));
+        assert_eq!(
+            (k.type_, k.s, k.dpl, k.present, k.db, k.g, k.l),
+            (0xD, 1, 3, 1, 1, 1, 0)
+        );
         assert_eq!(from_kvm_seg(&k), s);
         let null = Segment {
             attr: attr::UNUSABLE,
