@@ -188,9 +188,11 @@ fn single_step_real_mode_with_fault() {
     assert_eq!(vm.mem.read_u16(0x8000 - 6), 0x1006);
     assert_eq!(eips[4].0, 0x2003);
     assert_eq!(vm.cpu.gpr[ECX] as u16, 6);
-    let e = k.run(&mut vm, Budget::ONE);
-    assert_eq!(e, Exit::Halted);
+    // HLT retires as a step (as in the interpreter); the next run halts.
+    assert_eq!(k.run(&mut vm, Budget::ONE), Exit::BudgetSpent);
+    assert!(vm.cpu.halted);
     assert_eq!(vm.cpu.eip, 0x2004);
+    assert_eq!(k.run(&mut vm, Budget::ONE), Exit::Halted);
     assert_eq!(vm.cpu.gpr[EDX] as u16, 7);
 }
 
@@ -467,15 +469,12 @@ fn pmode16_free_run_and_steps() {
     setup(&mut vm);
     let mut k = KvmEngine::new(&mut vm).unwrap();
     let mut eips = Vec::new();
-    loop {
-        let e = k.run(&mut vm, Budget::ONE);
+    while !vm.cpu.halted {
+        assert_eq!(k.run(&mut vm, Budget::ONE), Exit::BudgetSpent, "{}", k.last_exit_reason());
         eips.push(vm.cpu.eip);
-        if e != Exit::BudgetSpent {
-            assert_eq!(e, Exit::Halted, "{}", k.last_exit_reason());
-            break;
-        }
         assert!(eips.len() < 10);
     }
+    assert_eq!(k.run(&mut vm, Budget::ONE), Exit::Halted);
     assert_eq!(eips, [3, 6, 10, 11, 12, 15, 16]);
     assert_eq!(vm.cpu.gpr, free.gpr);
     assert_eq!(vm.cpu.seg, free.seg);
@@ -515,8 +514,10 @@ fn pmode32_single_step_fault_ends_at_handler() {
     assert_eq!(vm.mem.read_u32(0x9000 - 8), 0x08);
     assert_eq!(k.run(&mut vm, Budget::ONE), Exit::BudgetSpent);
     assert_eq!(vm.cpu.gpr[EDX], 0x38);
-    assert_eq!(k.run(&mut vm, Budget::ONE), Exit::Halted);
+    assert_eq!(k.run(&mut vm, Budget::ONE), Exit::BudgetSpent);
+    assert!(vm.cpu.halted);
     assert_eq!(vm.cpu.eip, 0x3002);
+    assert_eq!(k.run(&mut vm, Budget::ONE), Exit::Halted);
 }
 
 #[test]
@@ -647,4 +648,188 @@ fn spinning_guest_times_out() {
     // The state is consistent: EIP is on one of the loop's two instructions.
     assert!(vm.cpu.eip == 0x1000 || vm.cpu.eip == 0x1001, "{:#x}", vm.cpu.eip);
     assert_ne!(vm.cpu.gpr[EAX], 0);
+}
+
+// ---- differential: the same program on KVM and on the interpreter ------
+
+/// Compare the architectural state two engines left (TSC, MSRs read back
+/// from KVM and the x87/SSE image are not compared here).
+fn assert_same_cpu(k: &Vm, i: &Vm, step: usize, why: &str) {
+    let (a, b) = (&k.cpu, &i.cpu);
+    let ctx = format!("step {step} ({why}): kvm eip {:#x}, interp eip {:#x}", a.eip, b.eip);
+    assert_eq!(a.eip, b.eip, "eip, {ctx}");
+    assert_eq!(a.gpr, b.gpr, "gpr, {ctx}");
+    // RF is masked: the interpreter (as of this writing) keeps an RF that
+    // IRET popped past the next instruction, where the CPU clears it once
+    // that instruction completes (SDM Vol. 3 17.3.1.1). Reported; drop the
+    // mask once the interpreter clears it.
+    const RF: u32 = 1 << 16;
+    assert_eq!(a.eflags & !RF, b.eflags & !RF, "eflags, {ctx}");
+    for s in SegReg::ALL {
+        assert_eq!(a.seg[s as usize], b.seg[s as usize], "{s:?}, {ctx}");
+    }
+    assert_eq!((a.cr0, a.cr2, a.cr3, a.cr4, a.efer), (b.cr0, b.cr2, b.cr3, b.cr4, b.efer), "cr, {ctx}");
+    assert_eq!((a.gdtr, a.idtr), (b.gdtr, b.idtr), "tables, {ctx}");
+    assert_eq!(a.halted, b.halted, "halted, {ctx}");
+}
+
+/// Step both engines one instruction at a time and compare after each.
+fn lockstep(setup: &dyn Fn(&mut Vm), max: usize) -> (Vm, Vm) {
+    let mut a = new_vm();
+    setup(&mut a);
+    let mut b = new_vm();
+    setup(&mut b);
+    let mut k = KvmEngine::new(&mut a).unwrap();
+    let mut it = umbra_core::interp::Interpreter::new();
+    it.rep_batch = 1;
+    for n in 0..max {
+        if std::env::var_os("KVM_TRACE").is_some() {
+            eprintln!("step {n}: code {:02x?}", &a.mem.ram()[0x1020..0x1034]);
+            eprintln!("step {n}: before eip {:#x} eflags {:#x} cs {:x?} ss {:x?} shadow {}", a.cpu.eip, a.cpu.eflags, a.cpu.seg[1], a.cpu.seg[2], a.cpu.interrupt_shadow);
+        }
+        let ea = k.run(&mut a, Budget::ONE);
+        if std::env::var_os("KVM_TRACE").is_some() {
+            eprintln!("step {n}: kvm {ea:?} eip {:#x} [{}] {:?}", a.cpu.eip, k.last_exit_reason(), k.stats);
+        }
+        let eb = it.run(&mut b, Budget::ONE);
+        if std::env::var_os("KVM_TRACE").is_some() {
+            let stk = b.cpu.gpr[ESP];
+            eprintln!("step {n}: interp eip {:#x} esp {stk:#x} top {:#x} unimpl {:?}", b.cpu.eip, b.mem.read_u32(stk), it.stats.unimplemented);
+        }
+        assert_same_cpu(&a, &b, n, k.last_exit_reason());
+        assert_eq!(ea, eb, "exit at step {n}");
+        assert!(a.mem.ram() == b.mem.ram(), "RAM differs after step {n}");
+        if ea != Exit::BudgetSpent {
+            return (a, b);
+        }
+    }
+    panic!("no HLT within {max} steps");
+}
+
+/// Run both engines freely to HLT and compare.
+fn free_run(setup: &dyn Fn(&mut Vm)) -> (Vm, Vm) {
+    let mut a = new_vm();
+    setup(&mut a);
+    let mut b = new_vm();
+    setup(&mut b);
+    let mut k = KvmEngine::new(&mut a).unwrap();
+    let mut it = umbra_core::interp::Interpreter::new();
+    let ea = k.run(&mut a, BIG);
+    let eb = it.run(&mut b, Budget::insns(1_000_000));
+    assert_eq!(ea, eb, "{}", k.last_exit_reason());
+    assert_same_cpu(&a, &b, 0, "free run");
+    assert!(a.mem.ram() == b.mem.ram(), "RAM differs");
+    (a, b)
+}
+
+fn diff_pmode32_program(vm: &mut Vm) {
+    pmode32(vm, 0x1000);
+    let handler = assemble(32, 0x3000, |a| {
+        a.pop(edx)?;
+        a.add(dword_ptr(esp), 2u32)?; // skip the 2-byte faulting MOV DS
+        a.iretd()?;
+        Ok(())
+    });
+    vm.mem.write(0x3000, &handler);
+    set_gate(vm, 13, 0x08, 0x3000);
+    let code = assemble(32, 0x1000, |a| {
+        a.mov(eax, 0x7FFF_FFFFu32)?;
+        a.add(eax, 1u32)?; // OF, SF
+        a.sbb(ebx, ebx)?;
+        a.mov(ecx, 3u32)?;
+        a.mov(esi, 0x1000u32)?;
+        a.mov(edi, 0x6000u32)?;
+        a.cld()?;
+        a.rep().movsd()?;
+        a.push(0x55AAu32)?;
+        a.pop(ebp)?;
+        a.imul_3(edx, ebp, 3)?;
+        a.mov(eax, 0x3Bu32)?;
+        a.mov(ds, eax)?; // 8E D8: #GP(0x38), the handler skips its 2 bytes
+        a.shl(edx, 4)?;
+        a.xchg(eax, edx)?;
+        a.hlt()?;
+        Ok(())
+    });
+    vm.mem.write(0x1000, &code);
+}
+
+#[test]
+fn diff_pmode32_lockstep_and_free() {
+    need_kvm!();
+    let (mut a, _) = lockstep(&diff_pmode32_program, 100);
+    // Hand-derived: EDX popped 0x38 by the handler, then shl 4 = 0x380,
+    // exchanged into EAX.
+    assert_eq!(a.cpu.gpr[EAX], 0x380);
+    assert_eq!(a.mem.read_u32(0x6008), a.mem.read_u32(0x1008));
+    free_run(&diff_pmode32_program);
+}
+
+fn diff_real_program(vm: &mut Vm) {
+    vm.mem.write_u32(0, 0x0000_2000);
+    let handler = assemble(16, 0x2000, |a| {
+        a.mov(dx, 7u32)?;
+        a.mov(bp, sp)?;
+        a.add(word_ptr(bp), 2u32)?; // skip the 2-byte DIV
+        a.iret()?;
+        Ok(())
+    });
+    vm.mem.write(0x2000, &handler);
+    let code = assemble(16, 0x1000, |a| {
+        a.mov(ax, 100u32)?;
+        a.mov(bl, 7u32)?;
+        a.div(bl)?; // AL 14, AH 2
+        a.xor(bl, bl)?;
+        a.div(bl)?; // #DE
+        a.push(ax)?;
+        a.pushf()?;
+        a.pop(cx)?;
+        a.hlt()?;
+        Ok(())
+    });
+    vm.mem.write(0x1000, &code);
+    real_mode(vm, 0, 0x1000);
+}
+
+#[test]
+fn diff_real_mode_lockstep_and_free() {
+    need_kvm!();
+    let (a, _) = lockstep(&diff_real_program, 100);
+    assert_eq!(a.cpu.gpr[EAX] as u16, 0x020E);
+    assert_eq!(a.cpu.gpr[EDX] as u16, 7);
+    free_run(&diff_real_program);
+}
+
+#[test]
+fn diff_paging_lockstep() {
+    need_kvm!();
+    let setup = |vm: &mut Vm| {
+        pmode32(vm, 0x1000);
+        paging_2level(vm);
+        vm.mem.write_u32(0x5000, 0xCAFE_BABE);
+        let handler = assemble(32, 0x3000, |a| {
+            a.pop(edx)?;
+            a.hlt()?;
+            Ok(())
+        });
+        vm.mem.write(0x3000, &handler);
+        set_gate(vm, 14, 0x08, 0x3000);
+        let code = assemble(32, 0x1000, |a| {
+            a.mov(eax, dword_ptr(0x40_5000))?;
+            a.mov(dword_ptr(0x6000), 0x1122_3344u32)?;
+            a.mov(ebx, dword_ptr(0x7000))?;
+            a.hlt()?;
+            Ok(())
+        });
+        vm.mem.write(0x1000, &code);
+    };
+    let mut probe = new_vm();
+    setup(&mut probe);
+    if probe.translate(0x1000, umbra_core::mmu::Access::READ).is_err() {
+        eprintln!("skipped: the MMU cannot walk 2-level tables yet");
+        return;
+    }
+    let (a, _) = lockstep(&setup, 100);
+    assert_eq!(a.cpu.gpr[EDX], 0);
+    assert_eq!(a.cpu.cr2, 0x7000);
 }

@@ -31,6 +31,7 @@
 mod cpuid;
 mod paging;
 mod realstep;
+mod rep;
 mod state;
 mod watchdog;
 
@@ -515,7 +516,18 @@ impl KvmEngine {
                     ))
                 }
                 Ok(VcpuExit::InternalError) => {
-                    return End::Error("KVM internal error (emulation failure?)".into())
+                    // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so
+                    // the `internal` member of the union is the valid one;
+                    // the kvm_run mapping lives as long as the vCPU.
+                    let (sub, n, data) = unsafe {
+                        let i = (*run_ptr).__bindgen_anon_1.internal;
+                        (i.suberror, i.ndata, i.data)
+                    };
+                    let n = (n as usize).min(data.len());
+                    return End::Error(format!(
+                        "KVM internal error: suberror {sub} (1 = emulation failure) data {:x?}",
+                        &data[..n]
+                    ));
                 }
                 Ok(other) => return End::Error(format!("unexpected KVM exit {other:?}")),
             }
@@ -592,25 +604,12 @@ impl KvmEngine {
             (true, false) => StepMode::Step,
             (true, true) => StepMode::StepCatch,
         };
-        if let Err(e) = self.set_stepping(mode).and_then(|_| self.load(&vm.cpu)) {
-            return Exit::Error(e.to_string());
-        }
-        if vm.cpu.v86() && !self.vm_flag_sticks() {
-            self.last_exit = "virtual-8086 mode unsupported by this host's KVM".into();
-            return Exit::Error(
-                "this host's KVM cannot run virtual-8086 mode (EFLAGS.VM does not stick); use the interpreter".into(),
-            );
-        }
-        let guest_idtr = vm.cpu.idtr;
-        if mode == StepMode::StepCatch {
-            if let Err(e) = self.point_idt_at_private_ivt() {
-                return Exit::Error(e.to_string());
-            }
-        }
-        if mode != StepMode::Off
-            && paging::decode_insn(vm, false)
-                .is_some_and(|i| i.mnemonic() == iced_x86::Mnemonic::Cpuid)
-        {
+        let ins = if mode == StepMode::Off {
+            None
+        } else {
+            paging::decode_insn(vm, false)
+        };
+        if ins.is_some_and(|i| i.mnemonic() == iced_x86::Mnemonic::Cpuid) {
             // This host answers CPUID leaf 1 ECX/EDX with its own features
             // whatever KVM_SET_CPUID2 says; lockstep runs take the
             // interpreter's answer (see the module doc).
@@ -621,11 +620,39 @@ impl KvmEngine {
                 Step::Shutdown(r) => Exit::Shutdown(r),
             };
         }
-        let hlt_next = if mode == StepMode::Off {
-            None
-        } else {
-            paging::hlt_next(vm, false)
+        let hlt_next = ins
+            .filter(|i| i.mnemonic() == iced_x86::Mnemonic::Hlt)
+            .map(|i| paging::next_eip(&vm.cpu, &i));
+        let mut rep = match ins.and_then(|i| rep::prepare(vm, &i, paging::next_eip(&vm.cpu, &i))) {
+            Some(rep::Rep::Skip(next)) => {
+                rep::skip(vm, next);
+                self.last_exit = "rep with count 0 (skipped)".into();
+                return Exit::BudgetSpent;
+            }
+            Some(rep::Rep::Fix(f)) => Some(f),
+            None => None,
         };
+        if let Err(e) = self.set_stepping(mode).and_then(|_| self.load(&vm.cpu)) {
+            if let Some(r) = &rep {
+                r.restore(vm);
+            }
+            return Exit::Error(e.to_string());
+        }
+        if vm.cpu.v86() && !self.vm_flag_sticks() {
+            self.last_exit = "virtual-8086 mode unsupported by this host's KVM".into();
+            if let Some(r) = &rep {
+                r.restore(vm);
+            }
+            return Exit::Error(
+                "this host's KVM cannot run virtual-8086 mode (EFLAGS.VM does not stick); use the interpreter".into(),
+            );
+        }
+        let guest_idtr = vm.cpu.idtr;
+        if mode == StepMode::StepCatch {
+            if let Err(e) = self.point_idt_at_private_ivt() {
+                return Exit::Error(e.to_string());
+            }
+        }
         self.watchdog.arm(self.time_limit_for(budget));
         let mut end = self.enter(vm, budget.instructions, &mut done);
         self.watchdog.disarm();
@@ -633,9 +660,12 @@ impl KvmEngine {
         if let Err(e) = self.store(&mut vm.cpu) {
             return Exit::Error(e.to_string());
         }
-        if matches!(end, End::Budget) && hlt_next == Some(vm.cpu.eip) {
-            // A single-stepped HLT ends with the step's debug exit.
-            end = End::Halted;
+        if mode != StepMode::Off && (matches!(end, End::Halted) || hlt_next == Some(vm.cpu.eip)) {
+            // A single-stepped HLT ends with the step's debug exit. As in
+            // the interpreter, the HLT retires as the step (BudgetSpent with
+            // cpu.halted set); the next run returns Halted.
+            vm.cpu.halted = true;
+            end = End::Budget;
         }
         if mode == StepMode::StepCatch {
             if vm.cpu.idtr.base as u64 == realstep::IVT_ADDR {
@@ -645,6 +675,11 @@ impl KvmEngine {
                 match realstep::caught_vector(vm) {
                     Some(v) => {
                         realstep::redirect(vm, v);
+                        // RF is the catch breakpoint's doing, not the guest's.
+                        vm.cpu.eflags &= !umbra_core::cpu::flags::RF;
+                        if let Some(r) = rep.take() {
+                            r.finish(vm, true);
+                        }
                         self.last_exit = format!("real-mode delivery of vector {v}");
                     }
                     None => {
@@ -653,6 +688,9 @@ impl KvmEngine {
                     }
                 }
             }
+        }
+        if let Some(r) = rep.take() {
+            r.finish(vm, !matches!(end, End::Budget | End::Halted));
         }
         if matches!(end, End::Shutdown) && paging::complete_paging_enable(vm) {
             self.last_exit = "mov cr0 enabling 2-level paging (emulated)".into();

@@ -28,7 +28,8 @@
 //! the private tables follow the guest's: a change of the guest's tables is
 //! seen by the next instruction, as after an INVLPG. Instructions whose
 //! behaviour would differ in compatibility mode (MOV to/from control
-//! registers, descriptor-table loads and stores, INT n/INT3/INTO,
+//! registers, descriptor-table loads and stores, INT n/INT3/INTO, IRET,
+//! far CALL/JMP (gates, TSS targets), LAR/LSL (system-descriptor types),
 //! SYSENTER/SYSEXIT, RDMSR/WRMSR), and CPUID (see `KvmEngine`), are
 //! executed by the interpreter instead.
 //!
@@ -471,20 +472,13 @@ fn walk(vm: &mut Vm, lin: u32) -> Option<u64> {
     Some(((p & 0xFFFF_F000) | (lin & 0xFFF)) as u64)
 }
 
-/// If the instruction at CS:EIP is HLT, the EIP after it. A stepped HLT
-/// ends with the step's debug exit rather than a halt exit; the caller
-/// compares the EIP after the step with this (a HLT that faults at CPL > 0
-/// goes elsewhere).
-pub(super) fn hlt_next(vm: &mut Vm, paged: bool) -> Option<u32> {
-    decode_insn(vm, paged)
-        .filter(|i| i.mnemonic() == Mnemonic::Hlt)
-        .map(|i| {
-            if vm.cpu.code32() {
-                i.next_ip32()
-            } else {
-                i.next_ip32() & 0xFFFF
-            }
-        })
+/// EIP after `ins` in the current code size.
+pub(super) fn next_eip(cpu: &CpuState, ins: &iced_x86::Instruction) -> u32 {
+    if cpu.code32() {
+        ins.next_ip32()
+    } else {
+        ins.next_ip32() & 0xFFFF
+    }
 }
 
 /// Decode the instruction at CS:EIP without side effects: through the
@@ -534,7 +528,23 @@ fn needs_interpreter(ins: &iced_x86::Instruction) -> bool {
             | Mnemonic::Rdmsr
             | Mnemonic::Wrmsr
             | Mnemonic::Cpuid
-    ) || matches!(ins.code(), Code::Mov_r32_cr | Code::Mov_cr_r32)
+            | Mnemonic::Iret
+            | Mnemonic::Iretd
+            | Mnemonic::Lar
+            | Mnemonic::Lsl
+    ) || matches!(
+        ins.code(),
+        Code::Mov_r32_cr
+            | Code::Mov_cr_r32
+            | Code::Call_ptr1616
+            | Code::Call_ptr1632
+            | Code::Call_m1616
+            | Code::Call_m1632
+            | Code::Jmp_ptr1616
+            | Code::Jmp_ptr1632
+            | Code::Jmp_m1616
+            | Code::Jmp_m1632
+    )
 }
 
 impl KvmEngine {
@@ -565,7 +575,10 @@ impl KvmEngine {
             match self.paged_step(vm) {
                 Ok(None) => done += 1,
                 Ok(Some(e)) => break e,
-                Err(e) => break Exit::Error(e),
+                Err(e) => {
+                    self.last_exit = e.clone();
+                    break Exit::Error(e);
+                }
             }
         };
         self.watchdog.disarm();
@@ -587,19 +600,28 @@ impl KvmEngine {
             });
         }
         self.paging.build(vm)?;
-        self.paging.active = true;
         let mut sregs = self.vcpu.get_sregs().map_err(|e| e.to_string())?;
         self.paging.sregs(&vm.cpu, &mut sregs);
-        self.load_with_sregs(&vm.cpu, &sregs)
-            .map_err(|e| e.to_string())?;
-        let mut n = 0;
-        let hlt_next = ins.filter(|i| i.mnemonic() == Mnemonic::Hlt).map(|i| {
-            if vm.cpu.code32() {
-                i.next_ip32()
-            } else {
-                i.next_ip32() & 0xFFFF
+        let hlt_next = ins
+            .filter(|i| i.mnemonic() == Mnemonic::Hlt)
+            .map(|i| next_eip(&vm.cpu, &i));
+        let mut rep = match ins.and_then(|i| super::rep::prepare(vm, &i, next_eip(&vm.cpu, &i))) {
+            Some(super::rep::Rep::Skip(next)) => {
+                super::rep::skip(vm, next);
+                self.last_exit = "rep with count 0 (skipped)".into();
+                return Ok(None);
             }
-        });
+            Some(super::rep::Rep::Fix(f)) => Some(f),
+            None => None,
+        };
+        if let Err(e) = self.load_with_sregs(&vm.cpu, &sregs) {
+            if let Some(r) = rep.take() {
+                r.restore(vm);
+            }
+            return Err(e.to_string());
+        }
+        self.paging.active = true;
+        let mut n = 0;
         let end = self.enter(vm, 1, &mut n);
         self.complete_pending_io();
         self.paging.active = false;
@@ -618,6 +640,9 @@ impl KvmEngine {
                 };
                 if let Some(a) = fault.cr2 {
                     vm.cpu.cr2 = a;
+                }
+                if let Some(r) = rep.take() {
+                    r.finish(vm, true);
                 }
                 self.stats.converted_exceptions += 1;
                 self.last_exit = format!("exception {fault} converted");
@@ -643,16 +668,16 @@ impl KvmEngine {
                 vm.cpu.tr = keep.tr;
                 vm.cpu.cr0 = (s.cr0 as u32 & !cr0::PG) | (keep.cr0 & cr0::PG);
                 self.store_common(&mut vm.cpu).map_err(|e| e.to_string())?;
-                let end = if matches!(end, End::Budget) && hlt_next == Some(vm.cpu.eip) {
-                    End::Halted
-                } else {
-                    end
-                };
+                if let Some(r) = rep.take() {
+                    r.finish(vm, false);
+                }
+                // A HLT retires as this step (the single-stepped HLT ends
+                // with a debug exit); the run loop then returns Halted when
+                // budget remains, as the interpreter does.
+                if matches!(end, End::Halted) || hlt_next == Some(vm.cpu.eip) {
+                    vm.cpu.halted = true;
+                }
                 match end {
-                    End::Halted => {
-                        vm.cpu.halted = true;
-                        Ok(Some(Exit::Halted))
-                    }
                     End::Timeout => Ok(Some(Exit::BudgetSpent)),
                     _ => Ok(None),
                 }

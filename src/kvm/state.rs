@@ -91,7 +91,12 @@ pub(super) fn to_kvm_regs(c: &CpuState) -> kvm_regs {
         rsp: c.gpr[ESP],
         rbp: c.gpr[EBP],
         rip: c.eip as u64,
-        rflags: ((c.eflags & flags::DEFINED) | flags::FIXED1) as u64,
+        // RF is left out: this host's KVM fails to enter a compatibility-
+        // mode guest with RF set. RF only suppresses instruction
+        // breakpoints for one instruction and is clear after any retired
+        // instruction, so only a guest's DR7 breakpoint at the very next
+        // instruction could tell.
+        rflags: ((c.eflags & flags::DEFINED & !flags::RF) | flags::FIXED1) as u64,
         ..Default::default()
     }
 }
