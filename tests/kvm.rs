@@ -458,7 +458,12 @@ fn pmode16_free_run_and_steps() {
     let mut vm = new_vm();
     setup(&mut vm);
     let mut k = KvmEngine::new(&mut vm).unwrap();
-    assert_eq!(k.run(&mut vm, BIG), Exit::Halted, "{}", k.last_exit_reason());
+    assert_eq!(
+        k.run(&mut vm, BIG),
+        Exit::Halted,
+        "{}",
+        k.last_exit_reason()
+    );
     assert_eq!(vm.mem.read_u16(0x10020), 0x100);
     assert_eq!(vm.cpu.gpr[ECX] as u16, 0x123);
     assert_eq!(vm.cpu.eip, 16);
@@ -470,7 +475,12 @@ fn pmode16_free_run_and_steps() {
     let mut k = KvmEngine::new(&mut vm).unwrap();
     let mut eips = Vec::new();
     while !vm.cpu.halted {
-        assert_eq!(k.run(&mut vm, Budget::ONE), Exit::BudgetSpent, "{}", k.last_exit_reason());
+        assert_eq!(
+            k.run(&mut vm, Budget::ONE),
+            Exit::BudgetSpent,
+            "{}",
+            k.last_exit_reason()
+        );
         eips.push(vm.cpu.eip);
         assert!(eips.len() < 10);
     }
@@ -479,8 +489,14 @@ fn pmode16_free_run_and_steps() {
     assert_eq!(vm.cpu.gpr, free.gpr);
     assert_eq!(vm.cpu.seg, free.seg);
     assert_eq!(vm.cpu.eflags, free.eflags);
-    assert_eq!((vm.cpu.cr0, vm.cpu.cr3, vm.cpu.cr4, vm.cpu.efer), (free.cr0, free.cr3, free.cr4, free.efer));
-    assert_eq!((vm.cpu.gdtr, vm.cpu.idtr, vm.cpu.tr), (free.gdtr, free.idtr, free.tr));
+    assert_eq!(
+        (vm.cpu.cr0, vm.cpu.cr3, vm.cpu.cr4, vm.cpu.efer),
+        (free.cr0, free.cr3, free.cr4, free.efer)
+    );
+    assert_eq!(
+        (vm.cpu.gdtr, vm.cpu.idtr, vm.cpu.tr),
+        (free.gdtr, free.idtr, free.tr)
+    );
 }
 
 #[test]
@@ -506,7 +522,12 @@ fn pmode32_single_step_fault_ends_at_handler() {
     assert_eq!(k.run(&mut vm, Budget::ONE), Exit::BudgetSpent);
     assert_eq!(vm.cpu.eip, 0x1004);
     // The delivery is the whole step: EIP at the handler's first byte.
-    assert_eq!(k.run(&mut vm, Budget::ONE), Exit::BudgetSpent, "{}", k.last_exit_reason());
+    assert_eq!(
+        k.run(&mut vm, Budget::ONE),
+        Exit::BudgetSpent,
+        "{}",
+        k.last_exit_reason()
+    );
     assert_eq!(vm.cpu.eip, 0x3000, "{}", k.last_exit_reason());
     assert_eq!(vm.cpu.gpr[ESP], 0x9000 - 16);
     assert_eq!(vm.mem.read_u32(0x9000 - 16), 0x38);
@@ -531,7 +552,11 @@ fn v86_hlt_faults_to_ring0() {
     vm.mem.write_u16(0x4066, 0x68);
     vm.mem.write_u64(GDT + 0x38, desc(0x4000, 0x67, 0x8B, 0));
     vm.cpu.gdtr.limit = 0x3F;
-    vm.cpu.tr = Segment::from_descriptor(0x38, desc(0x4000, 0x67, 0x8B, 0) as u32, (desc(0x4000, 0x67, 0x8B, 0) >> 32) as u32);
+    vm.cpu.tr = Segment::from_descriptor(
+        0x38,
+        desc(0x4000, 0x67, 0x8B, 0) as u32,
+        (desc(0x4000, 0x67, 0x8B, 0) >> 32) as u32,
+    );
     let handler = assemble(32, 0x3000, |a| {
         a.pop(edx)?;
         a.hlt()?;
@@ -619,7 +644,12 @@ fn mmio_and_port_io_reach_the_bus() {
     });
     vm.mem.write(0x1000, &code);
     let mut k = KvmEngine::new(&mut vm).unwrap();
-    assert_eq!(k.run(&mut vm, BIG), Exit::Halted, "{}", k.last_exit_reason());
+    assert_eq!(
+        k.run(&mut vm, BIG),
+        Exit::Halted,
+        "{}",
+        k.last_exit_reason()
+    );
     assert_eq!(&*log.0.borrow(), &[(0x18_0010, 4, 0x1122_3344)]);
     assert_eq!(vm.cpu.gpr[EBX], 0xA5A5_0020);
     assert_eq!(&*sink.0.borrow(), &[(0xE9, 1, 0x41), (0xE9, 2, 0x4243)]);
@@ -646,7 +676,11 @@ fn spinning_guest_times_out() {
     assert!(t.elapsed() < std::time::Duration::from_secs(5));
     assert_eq!(k.stats.timeouts, 1);
     // The state is consistent: EIP is on one of the loop's two instructions.
-    assert!(vm.cpu.eip == 0x1000 || vm.cpu.eip == 0x1001, "{:#x}", vm.cpu.eip);
+    assert!(
+        vm.cpu.eip == 0x1000 || vm.cpu.eip == 0x1001,
+        "{:#x}",
+        vm.cpu.eip
+    );
     assert_ne!(vm.cpu.gpr[EAX], 0);
 }
 
@@ -656,7 +690,10 @@ fn spinning_guest_times_out() {
 /// from KVM and the x87/SSE image are not compared here).
 fn assert_same_cpu(k: &Vm, i: &Vm, step: usize, why: &str) {
     let (a, b) = (&k.cpu, &i.cpu);
-    let ctx = format!("step {step} ({why}): kvm eip {:#x}, interp eip {:#x}", a.eip, b.eip);
+    let ctx = format!(
+        "step {step} ({why}): kvm eip {:#x}, interp eip {:#x}",
+        a.eip, b.eip
+    );
     assert_eq!(a.eip, b.eip, "eip, {ctx}");
     assert_eq!(a.gpr, b.gpr, "gpr, {ctx}");
     // RF is masked: the interpreter (as of this writing) keeps an RF that
@@ -668,7 +705,11 @@ fn assert_same_cpu(k: &Vm, i: &Vm, step: usize, why: &str) {
     for s in SegReg::ALL {
         assert_eq!(a.seg[s as usize], b.seg[s as usize], "{s:?}, {ctx}");
     }
-    assert_eq!((a.cr0, a.cr2, a.cr3, a.cr4, a.efer), (b.cr0, b.cr2, b.cr3, b.cr4, b.efer), "cr, {ctx}");
+    assert_eq!(
+        (a.cr0, a.cr2, a.cr3, a.cr4, a.efer),
+        (b.cr0, b.cr2, b.cr3, b.cr4, b.efer),
+        "cr, {ctx}"
+    );
     assert_eq!((a.gdtr, a.idtr), (b.gdtr, b.idtr), "tables, {ctx}");
     assert_eq!(a.halted, b.halted, "halted, {ctx}");
 }
@@ -685,16 +726,29 @@ fn lockstep(setup: &dyn Fn(&mut Vm), max: usize) -> (Vm, Vm) {
     for n in 0..max {
         if std::env::var_os("KVM_TRACE").is_some() {
             eprintln!("step {n}: code {:02x?}", &a.mem.ram()[0x1020..0x1034]);
-            eprintln!("step {n}: before eip {:#x} eflags {:#x} cs {:x?} ss {:x?} shadow {}", a.cpu.eip, a.cpu.eflags, a.cpu.seg[1], a.cpu.seg[2], a.cpu.interrupt_shadow);
+            eprintln!(
+                "step {n}: before eip {:#x} eflags {:#x} cs {:x?} ss {:x?} shadow {}",
+                a.cpu.eip, a.cpu.eflags, a.cpu.seg[1], a.cpu.seg[2], a.cpu.interrupt_shadow
+            );
         }
         let ea = k.run(&mut a, Budget::ONE);
         if std::env::var_os("KVM_TRACE").is_some() {
-            eprintln!("step {n}: kvm {ea:?} eip {:#x} [{}] {:?}", a.cpu.eip, k.last_exit_reason(), k.stats);
+            eprintln!(
+                "step {n}: kvm {ea:?} eip {:#x} [{}] {:?}",
+                a.cpu.eip,
+                k.last_exit_reason(),
+                k.stats
+            );
         }
         let eb = it.run(&mut b, Budget::ONE);
         if std::env::var_os("KVM_TRACE").is_some() {
             let stk = b.cpu.gpr[ESP];
-            eprintln!("step {n}: interp eip {:#x} esp {stk:#x} top {:#x} unimpl {:?}", b.cpu.eip, b.mem.read_u32(stk), it.stats.unimplemented);
+            eprintln!(
+                "step {n}: interp eip {:#x} esp {stk:#x} top {:#x} unimpl {:?}",
+                b.cpu.eip,
+                b.mem.read_u32(stk),
+                it.stats.unimplemented
+            );
         }
         assert_same_cpu(&a, &b, n, k.last_exit_reason());
         assert_eq!(ea, eb, "exit at step {n}");
@@ -825,7 +879,10 @@ fn diff_paging_lockstep() {
     };
     let mut probe = new_vm();
     setup(&mut probe);
-    if probe.translate(0x1000, umbra_core::mmu::Access::READ).is_err() {
+    if probe
+        .translate(0x1000, umbra_core::mmu::Access::READ)
+        .is_err()
+    {
         eprintln!("skipped: the MMU cannot walk 2-level tables yet");
         return;
     }

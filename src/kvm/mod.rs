@@ -39,8 +39,9 @@ use std::time::Duration;
 
 use kvm_bindings::{
     kvm_guest_debug, kvm_run, kvm_userspace_memory_region, CpuId, Msrs, KVM_GUESTDBG_ENABLE,
-    KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP, KVM_VCPUEVENT_VALID_NMI_PENDING,
-    KVM_VCPUEVENT_VALID_SHADOW, KVM_X86_SHADOW_INT_MOV_SS, KVM_X86_SHADOW_INT_STI,
+    KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP, KVM_INTERNAL_ERROR_EMULATION,
+    KVM_VCPUEVENT_VALID_NMI_PENDING, KVM_VCPUEVENT_VALID_SHADOW, KVM_X86_SHADOW_INT_MOV_SS,
+    KVM_X86_SHADOW_INT_STI,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use umbra_core::cpu::CpuState;
@@ -99,6 +100,9 @@ pub struct KvmStats {
     /// Exceptions caught by the private IDT in paging mode and delivered
     /// through the interpreter's routine.
     pub converted_exceptions: u64,
+    /// Instructions KVM's emulator refused, run by a compatibility-mode
+    /// step or the interpreter instead.
+    pub emulation_fallbacks: u64,
 }
 
 pub struct KvmEngine {
@@ -124,6 +128,13 @@ pub struct KvmEngine {
     _kvm: Kvm,
 }
 
+/// What a segment of `run` leads to.
+enum Seg {
+    Exit(Exit),
+    /// Go on with another segment (the mode of running changed).
+    Again,
+}
+
 /// How KVM's guest debugging is set up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum StepMode {
@@ -144,6 +155,9 @@ enum End {
     PrivateTrap,
     /// A real-mode step stopped at the private IVT's catch address.
     Caught,
+    /// KVM's instruction emulator gave up on an instruction (nothing of it
+    /// was executed).
+    EmuFail(String),
     Error(String),
 }
 
@@ -524,10 +538,14 @@ impl KvmEngine {
                         (i.suberror, i.ndata, i.data)
                     };
                     let n = (n as usize).min(data.len());
-                    return End::Error(format!(
+                    let msg = format!(
                         "KVM internal error: suberror {sub} (1 = emulation failure) data {:x?}",
                         &data[..n]
-                    ));
+                    );
+                    if sub == KVM_INTERNAL_ERROR_EMULATION {
+                        return End::EmuFail(msg);
+                    }
+                    return End::Error(msg);
                 }
                 Ok(other) => return End::Error(format!("unexpected KVM exit {other:?}")),
             }
@@ -587,14 +605,25 @@ impl KvmEngine {
         self.run_inner_from(vm, budget, done)
     }
 
-    /// `run` after pending events, with `done` steps already used.
+    /// `run` after pending events, with `done` steps already used: runs
+    /// segments (native, compatibility-mode, fallback steps) until one
+    /// ends the run.
     fn run_inner_from(&mut self, vm: &mut Vm, budget: Budget, mut done: u64) -> Exit {
-        if done >= budget.instructions {
-            return Exit::BudgetSpent;
+        loop {
+            if let Seg::Exit(e) = self.run_segment(vm, budget, &mut done) {
+                return e;
+            }
+        }
+    }
+
+    /// One stretch of `run` in one way of running the guest.
+    fn run_segment(&mut self, vm: &mut Vm, budget: Budget, done: &mut u64) -> Seg {
+        if *done >= budget.instructions {
+            return Seg::Exit(Exit::BudgetSpent);
         }
         if vm.cpu.halted {
             self.last_exit = "halted on entry".into();
-            return Exit::Halted;
+            return Seg::Exit(Exit::Halted);
         }
         if paging::compat_mode(&vm.cpu, budget) {
             return self.run_paged(vm, budget, done);
@@ -614,11 +643,11 @@ impl KvmEngine {
             // whatever KVM_SET_CPUID2 says; lockstep runs take the
             // interpreter's answer (see the module doc).
             self.last_exit = "cpuid (interpreted)".into();
-            return match self.interp.step(vm) {
+            return Seg::Exit(match self.interp.step(vm) {
                 Step::Retired => Exit::BudgetSpent,
                 Step::Halted => Exit::Halted,
                 Step::Shutdown(r) => Exit::Shutdown(r),
-            };
+            });
         }
         let hlt_next = ins
             .filter(|i| i.mnemonic() == iced_x86::Mnemonic::Hlt)
@@ -627,7 +656,7 @@ impl KvmEngine {
             Some(rep::Rep::Skip(next)) => {
                 rep::skip(vm, next);
                 self.last_exit = "rep with count 0 (skipped)".into();
-                return Exit::BudgetSpent;
+                return Seg::Exit(Exit::BudgetSpent);
             }
             Some(rep::Rep::Fix(f)) => Some(f),
             None => None,
@@ -636,29 +665,29 @@ impl KvmEngine {
             if let Some(r) = &rep {
                 r.restore(vm);
             }
-            return Exit::Error(e.to_string());
+            return Seg::Exit(Exit::Error(e.to_string()));
         }
         if vm.cpu.v86() && !self.vm_flag_sticks() {
             self.last_exit = "virtual-8086 mode unsupported by this host's KVM".into();
             if let Some(r) = &rep {
                 r.restore(vm);
             }
-            return Exit::Error(
+            return Seg::Exit(Exit::Error(
                 "this host's KVM cannot run virtual-8086 mode (EFLAGS.VM does not stick); use the interpreter".into(),
-            );
+            ));
         }
         let guest_idtr = vm.cpu.idtr;
         if mode == StepMode::StepCatch {
             if let Err(e) = self.point_idt_at_private_ivt() {
-                return Exit::Error(e.to_string());
+                return Seg::Exit(Exit::Error(e.to_string()));
             }
         }
         self.watchdog.arm(self.time_limit_for(budget));
-        let mut end = self.enter(vm, budget.instructions, &mut done);
+        let mut end = self.enter(vm, budget.instructions, done);
         self.watchdog.disarm();
         self.complete_pending_io();
         if let Err(e) = self.store(&mut vm.cpu) {
-            return Exit::Error(e.to_string());
+            return Seg::Exit(Exit::Error(e.to_string()));
         }
         if mode != StepMode::Off && (matches!(end, End::Halted) || hlt_next == Some(vm.cpu.eip)) {
             // A single-stepped HLT ends with the step's debug exit. As in
@@ -695,9 +724,41 @@ impl KvmEngine {
         if matches!(end, End::Shutdown) && paging::complete_paging_enable(vm) {
             self.last_exit = "mov cr0 enabling 2-level paging (emulated)".into();
             vm.mmu.flush_all(&vm.cpu);
-            return self.run_inner_from(vm, budget, done + 1);
+            *done += 1;
+            return Seg::Again;
         }
-        self.finish(vm, end)
+        if let End::EmuFail(why) = &end {
+            // This host runs legacy modes in KVM's instruction emulator,
+            // which lacks some instructions (protected-mode IRET, x87...).
+            // Run that one instruction another way and go on.
+            self.stats.emulation_fallbacks += 1;
+            self.last_exit = format!("{why}; stepped another way");
+            vm.mmu.flush_all(&vm.cpu);
+            let r = if vm.cpu.protected() && !vm.cpu.v86() {
+                match self.set_stepping(StepMode::Step) {
+                    Ok(()) => self.paged_step(vm),
+                    Err(e) => Err(e.to_string()),
+                }
+            } else {
+                Ok(match self.interp.step(vm) {
+                    Step::Retired => None,
+                    Step::Halted => Some(Exit::Halted),
+                    Step::Shutdown(r) => Some(Exit::Shutdown(r)),
+                })
+            };
+            return match r {
+                Ok(None) => {
+                    *done += 1;
+                    Seg::Again
+                }
+                Ok(Some(e)) => Seg::Exit(e),
+                Err(e) => {
+                    self.last_exit = e.clone();
+                    Seg::Exit(Exit::Error(e))
+                }
+            };
+        }
+        Seg::Exit(self.finish(vm, end))
     }
 
     /// Common tail: halted flag, MMU coherence, the Exit.
@@ -712,7 +773,7 @@ impl KvmEngine {
             }
             End::Shutdown => Exit::Shutdown(ShutdownReason::TripleFault),
             End::PrivateTrap => Exit::Error("private trap outside paging emulation".into()),
-            End::Error(s) => {
+            End::Error(s) | End::EmuFail(s) => {
                 self.last_exit = s.clone();
                 Exit::Error(s)
             }

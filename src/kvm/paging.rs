@@ -54,7 +54,7 @@ use umbra_core::exception::Fault;
 use umbra_core::interp::{interrupt, Step};
 use umbra_core::Vm;
 
-use super::{End, KvmEngine};
+use super::{End, KvmEngine, Seg};
 
 /// Guest-physical and linear base of the private slot (below 2^36, the
 /// physical-address width KVM assumes without CPUID leaf 0x80000008).
@@ -550,13 +550,13 @@ fn needs_interpreter(ins: &iced_x86::Instruction) -> bool {
 impl KvmEngine {
     /// Run a guest with 2-level paging, one instruction per KVM entry (see
     /// the module doc).
-    pub(super) fn run_paged(&mut self, vm: &mut Vm, budget: Budget, mut done: u64) -> Exit {
+    pub(super) fn run_paged(&mut self, vm: &mut Vm, budget: Budget, done: &mut u64) -> Seg {
         if let Err(e) = self.set_stepping(super::StepMode::Step) {
-            return Exit::Error(e.to_string());
+            return Seg::Exit(Exit::Error(e.to_string()));
         }
         self.watchdog.arm(self.time_limit_for(budget));
         let exit = loop {
-            if done >= budget.instructions {
+            if *done >= budget.instructions {
                 break Exit::BudgetSpent;
             }
             if self.watchdog.fired() {
@@ -567,13 +567,13 @@ impl KvmEngine {
             if !compat_mode(&vm.cpu, budget) {
                 // The guest left 2-level paging: go on in the normal path.
                 self.watchdog.disarm();
-                return self.run_inner_from(vm, budget, done);
+                return Seg::Again;
             }
             if vm.cpu.halted {
                 break Exit::Halted;
             }
             match self.paged_step(vm) {
-                Ok(None) => done += 1,
+                Ok(None) => *done += 1,
                 Ok(Some(e)) => break e,
                 Err(e) => {
                     self.last_exit = e.clone();
@@ -584,12 +584,12 @@ impl KvmEngine {
         self.watchdog.disarm();
         self.paging.active = false;
         vm.mmu.flush_all(&vm.cpu);
-        exit
+        Seg::Exit(exit)
     }
 
     /// One instruction (or one exception delivery) of a 2-level paging
     /// guest. `Ok(None)` when it retired and the guest goes on.
-    fn paged_step(&mut self, vm: &mut Vm) -> Result<Option<Exit>, String> {
+    pub(super) fn paged_step(&mut self, vm: &mut Vm) -> Result<Option<Exit>, String> {
         let ins = decode_insn(vm, vm.cpu.paging());
         if ins.as_ref().is_some_and(needs_interpreter) {
             self.last_exit = "interpreted (compatibility-mode sensitive)".into();
@@ -685,7 +685,7 @@ impl KvmEngine {
             End::Shutdown => Ok(Some(Exit::Shutdown(
                 umbra_core::engine::ShutdownReason::TripleFault,
             ))),
-            End::Error(s) => Err(s),
+            End::Error(s) | End::EmuFail(s) => Err(s),
         }
     }
 }

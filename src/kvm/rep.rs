@@ -45,7 +45,21 @@ pub(super) fn prepare(vm: &mut Vm, ins: &Instruction, next: u32) -> Option<Rep> 
     let compares = matches!(m, Cmpsb | Cmpsw | Cmpsd | Scasb | Scasw | Scasd);
     let moves = matches!(
         m,
-        Movsb | Movsw | Movsd | Stosb | Stosw | Stosd | Lodsb | Lodsw | Lodsd | Insb | Insw | Insd | Outsb | Outsw | Outsd
+        Movsb
+            | Movsw
+            | Movsd
+            | Stosb
+            | Stosw
+            | Stosd
+            | Lodsb
+            | Lodsw
+            | Lodsd
+            | Insb
+            | Insw
+            | Insd
+            | Outsb
+            | Outsw
+            | Outsd
     );
     if !(compares || moves) || !(ins.has_rep_prefix() || ins.has_repne_prefix()) {
         return None;
