@@ -9,17 +9,37 @@
 //!
 //! - Port I/O and MMIO exits are served through `vm.bus` (MMIO and ROM
 //!   through `Vm::read_phys`/`write_phys`) and the guest continues.
-//! - `Budget::ONE` single-steps (KVM_GUESTDBG_SINGLESTEP); larger budgets
-//!   run until HLT, shutdown, the budget counted in exits, or a wall-clock
-//!   limit proportional to the budget (a watchdog thread kicks the vCPU
-//!   out of KVM_RUN), which returns `Exit::BudgetSpent`.
+//! - Larger budgets run until HLT (`Exit::Halted`, `cpu.halted` set, EIP
+//!   past the HLT), shutdown (`Exit::Shutdown(TripleFault)`), the budget
+//!   counted in exits, or a wall-clock limit proportional to the budget
+//!   (`NS_PER_INSN`, or `time_limit`; a watchdog thread kicks the vCPU out
+//!   of KVM_RUN), which returns `Exit::BudgetSpent` with a consistent state.
+//! - `Budget::ONE` executes exactly one instruction, as the interpreter
+//!   counts them: an exception or interrupt delivery is the whole step and
+//!   ends at the handler's first instruction; one REP iteration is a step
+//!   (`rep`); HLT retires as a step (`BudgetSpent`, `cpu.halted` set) and
+//!   the next run returns `Halted`. Real mode steps with
+//!   KVM_GUESTDBG_SINGLESTEP and a delivery catcher (`realstep`);
+//!   protected mode steps as compatibility-mode code (`paging`).
 //! - 2-level (non-PAE) paging, which this host's nested KVM cannot run, is
-//!   run as compatibility-mode code under private 4-level tables: see
-//!   `paging`.
+//!   run as compatibility-mode code under private 4-level tables, one
+//!   instruction per entry: see `paging`.
+//!
+//! What this host (a PVM-based nested KVM) does, found by the tests here:
+//! real mode and legacy protected mode run in KVM's instruction emulator,
+//! not on the CPU. That emulator lacks some instructions (protected-mode
+//! IRET, x87 arithmetic, ...): on its "emulation failure" exit the engine
+//! runs that one instruction as a compatibility-mode step (or, in real
+//! mode, with the interpreter) and goes on (`KvmStats::emulation_fallbacks`).
+//! It runs a whole REP string instruction per single step. It drops
+//! EFLAGS.VM, so virtual-8086 mode is refused with `Exit::Error`. It shuts
+//! the guest down at a MOV CR0 that turns on 2-level paging: the engine
+//! performs that MOV itself and continues under paging emulation. Entering
+//! compatibility mode with EFLAGS.RF set fails, so RF is never loaded.
 //!
 //! CPUID: KVM gets the interpreter's table (KVM_SET_CPUID2), but this
-//! host (PVM) answers leaf 1 ECX/EDX with the host's feature bits anyway;
-//! other leaves match. Single steps therefore interpret CPUID, so lockstep
+//! host answers leaf 1 ECX/EDX with the host's feature bits anyway; other
+//! leaves match. Single steps therefore interpret CPUID, so lockstep
 //! comparisons see one CPU; free runs see the host's leaf-1 features.
 //!
 //! Known differences from the architecture, by design: KVM writes guest RAM
@@ -27,6 +47,8 @@
 //! the MMU's shadow state after each run instead), and ROM/MMIO ranges must
 //! be declared on `vm.mem` before `KvmEngine::new` (they become holes in
 //! KVM's memory map; accesses there exit to us and go through `Vm`).
+//! External interrupts are taken only at `run` entry, through
+//! `interp::interrupt::take_pending`, like the interpreter's step.
 
 mod cpuid;
 mod paging;
