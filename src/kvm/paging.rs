@@ -30,8 +30,9 @@
 //! behaviour would differ in compatibility mode (MOV to/from control
 //! registers, descriptor-table loads and stores, INT n/INT3/INTO, IRET,
 //! far CALL/JMP (gates, TSS targets), LAR/LSL (system-descriptor types),
-//! SYSENTER/SYSEXIT, RDMSR/WRMSR), and CPUID (see `KvmEngine`), are
-//! executed by the interpreter instead.
+//! SMSW/STR (they would show the private CR0.PG or TR), SYSENTER/SYSEXIT,
+//! RDMSR/WRMSR, port I/O at CPL > IOPL (the guest TSS's I/O bitmap)), and
+//! CPUID (see `KvmEngine`), are executed by the interpreter instead.
 //!
 //! Accessed and dirty bits that the CPU sets land in the private tables;
 //! after each step the engine copies newly set ones into the guest's
@@ -40,10 +41,7 @@
 //! frames bit for bit: the order and timing of A/D updates within one
 //! instruction (and on faulting accesses) can differ from the interpreter.
 //! Known gaps: PSE-36 bits of 4 MiB pages are not supported (such a page is
-//! left unmapped); the I/O permission bitmap of the guest's TSS is not used
-//! (CPL > IOPL port access faults); call gates and task gates do not work
-//! (IA-32e mode uses different formats); SGDT-visible state is the guest's
-//! because SGDT is interpreted.
+//! left unmapped).
 
 use iced_x86::{Code, Decoder, DecoderOptions, Mnemonic, Register};
 use kvm_bindings::kvm_sregs;
@@ -509,8 +507,24 @@ pub(super) fn decode_insn(vm: &mut Vm, paged: bool) -> Option<iced_x86::Instruct
 }
 
 /// Whether the instruction at CS:EIP must be interpreted rather than run
-/// in compatibility mode (see the module doc).
-fn needs_interpreter(ins: &iced_x86::Instruction) -> bool {
+/// in compatibility mode (see the module doc). Port I/O at CPL > IOPL is
+/// checked against the guest's TSS I/O bitmap, which the private TSS does
+/// not have, so it is interpreted too.
+fn needs_interpreter(cpu: &CpuState, ins: &iced_x86::Instruction) -> bool {
+    let io = matches!(
+        ins.mnemonic(),
+        Mnemonic::In
+            | Mnemonic::Out
+            | Mnemonic::Insb
+            | Mnemonic::Insw
+            | Mnemonic::Insd
+            | Mnemonic::Outsb
+            | Mnemonic::Outsw
+            | Mnemonic::Outsd
+    );
+    if io && cpu.cpl() > cpu.iopl() {
+        return true;
+    }
     matches!(
         ins.mnemonic(),
         Mnemonic::Lgdt
@@ -532,6 +546,8 @@ fn needs_interpreter(ins: &iced_x86::Instruction) -> bool {
             | Mnemonic::Iretd
             | Mnemonic::Lar
             | Mnemonic::Lsl
+            | Mnemonic::Smsw
+            | Mnemonic::Str
     ) || matches!(
         ins.code(),
         Code::Mov_r32_cr
@@ -591,7 +607,7 @@ impl KvmEngine {
     /// guest. `Ok(None)` when it retired and the guest goes on.
     pub(super) fn paged_step(&mut self, vm: &mut Vm) -> Result<Option<Exit>, String> {
         let ins = decode_insn(vm, vm.cpu.paging());
-        if ins.as_ref().is_some_and(needs_interpreter) {
+        if ins.as_ref().is_some_and(|i| needs_interpreter(&vm.cpu, i)) {
             self.last_exit = "interpreted (compatibility-mode sensitive)".into();
             return Ok(match self.interp.step(vm) {
                 Step::Retired => None,
