@@ -3,11 +3,13 @@
 //!
 //! SDM Vol. 2 MUL/IMUL: CF = OF = 1 when the upper half of the product is
 //! significant (MUL: nonzero; IMUL: not the sign extension of the lower
-//! half). SF ZF AF PF are undefined: here SF ZF PF follow the lower half of
-//! the product and AF is cleared, as Bochs models it.
+//! half). SF ZF AF PF are undefined: here SF and PF follow the lower half
+//! of the product and ZF and AF are cleared, which is what an Intel Xeon
+//! host was measured to do.
 //! SDM Vol. 2 DIV/IDIV: #DE when the divisor is 0 or the quotient does not
 //! fit the destination (IDIV of the most negative dividend by -1
-//! included); all six flags are undefined and are left unchanged here.
+//! included); all six flags are undefined and are left unchanged here, as
+//! measured on the same host.
 
 use iced_x86::{Instruction, Mnemonic};
 
@@ -15,7 +17,7 @@ use super::alu::check_lock;
 use super::flags::{set_status, szp};
 use super::operand::{mask, sext};
 use super::{Ctx, Table};
-use crate::cpu::{CpuState, CF, EAX, EDX, OF, STATUS};
+use crate::cpu::{CpuState, CF, EAX, EDX, OF, STATUS, ZF};
 use crate::exception::Fault;
 
 /// Read the implicit accumulator of `size` bytes (AL, AX, EAX).
@@ -51,7 +53,7 @@ fn set_wide_acc(cpu: &mut CpuState, size: usize, v: u64) {
 /// Flags of a product whose lower half is `low` and whose upper half is
 /// significant when `overflow`.
 fn mul_flags(low: u32, size: usize, overflow: bool) -> u32 {
-    let mut f = szp(low, size);
+    let mut f = szp(low, size) & !ZF;
     if overflow {
         f |= CF | OF;
     }
@@ -184,7 +186,7 @@ mod tests {
     use iced_x86::code_asm::*;
 
     use super::*;
-    use crate::cpu::{ECX, FIXED1, PF, SF, ZF};
+    use crate::cpu::{ECX, FIXED1, PF, SF};
     use crate::exception::vector;
     use crate::interp::testutil::{run, vm16, vm32, DATA};
 
@@ -291,7 +293,8 @@ mod tests {
         vm.cpu.set_reg32(ECX, 0x0000_0100);
         run(&mut vm, 32, |a| a.imul_2(ax, cx)).unwrap();
         assert_eq!(vm.cpu.reg32(EAX), 0x0001_0000);
-        assert_eq!(vm.cpu.eflags & (CF | OF | ZF), CF | OF | ZF);
+        // A zero product still clears ZF (Intel hardware).
+        assert_eq!(vm.cpu.eflags & (CF | OF | ZF), CF | OF);
         // IDIV EDX:EAX.
         vm.cpu.set_reg32(EDX, 0xFFFF_FFFF);
         vm.cpu.set_reg32(EAX, (-100i32) as u32);

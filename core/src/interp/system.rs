@@ -8,8 +8,7 @@
 //! switches (`task`), or the CPUID table itself (`cpuid`).
 //!
 //! MOV to/from CRn/DRn share the mnemonic `Mov` with ordinary moves, so
-//! the table cannot route them here: the `Mov` handler forwards the codes
-//! `is_mov_cr_dr` names to `mov_cr_dr`.
+//! they are registered by `Code` (`Table::set_codes`).
 
 pub mod desc;
 pub mod msr;
@@ -60,6 +59,15 @@ const CR4_PAGING: u32 = cr4::PSE | cr4::PAE | cr4::PGE;
 const CR0_PAGING: u32 = cr0::PG | cr0::WP | cr0::PE;
 
 pub(super) fn register(t: &mut Table) {
+    t.set_codes(
+        &[
+            Code::Mov_r32_cr,
+            Code::Mov_cr_r32,
+            Code::Mov_r32_dr,
+            Code::Mov_dr_r32,
+        ],
+        mov_cr_dr,
+    );
     t.set(&[Mnemonic::Clts], clts);
     t.set(&[Mnemonic::Hlt], hlt);
     t.set(&[Mnemonic::Cli], cli);
@@ -87,8 +95,7 @@ pub fn require_cpl0(cpu: &CpuState) -> Result<(), Fault> {
 
 // ---- MOV CRn / DRn ----------------------------------------------------
 
-/// Whether `code` is MOV to/from a control or debug register (which the
-/// `Mov` handler must forward to `mov_cr_dr`).
+/// Whether `code` is MOV to/from a control or debug register.
 pub fn is_mov_cr_dr(code: Code) -> bool {
     matches!(
         code,
@@ -463,7 +470,7 @@ mod tests {
         // DR4 aliases DR6 without CR4.DE.
         vm.cpu.set_reg32(EAX, 0xFFFF_FFFF);
         assert_eq!(run(&mut vm, 32, |a| a.mov(dr4, eax)), Ok(()));
-        assert_eq!(vm.cpu.dr[6], 0xFFFF_FFFF & !(1 << 12));
+        assert_eq!(vm.cpu.dr[6], !(1u32 << 12));
         // With CR4.DE, DR4/DR5 are #UD.
         vm.cpu.cr4 = cr4::DE;
         assert_eq!(run(&mut vm, 32, |a| a.mov(ebx, dr5)), Err(Fault::ud()));

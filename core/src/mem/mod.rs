@@ -233,6 +233,27 @@ impl GuestMemory {
         self.write(paddr, &v.to_le_bytes());
     }
 
+    /// Write a dword without logging a write-watch hit: the MMU's own
+    /// accessed/dirty updates to page-table entries, which must not
+    /// invalidate the shadow entry being filled. Marks the frame dirty;
+    /// outside RAM it behaves like `write_u32` (ROM/unmapped writes are
+    /// dropped and counted).
+    pub fn write_u32_unlogged(&mut self, paddr: u64, v: u32) {
+        match paddr.checked_add(4) {
+            Some(end)
+                if end <= self.ram.len() as u64
+                    && matches!(self.region(paddr), Region::Ram(_))
+                    && matches!(self.region(paddr + 3), Region::Ram(_)) =>
+            {
+                let o = paddr as usize;
+                self.ram[o..o + 4].copy_from_slice(&v.to_le_bytes());
+                self.dirty.set(o >> PAGE_SHIFT, true);
+                self.dirty.set((o + 3) >> PAGE_SHIFT, true);
+            }
+            _ => self.write_u32(paddr, v),
+        }
+    }
+
     /// Fast RAM access for the MMU's shadow entries: `len` bytes at RAM
     /// offset `off`, or `None` if that leaves RAM.
     #[inline]
