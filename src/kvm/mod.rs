@@ -87,6 +87,8 @@ const PRIVATE_SLOT: u32 = 500;
 /// Wall-clock allowance per budgeted instruction, and its bounds.
 const NS_PER_INSN: u64 = 10;
 const MIN_TIME_LIMIT: Duration = Duration::from_millis(20);
+const NS_PER_STEP: u64 = 100_000;
+const MIN_STEP_TIME_LIMIT: Duration = Duration::from_secs(2);
 const MAX_TIME_LIMIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
@@ -424,10 +426,18 @@ impl KvmEngine {
         Ok(())
     }
 
-    fn time_limit_for(&self, budget: Budget) -> Duration {
+    /// Wall-clock allowance of one `run`: proportional to the budget,
+    /// larger per instruction when stepping (each step is several ioctls),
+    /// never so short that a loaded host times out a single step.
+    fn time_limit_for(&self, budget: Budget, stepping: bool) -> Duration {
         self.time_limit.unwrap_or_else(|| {
-            let ns = budget.instructions.saturating_mul(NS_PER_INSN);
-            Duration::from_nanos(ns).clamp(MIN_TIME_LIMIT, MAX_TIME_LIMIT)
+            let (per, min) = if stepping {
+                (NS_PER_STEP, MIN_STEP_TIME_LIMIT)
+            } else {
+                (NS_PER_INSN, MIN_TIME_LIMIT)
+            };
+            let ns = budget.instructions.saturating_mul(per);
+            Duration::from_nanos(ns).clamp(min, MAX_TIME_LIMIT)
         })
     }
 
@@ -704,7 +714,8 @@ impl KvmEngine {
                 return Seg::Exit(Exit::Error(e.to_string()));
             }
         }
-        self.watchdog.arm(self.time_limit_for(budget));
+        self.watchdog
+            .arm(self.time_limit_for(budget, mode != StepMode::Off));
         let mut end = self.enter(vm, budget.instructions, done);
         self.watchdog.disarm();
         self.complete_pending_io();

@@ -570,7 +570,7 @@ impl KvmEngine {
         if let Err(e) = self.set_stepping(super::StepMode::Step) {
             return Seg::Exit(Exit::Error(e.to_string()));
         }
-        self.watchdog.arm(self.time_limit_for(budget));
+        self.watchdog.arm(self.time_limit_for(budget, true));
         let exit = loop {
             if *done >= budget.instructions {
                 break Exit::BudgetSpent;
