@@ -139,6 +139,11 @@ pub struct KvmEngine {
     /// Private tables for the 2-level paging emulation.
     paging: paging::Private,
     stepping: Option<StepMode>,
+    /// The state the vCPU holds as of the last load or store (None when
+    /// unknown), to skip loading what did not change.
+    known: Option<CpuState>,
+    /// The last exit was I/O or MMIO: it completes on the next KVM_RUN.
+    io_pending: bool,
     /// Private IVT for exact real-mode steps (mapped into the VM).
     _ivt: realstep::PrivateIvt,
     /// Runs the instructions paging emulation cannot run natively.
@@ -274,6 +279,8 @@ impl KvmEngine {
             ram_size,
             paging,
             stepping: None,
+            known: None,
+            io_pending: false,
             _ivt: ivt,
             interp: Interpreter::new(),
             watchdog: watchdog::Watchdog::new(),
@@ -329,16 +336,35 @@ impl KvmEngine {
         cpu: &CpuState,
         sregs: &kvm_bindings::kvm_sregs,
     ) -> Result<(), KvmError> {
+        // What the vCPU already holds from the last load or store need not
+        // be loaded again (each ioctl costs; single steps do this often).
+        let known = self.known.take();
+        let same = |f: &dyn Fn(&CpuState) -> bool| known.as_ref().is_some_and(f);
         // MSRs first: EFER goes with the sregs, the TSC here.
-        let ents = state::msr_entries(cpu);
-        self.set_msrs_lenient(&ents);
+        if !same(&|k| k.msr == cpu.msr && k.tsc == cpu.tsc) {
+            let ents = state::msr_entries(cpu);
+            self.set_msrs_lenient(&ents);
+        }
         self.vcpu.set_sregs(sregs).map_err(ioctl("KVM_SET_SREGS"))?;
         self.vcpu
             .set_regs(&state::to_kvm_regs(cpu))
             .map_err(ioctl("KVM_SET_REGS"))?;
-        self.vcpu
-            .set_fpu(&state::to_kvm_fpu(cpu))
-            .map_err(ioctl("KVM_SET_FPU"))?;
+        if !same(&|k| k.fpu == cpu.fpu && k.sse == cpu.sse) {
+            self.vcpu
+                .set_fpu(&state::to_kvm_fpu(cpu))
+                .map_err(ioctl("KVM_SET_FPU"))?;
+        }
+        if !same(&|k| k.dr == cpu.dr) {
+            self.load_debug_regs(cpu)?;
+        }
+        if !same(&|k| k.interrupt_shadow == cpu.interrupt_shadow && k.pending_nmi == cpu.pending_nmi) {
+            self.load_events(cpu)?;
+        }
+        self.known = Some(cpu.clone());
+        Ok(())
+    }
+
+    fn load_debug_regs(&mut self, cpu: &CpuState) -> Result<(), KvmError> {
         let mut dr = self
             .vcpu
             .get_debug_regs()
@@ -354,6 +380,10 @@ impl KvmEngine {
             dr.dr7 = 0x400;
             let _ = self.vcpu.set_debug_regs(&dr);
         }
+        Ok(())
+    }
+
+    fn load_events(&mut self, cpu: &CpuState) -> Result<(), KvmError> {
         let mut ev = self
             .vcpu
             .get_vcpu_events()
@@ -392,12 +422,12 @@ impl KvmEngine {
         state::from_kvm_regs(cpu, &regs);
         let sregs = self.vcpu.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
         state::from_kvm_sregs(cpu, &sregs);
-        self.store_common(cpu)
+        self.store_common(cpu, true)
     }
 
     /// The part of `store` that paging emulation shares: FPU, debug
     /// registers, MSRs, events.
-    fn store_common(&mut self, cpu: &mut CpuState) -> Result<(), KvmError> {
+    fn store_common(&mut self, cpu: &mut CpuState, all_msrs: bool) -> Result<(), KvmError> {
         let fpu = self.vcpu.get_fpu().map_err(ioctl("KVM_GET_FPU"))?;
         state::from_kvm_fpu(cpu, &fpu);
         let dr = self
@@ -409,21 +439,44 @@ impl KvmEngine {
         }
         cpu.dr[6] = dr.dr6 as u32;
         cpu.dr[7] = dr.dr7 as u32;
-        let ents = state::msr_entries(cpu);
-        if let Ok(mut m) = Msrs::from_entries(&ents) {
-            if let Ok(n) = self.vcpu.get_msrs(&mut m) {
-                for e in m.as_slice().iter().take(n) {
-                    state::store_msr(cpu, e.index, e.data);
-                }
-            }
-        }
+        // In compatibility-mode steps WRMSR is interpreted, so only the TSC
+        // can have moved.
+        let ents = if all_msrs {
+            state::msr_entries(cpu)
+        } else {
+            vec![kvm_bindings::kvm_msr_entry {
+                index: state::msr::TSC,
+                ..Default::default()
+            }]
+        };
+        self.get_msrs_lenient(&ents, cpu);
         let ev = self
             .vcpu
             .get_vcpu_events()
             .map_err(ioctl("KVM_GET_VCPU_EVENTS"))?;
         cpu.interrupt_shadow = ev.interrupt.shadow != 0;
         cpu.pending_nmi = ev.nmi.pending != 0;
+        self.known = Some(cpu.clone());
         Ok(())
+    }
+
+    /// KVM_GET_MSRS stops at the first MSR it refuses: skip it, read on.
+    fn get_msrs_lenient(&mut self, ents: &[kvm_bindings::kvm_msr_entry], cpu: &mut CpuState) {
+        let mut from = 0;
+        while from < ents.len() {
+            let Ok(mut m) = Msrs::from_entries(&ents[from..]) else {
+                return;
+            };
+            match self.vcpu.get_msrs(&mut m) {
+                Ok(n) => {
+                    for e in m.as_slice().iter().take(n) {
+                        state::store_msr(cpu, e.index, e.data);
+                    }
+                    from += n + 1;
+                }
+                Err(_) => return,
+            }
+        }
     }
 
     /// Wall-clock allowance of one `run`: proportional to the budget,
@@ -455,9 +508,11 @@ impl KvmEngine {
             }
             self.stats.exits += 1;
             let run_ptr: *mut kvm_run = self.vcpu.get_kvm_run();
+            self.io_pending = false;
             let exit = self.vcpu.run();
             match exit {
                 Ok(VcpuExit::IoOut(port, data)) => {
+                    self.io_pending = true;
                     // SAFETY: the exit reason is KVM_EXIT_IO, so the `io`
                     // member of the union is the valid one; the kvm_run
                     // mapping lives as long as the vCPU and we read only its
@@ -477,6 +532,7 @@ impl KvmEngine {
                     }
                 }
                 Ok(VcpuExit::IoIn(port, data)) => {
+                    self.io_pending = true;
                     // SAFETY: as for IoOut.
                     let size = unsafe { (*run_ptr).__bindgen_anon_1.io.size } as usize;
                     self.stats.io_exits += 1;
@@ -492,6 +548,7 @@ impl KvmEngine {
                     }
                 }
                 Ok(VcpuExit::MmioRead(addr, data)) => {
+                    self.io_pending = true;
                     self.stats.mmio_exits += 1;
                     let n = data.len().min(8);
                     let v = if n > 0 { vm.read_phys(addr, n) } else { 0 };
@@ -502,6 +559,7 @@ impl KvmEngine {
                     }
                 }
                 Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    self.io_pending = true;
                     self.stats.mmio_exits += 1;
                     let n = data.len().min(8);
                     let mut b = [0u8; 8];
@@ -591,6 +649,10 @@ impl KvmEngine {
     /// next KVM_RUN: enter once with immediate_exit so that the registers
     /// we read back are final.
     fn complete_pending_io(&mut self) {
+        if !self.io_pending {
+            return;
+        }
+        self.io_pending = false;
         self.vcpu.set_kvm_immediate_exit(1);
         let _ = self.vcpu.run();
         self.vcpu.set_kvm_immediate_exit(0);

@@ -683,7 +683,7 @@ impl KvmEngine {
                 vm.cpu.idtr = keep.idtr;
                 vm.cpu.tr = keep.tr;
                 vm.cpu.cr0 = (s.cr0 as u32 & !cr0::PG) | (keep.cr0 & cr0::PG);
-                self.store_common(&mut vm.cpu).map_err(|e| e.to_string())?;
+                self.store_common(&mut vm.cpu, false).map_err(|e| e.to_string())?;
                 if let Some(r) = rep.take() {
                     r.finish(vm, false);
                 }
