@@ -1057,9 +1057,17 @@ fn paging_steps_throughput() {
     vm.mem.write(0x1000, &code);
     let mut k = KvmEngine::new(&mut vm).unwrap();
     let t = std::time::Instant::now();
-    assert_eq!(k.run(&mut vm, BIG), Exit::Halted, "{}", k.last_exit_reason());
+    assert_eq!(
+        k.run(&mut vm, BIG),
+        Exit::Halted,
+        "{}",
+        k.last_exit_reason()
+    );
     let dt = t.elapsed();
     // Sum 1..=3000.
     assert_eq!(vm.cpu.gpr[EAX], 3000 * 3001 / 2);
-    eprintln!("paging emulation: 9002 steps in {dt:?} ({:.0} steps/s)", 9002.0 / dt.as_secs_f64());
+    eprintln!(
+        "paging emulation: 9002 steps in {dt:?} ({:.0} steps/s)",
+        9002.0 / dt.as_secs_f64()
+    );
 }

@@ -144,6 +144,9 @@ pub struct KvmEngine {
     known: Option<CpuState>,
     /// The last exit was I/O or MMIO: it completes on the next KVM_RUN.
     io_pending: bool,
+    /// The vCPU's sregs after the last compatibility-mode step (the next
+    /// step starts from them); None after anything else touched them.
+    sregs_cache: Option<kvm_bindings::kvm_sregs>,
     /// Private IVT for exact real-mode steps (mapped into the VM).
     _ivt: realstep::PrivateIvt,
     /// Runs the instructions paging emulation cannot run natively.
@@ -281,6 +284,7 @@ impl KvmEngine {
             stepping: None,
             known: None,
             io_pending: false,
+            sregs_cache: None,
             _ivt: ivt,
             interp: Interpreter::new(),
             watchdog: watchdog::Watchdog::new(),
@@ -357,7 +361,9 @@ impl KvmEngine {
         if !same(&|k| k.dr == cpu.dr) {
             self.load_debug_regs(cpu)?;
         }
-        if !same(&|k| k.interrupt_shadow == cpu.interrupt_shadow && k.pending_nmi == cpu.pending_nmi) {
+        if !same(&|k| {
+            k.interrupt_shadow == cpu.interrupt_shadow && k.pending_nmi == cpu.pending_nmi
+        }) {
             self.load_events(cpu)?;
         }
         self.known = Some(cpu.clone());
@@ -722,6 +728,7 @@ impl KvmEngine {
         if paging::compat_mode(&vm.cpu, budget) {
             return self.run_paged(vm, budget, done);
         }
+        self.sregs_cache = None;
         let mode = match (budget.instructions == 1, vm.cpu.real()) {
             (false, _) => StepMode::Off,
             (true, false) => StepMode::Step,

@@ -30,7 +30,8 @@
 //! behaviour would differ in compatibility mode (MOV to/from control
 //! registers, descriptor-table loads and stores, INT n/INT3/INTO, IRET,
 //! far CALL/JMP (gates, TSS targets), LAR/LSL (system-descriptor types),
-//! SMSW/STR (they would show the private CR0.PG or TR), SYSENTER/SYSEXIT,
+//! SMSW/STR (they would show the private CR0.PG or TR), MOV to/from debug
+//! registers (so a step never has to read them back), SYSENTER/SYSEXIT,
 //! RDMSR/WRMSR, port I/O at CPL > IOPL (the guest TSS's I/O bitmap)), and
 //! CPUID (see `KvmEngine`), are executed by the interpreter instead.
 //!
@@ -77,6 +78,7 @@ const COMMON: usize = STUBS + 256 * STUB_SIZE;
 const STACK_TOP: usize = 0xD000;
 const GDT: usize = 0x10000;
 const GDT_SIZE: usize = 0x10000;
+const _: () = assert!(GDT + GDT_SIZE <= PT_POOL && PT_POOL + PT_MAX * 0x1000 <= SIZE);
 /// Page tables for the guest's linear space: one 4 KiB table per 2 MiB.
 const PT_POOL: usize = 0x20000;
 const PT_MAX: usize = 2048;
@@ -126,6 +128,8 @@ pub(super) struct Private {
     /// Bytes of the guest GDT copied into the private GDT.
     gdt_len: usize,
     gdt_snapshot: Vec<u8>,
+    /// What the private tables were last built from (see `fingerprint`).
+    fingerprint: Option<Vec<u8>>,
 }
 
 impl Private {
@@ -136,6 +140,7 @@ impl Private {
             watches: Vec::new(),
             gdt_len: 0,
             gdt_snapshot: Vec::new(),
+            fingerprint: None,
         };
         p.build_static();
         Ok(p)
@@ -210,13 +215,51 @@ impl Private {
     }
 
     /// Rebuild the GDT copy and the 4-level tables from the guest's state.
+    /// Everything `build` reads from the guest: control-register bits,
+    /// GDTR, the GDT bytes, the page directory and each page table it
+    /// points to. Equal fingerprints mean equal private tables.
+    fn fingerprint(vm: &mut Vm) -> Vec<u8> {
+        let c = &vm.cpu;
+        let mut fp = Vec::with_capacity(0x3000);
+        fp.extend_from_slice(&c.cr3.to_le_bytes());
+        fp.extend_from_slice(&(c.cr4 & cr4::PSE).to_le_bytes());
+        fp.push(c.paging() as u8);
+        fp.extend_from_slice(&c.gdtr.base.to_le_bytes());
+        fp.extend_from_slice(&c.gdtr.limit.to_le_bytes());
+        let glen = (c.gdtr.limit as usize + 1).min(SEL_CODE64 as usize);
+        let (gbase, paging, cr3) = (c.gdtr.base as u64, c.paging(), c.cr3);
+        let at = fp.len();
+        fp.resize(at + glen, 0);
+        vm.mem.read(gbase, &mut fp[at..]);
+        if !paging {
+            return fp;
+        }
+        let mut pd = [0u8; 4096];
+        vm.mem.read((cr3 & 0xFFFF_F000) as u64, &mut pd);
+        fp.extend_from_slice(&pd);
+        for i in 0..1024 {
+            let pde = u32::from_le_bytes([pd[4 * i], pd[4 * i + 1], pd[4 * i + 2], pd[4 * i + 3]]);
+            if pde as u64 & pte::P != 0 && pde as u64 & pte::PS == 0 {
+                let at = fp.len();
+                fp.resize(at + 4096, 0);
+                vm.mem.read((pde & 0xFFFF_F000) as u64, &mut fp[at..]);
+            }
+        }
+        fp
+    }
+
     fn build(&mut self, vm: &mut Vm) -> Result<(), String> {
+        let fp = Self::fingerprint(vm);
+        if self.fingerprint.as_ref() == Some(&fp) {
+            return Ok(());
+        }
+        self.fingerprint = None;
         self.watches.clear();
         // GDT: the guest's bytes, then zeros, then our descriptors.
         let glen = (vm.cpu.gdtr.limit as usize + 1).min(SEL_CODE64 as usize);
         let mut g = vec![0u8; glen];
         vm.mem.read(vm.cpu.gdtr.base as u64, &mut g);
-        self.map[GDT..GDT + GDT_SIZE].fill(0);
+        self.map[GDT..GDT + self.gdt_len.max(glen)].fill(0);
         self.map[GDT..GDT + glen].copy_from_slice(&g);
         self.gdt_len = glen;
         self.gdt_snapshot = g;
@@ -238,6 +281,7 @@ impl Private {
                 let e = ((j as u64) << 21) | pte::P | pte::RW | pte::US | pte::PS | pte::A | pte::D;
                 self.put64(PD0 + 8 * j, e);
             }
+            self.fingerprint = Some(fp);
             return Ok(());
         }
         // Page tables.
@@ -326,6 +370,7 @@ impl Private {
                 });
             }
         }
+        self.fingerprint = Some(fp);
         Ok(())
     }
 
@@ -552,6 +597,8 @@ fn needs_interpreter(cpu: &CpuState, ins: &iced_x86::Instruction) -> bool {
         ins.code(),
         Code::Mov_r32_cr
             | Code::Mov_cr_r32
+            | Code::Mov_r32_dr
+            | Code::Mov_dr_r32
             | Code::Call_ptr1616
             | Code::Call_ptr1632
             | Code::Call_m1616
@@ -563,7 +610,67 @@ fn needs_interpreter(cpu: &CpuState, ins: &iced_x86::Instruction) -> bool {
     )
 }
 
+/// Whether `ins` may change x87/MMX/SSE state (None: unknown, assume so).
+fn touches_fpu(ins: Option<&iced_x86::Instruction>) -> bool {
+    use iced_x86::CpuidFeature as F;
+    let Some(ins) = ins else {
+        return true;
+    };
+    matches!(ins.mnemonic(), Mnemonic::Wait | Mnemonic::Emms)
+        || ins.cpuid_features().iter().any(|f| {
+            matches!(
+                f,
+                F::FPU
+                    | F::FPU287
+                    | F::FPU287XL_ONLY
+                    | F::FPU387
+                    | F::FPU387SL_ONLY
+                    | F::MMX
+                    | F::SSE
+                    | F::SSE2
+                    | F::SSE3
+                    | F::SSSE3
+                    | F::SSE4_1
+                    | F::SSE4_2
+                    | F::FXSR
+                    | F::XSAVE
+                    | F::AVX
+            )
+        })
+}
+
+/// Whether `ins` can leave an interrupt shadow (SDM Vol. 3 6.8.3).
+fn makes_shadow(ins: Option<&iced_x86::Instruction>) -> bool {
+    let Some(ins) = ins else {
+        return true;
+    };
+    ins.mnemonic() == Mnemonic::Sti
+        || (matches!(ins.mnemonic(), Mnemonic::Mov | Mnemonic::Pop)
+            && ins.op0_kind() == iced_x86::OpKind::Register
+            && ins.op0_register() == Register::SS)
+}
+
 impl KvmEngine {
+    /// After a compatibility-mode step: read back only what the step can
+    /// have changed beyond the registers (the caller stored those).
+    fn store_compat(
+        &mut self,
+        cpu: &mut CpuState,
+        ins: Option<&iced_x86::Instruction>,
+    ) -> Result<(), kvm_ioctls::Error> {
+        if touches_fpu(ins) {
+            let fpu = self.vcpu.get_fpu()?;
+            super::state::from_kvm_fpu(cpu, &fpu);
+        }
+        cpu.interrupt_shadow = if makes_shadow(ins) {
+            self.vcpu.get_vcpu_events()?.interrupt.shadow != 0
+        } else {
+            false
+        };
+        self.known = Some(cpu.clone());
+        Ok(())
+    }
+
     /// Run a guest with 2-level paging, one instruction per KVM entry (see
     /// the module doc).
     pub(super) fn run_paged(&mut self, vm: &mut Vm, budget: Budget, done: &mut u64) -> Seg {
@@ -616,7 +723,10 @@ impl KvmEngine {
             });
         }
         self.paging.build(vm)?;
-        let mut sregs = self.vcpu.get_sregs().map_err(|e| e.to_string())?;
+        let mut sregs = match self.sregs_cache.take() {
+            Some(s) => s,
+            None => self.vcpu.get_sregs().map_err(|e| e.to_string())?,
+        };
         self.paging.sregs(&vm.cpu, &mut sregs);
         let hlt_next = ins
             .filter(|i| i.mnemonic() == Mnemonic::Hlt)
@@ -671,6 +781,7 @@ impl KvmEngine {
             End::Budget | End::Halted | End::Timeout | End::Caught => {
                 let regs = self.vcpu.get_regs().map_err(|e| e.to_string())?;
                 let s = self.vcpu.get_sregs().map_err(|e| e.to_string())?;
+                self.sregs_cache = Some(s);
                 self.paging.sync_back(vm);
                 super::state::from_kvm_regs(&mut vm.cpu, &regs);
                 let keep = vm.cpu.clone();
@@ -683,7 +794,8 @@ impl KvmEngine {
                 vm.cpu.idtr = keep.idtr;
                 vm.cpu.tr = keep.tr;
                 vm.cpu.cr0 = (s.cr0 as u32 & !cr0::PG) | (keep.cr0 & cr0::PG);
-                self.store_common(&mut vm.cpu, false).map_err(|e| e.to_string())?;
+                self.store_compat(&mut vm.cpu, ins.as_ref())
+                    .map_err(|e| e.to_string())?;
                 if let Some(r) = rep.take() {
                     r.finish(vm, false);
                 }
