@@ -6,6 +6,13 @@
 //! that map exactly the guest's linear pages, with the same U/S and R/W
 //! (4 MiB PSE pages become pairs of 2 MiB pages).
 //!
+//! PAE paging (CR4.PAE) is run the same way with less work: its page
+//! directories and tables already have the 4-level format, so the private
+//! PML4 and PDPT sit above the guest's own PDs (the four PDPTEs copied with
+//! R/W and U/S added) and the CPU walks, and sets A/D bits in, the guest's
+//! tables. (A guest PAE entry pointing at or above `BASE` would reach the
+//! private slot; guest RAM never lies there. A PDPTE that does is dropped.)
+//!
 //! Everything private lives in one memory slot at guest-physical (and
 //! linear) `BASE`, above the guest's 32-bit reach, so guest RAM is never
 //! touched behind the guest's back:
@@ -222,7 +229,7 @@ impl Private {
         let c = &vm.cpu;
         let mut fp = Vec::with_capacity(0x3000);
         fp.extend_from_slice(&c.cr3.to_le_bytes());
-        fp.extend_from_slice(&(c.cr4 & cr4::PSE).to_le_bytes());
+        fp.extend_from_slice(&(c.cr4 & (cr4::PSE | cr4::PAE)).to_le_bytes());
         fp.push(c.paging() as u8);
         fp.extend_from_slice(&c.gdtr.base.to_le_bytes());
         fp.extend_from_slice(&c.gdtr.limit.to_le_bytes());
@@ -232,6 +239,12 @@ impl Private {
         fp.resize(at + glen, 0);
         vm.mem.read(gbase, &mut fp[at..]);
         if !paging {
+            return fp;
+        }
+        if vm.cpu.cr4 & cr4::PAE != 0 {
+            let mut pdpt = [0u8; 32];
+            vm.mem.read((cr3 & 0xFFFF_FFE0) as u64, &mut pdpt);
+            fp.extend_from_slice(&pdpt);
             return fp;
         }
         let mut pd = [0u8; 4096];
@@ -274,6 +287,29 @@ impl Private {
         self.put64(GDT + SEL_TSS as usize, lo);
         self.put64(GDT + SEL_TSS as usize + 8, tss >> 32);
 
+        let dir = pte::P | pte::RW | pte::US;
+        if vm.cpu.paging() && vm.cpu.cr4 & cr4::PAE != 0 {
+            // PAE: the guest's page directories are already in the 4-level
+            // format; only the four PDPTEs need a private level above them
+            // (with R/W and U/S, which PAE PDPTEs lack). The CPU then walks
+            // the guest's own PDs and PTs and sets their A/D bits itself.
+            let base = (vm.cpu.cr3 & 0xFFFF_FFE0) as u64;
+            for i in 0..4u64 {
+                let e = vm.mem.read_u64(base + 8 * i);
+                let addr = e & 0x000F_FFFF_FFFF_F000;
+                let v = if e & pte::P == 0 || addr >= BASE {
+                    0
+                } else {
+                    addr | dir | (e & (pte::PWT | pte::PCD))
+                };
+                self.put64(PDPT + 8 * i as usize, v);
+            }
+            self.fingerprint = Some(fp);
+            return Ok(());
+        }
+        for i in 0..4 {
+            self.put64(PDPT + 8 * i, (BASE + (PD0 + 0x1000 * i) as u64) | dir);
+        }
         if !vm.cpu.paging() {
             // Protected mode without paging: linear = physical, all
             // accessible (2 MiB pages, A/D preset: nothing to copy back).
@@ -434,12 +470,12 @@ impl Private {
     }
 }
 
-/// This host's KVM shuts the guest down at a MOV to CR0 that turns 2-level
-/// paging on. When the shutdown happened at such an instruction (paging
+/// This host's KVM shuts the guest down at a MOV to CR0 that turns paging
+/// on. When the shutdown happened at such an instruction (paging
 /// off, CS:EIP at `mov cr0, r32` whose value sets PG with PE), perform it
 /// here and return true: the engine then goes on under paging emulation.
 pub(super) fn complete_paging_enable(vm: &mut Vm) -> bool {
-    if vm.cpu.paging() || vm.cpu.v86() || !vm.cpu.protected() || vm.cpu.cr4 & cr4::PAE != 0 {
+    if vm.cpu.paging() || vm.cpu.v86() || !vm.cpu.protected() {
         return false;
     }
     let lin = vm.cpu.seg(SegReg::Cs).base.wrapping_add(vm.cpu.eip);
@@ -474,7 +510,7 @@ pub(super) fn at_common(pc: u64) -> bool {
 }
 
 /// Whether `run` with `budget` runs `c` as compatibility-mode code: always
-/// under 2-level paging; for single steps in protected mode without
+/// under paging (2-level or PAE); for single steps in protected mode without
 /// paging too (with identity tables), so that an exception delivery ends
 /// the step exactly at the handler (KVM's own single-step runs the
 /// handler's first instruction with it). V86 and real mode never.
@@ -482,21 +518,15 @@ pub(super) fn compat_mode(c: &CpuState, budget: Budget) -> bool {
     if !c.protected() || c.v86() {
         return false;
     }
-    if c.paging() {
-        return !native(c);
-    }
-    budget.instructions == 1
-}
-
-/// Whether the paging mode of `c` runs natively (PAE would, were the host
-/// able to; only 2-level tables are emulated).
-pub(super) fn native(c: &CpuState) -> bool {
-    c.cr4 & cr4::PAE != 0
+    c.paging() || budget.instructions == 1
 }
 
 /// Guest-physical address of `lin` under the guest's 2-level tables, or
 /// None when not mapped. No A/D bits are set (this is only for decoding).
 fn walk(vm: &mut Vm, lin: u32) -> Option<u64> {
+    if vm.cpu.cr4 & cr4::PAE != 0 {
+        return walk_pae(vm, lin);
+    }
     let pde = vm
         .mem
         .read_u32((vm.cpu.cr3 & 0xFFFF_F000) as u64 + 4 * (lin >> 22) as u64);
@@ -549,6 +579,33 @@ pub(super) fn decode_insn(vm: &mut Vm, paged: bool) -> Option<iced_x86::Instruct
     let bits = if vm.cpu.code32() { 32 } else { 16 };
     let ins = Decoder::with_ip(bits, &buf[..n], eip as u64, DecoderOptions::NONE).decode();
     (ins.code() != Code::INVALID).then_some(ins)
+}
+
+/// `walk` for PAE tables (SDM Vol. 3 4.4).
+fn walk_pae(vm: &mut Vm, lin: u32) -> Option<u64> {
+    const ADDR: u64 = 0x000F_FFFF_FFFF_F000;
+    let pdpte = vm
+        .mem
+        .read_u64((vm.cpu.cr3 & 0xFFFF_FFE0) as u64 + 8 * (lin >> 30) as u64);
+    if pdpte & pte::P == 0 {
+        return None;
+    }
+    let pde = vm
+        .mem
+        .read_u64((pdpte & ADDR) + 8 * ((lin >> 21) & 0x1FF) as u64);
+    if pde & pte::P == 0 {
+        return None;
+    }
+    if pde & pte::PS != 0 {
+        return Some((pde & ADDR & !0x1F_FFFF) | (lin & 0x1F_FFFF) as u64);
+    }
+    let p = vm
+        .mem
+        .read_u64((pde & ADDR) + 8 * ((lin >> 12) & 0x1FF) as u64);
+    if p & pte::P == 0 {
+        return None;
+    }
+    Some((p & ADDR) | (lin & 0xFFF) as u64)
 }
 
 /// Whether the instruction at CS:EIP must be interpreted rather than run
