@@ -1145,3 +1145,60 @@ fn pae_paging_runs_and_faults() {
     }
     lockstep(&pae_program, 100);
 }
+
+#[test]
+fn hardware_protected_mode_matches_interpreter() {
+    need_kvm!();
+    for prog in [
+        diff_pmode32_program as fn(&mut Vm),
+        pae_program,
+        user_mode_paging_program,
+    ] {
+        let mut a = new_vm();
+        prog(&mut a);
+        let mut b = new_vm();
+        prog(&mut b);
+        let mut k = KvmEngine::new(&mut a).unwrap();
+        k.hardware_protected_mode = true;
+        let ea = k.run(&mut a, BIG);
+        let eb = umbra_core::interp::Interpreter::new().run(&mut b, Budget::insns(1_000_000));
+        assert_eq!(ea, eb, "{}", k.last_exit_reason());
+        assert_same_cpu(&a, &b, 0, "hardware protected mode");
+        assert_eq!(k.stats.emulation_fallbacks, 0);
+    }
+}
+
+#[test]
+fn guest_switches_cr3_and_turns_paging_off() {
+    need_kvm!();
+    let setup = |vm: &mut Vm| {
+        pmode32(vm, 0x1000);
+        paging_2level(vm);
+        // A second directory at 0x18000 sharing the PT, whose PDE 1 maps
+        // the 4 MiB page at physical 4 MiB... which is not RAM: use the
+        // same alias as the first, so only CR3 differs.
+        for i in 0..2u64 {
+            let v = vm.mem.read_u32(0x10000 + 4 * i);
+            vm.mem.write_u32(0x18000 + 4 * i, v);
+        }
+        vm.mem.write_u32(0x5000, 41);
+        let code = assemble(32, 0x1000, |a| {
+            a.mov(eax, 0x18000u32)?;
+            a.mov(cr3, eax)?;
+            a.mov(ebx, dword_ptr(0x40_5000))?;
+            a.inc(ebx)?;
+            a.mov(eax, cr0)?;
+            a.and(eax, 0x7FFF_FFFFu32)?;
+            a.mov(cr0, eax)?; // paging off
+            a.mov(ecx, dword_ptr(0x5000))?;
+            a.hlt()?;
+            Ok(())
+        });
+        vm.mem.write(0x1000, &code);
+    };
+    let (a, _) = lockstep(&setup, 100);
+    assert_eq!(a.cpu.cr3, 0x18000);
+    assert_eq!(a.cpu.cr0 & (1 << 31), 0);
+    assert_eq!((a.cpu.gpr[EBX], a.cpu.gpr[ECX]), (42, 41));
+    free_run(&setup);
+}

@@ -155,6 +155,12 @@ pub struct KvmEngine {
     last_exit: String,
     /// Overrides the budget-derived wall-clock limit of one `run`.
     pub time_limit: Option<Duration>,
+    /// Run all protected mode (not only paging and single steps) as
+    /// compatibility-mode steps on the CPU itself, instead of letting this
+    /// host's KVM run legacy protected mode in its instruction emulator.
+    /// Slower (one KVM entry per instruction); sensitive instructions then
+    /// come from the interpreter (see `paging`). Off by default.
+    pub hardware_protected_mode: bool,
     pub stats: KvmStats,
     // Kept last so that it is dropped after the VM and vCPU fds.
     _kvm: Kvm,
@@ -290,6 +296,7 @@ impl KvmEngine {
             watchdog: watchdog::Watchdog::new(),
             last_exit: String::from("none"),
             time_limit: None,
+            hardware_protected_mode: false,
             stats: KvmStats::default(),
             _kvm: kvm,
         })
@@ -725,7 +732,7 @@ impl KvmEngine {
             self.last_exit = "halted on entry".into();
             return Seg::Exit(Exit::Halted);
         }
-        if paging::compat_mode(&vm.cpu, budget) {
+        if paging::compat_mode(&vm.cpu, budget, self.hardware_protected_mode) {
             return self.run_paged(vm, budget, done);
         }
         self.sregs_cache = None;

@@ -513,12 +513,14 @@ pub(super) fn at_common(pc: u64) -> bool {
 /// under paging (2-level or PAE); for single steps in protected mode without
 /// paging too (with identity tables), so that an exception delivery ends
 /// the step exactly at the handler (KVM's own single-step runs the
-/// handler's first instruction with it). V86 and real mode never.
-pub(super) fn compat_mode(c: &CpuState, budget: Budget) -> bool {
+/// handler's first instruction with it); with `always`
+/// (`KvmEngine::hardware_protected_mode`) for every protected-mode run.
+/// V86 and real mode never.
+pub(super) fn compat_mode(c: &CpuState, budget: Budget, always: bool) -> bool {
     if !c.protected() || c.v86() {
         return false;
     }
-    c.paging() || budget.instructions == 1
+    c.paging() || budget.instructions == 1 || always
 }
 
 /// Guest-physical address of `lin` under the guest's 2-level tables, or
@@ -744,7 +746,7 @@ impl KvmEngine {
                 self.last_exit = "timeout (wall-clock limit)".into();
                 break Exit::BudgetSpent;
             }
-            if !compat_mode(&vm.cpu, budget) {
+            if !compat_mode(&vm.cpu, budget, self.hardware_protected_mode) {
                 // The guest left 2-level paging: go on in the normal path.
                 self.watchdog.disarm();
                 return Seg::Again;
