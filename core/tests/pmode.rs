@@ -28,6 +28,7 @@ const DF_TSS_SEL: u16 = 0x30;
 const CALL_GATE: u16 = 0x3B;
 const NP_DATA: u16 = 0x48;
 const TSS16_SEL: u16 = 0x50;
+const CONF_CODE: u16 = 0x58;
 
 /// Kernel stack top in TSS0.ESP0.
 const ESP0: u32 = 0x9000;
@@ -120,6 +121,7 @@ fn write_tables(vm: &mut Vm) -> usize {
         desc(0, 0xFFFF, 0x9A, 0),
         desc(0, 0xFFFFF, 0x12 | 0x60, 0xC), // DPL 3 data, not present
         desc(TSS16, 0x2B, 0x81, 0),         // 16-bit TSS, available
+        desc(0, 0xFFFFF, 0x9E, 0xC),        // DPL 0 conforming code
     ];
     for (i, d) in gdt.iter().enumerate() {
         vm.mem.write_u64((GDT + 8 * i as u32) as u64, *d);
@@ -1076,4 +1078,269 @@ fn single_step_traps_after_instructions_but_not_into_int_handlers() {
         flags::TF,
         "pushed image keeps TF"
     );
+}
+
+/// xorshift64*: a fixed-seed generator so that the robustness run below is
+/// repeatable.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+/// Random descriptor tables, TSS contents, modes and control transfers
+/// must only ever produce architectural outcomes: never a host panic.
+#[test]
+fn random_tables_and_transfers_never_panic() {
+    let mut rng = Rng(0x1234_5678_9ABC_DEF1);
+    let mut it = Interpreter::new();
+    let mut shutdowns = 0;
+    for _ in 0..3000 {
+        let mut vm = pm_vm();
+        // Mostly plausible gates, so that deliveries go deep.
+        for v in 0..=255u8 {
+            let r = rng.next();
+            if r.is_multiple_of(3) {
+                continue;
+            }
+            let typ = [0x5, 0x6, 0x7, 0xE, 0xF, 0xE, 0xF][((r >> 4) % 7) as usize];
+            let sels = [K_CODE, U_CODE, TSS_SEL, DF_TSS_SEL, 0x40, 0x1F8, 0];
+            let gsel = sels[((r >> 8) % 7) as usize];
+            let g = gate(
+                gsel,
+                (r >> 16) as u32 & 0xFFFF,
+                typ,
+                ((r >> 40) & 3) as u8,
+                0,
+            );
+            set_idt(&mut vm, v, g);
+        }
+        for t in [TSS0, TSS_DF] {
+            for (i, s) in [K_DATA, K_CODE, K_DATA, K_DATA, K_DATA, K_DATA]
+                .iter()
+                .enumerate()
+            {
+                vm.mem.write_u16((t + 0x48 + 4 * i as u32) as u64, *s);
+            }
+            vm.mem.write_u32((t + 0x38) as u64, 0x9000);
+        }
+        // Scribble over part of the GDT, the IDT and both TSSes.
+        for _ in 0..24 {
+            let r = rng.next();
+            let base = [GDT, IDT, TSS0, TSS_DF][(r % 4) as usize];
+            let off = ((r >> 8) % 0x100) as u32 & !3;
+            vm.mem.write_u32((base + off) as u64, (r >> 32) as u32);
+        }
+        let r = rng.next();
+        match r % 4 {
+            0 => to_ring3(&mut vm, (rng.next() as u32) & 0xFFFF),
+            1 => {
+                vm.cpu.eflags |= flags::VM | (((r >> 8) & 3) as u32) << 12;
+                for s in SegReg::ALL {
+                    vm.cpu.seg[s as usize] = Segment::real((rng.next() as u16) & 0x1FFF);
+                }
+            }
+            2 => vm.cpu.cr0 &= !cr0::PE,
+            _ => {}
+        }
+        if r & 0x100 != 0 {
+            vm.cpu.cr4 |= umbra_core::cpu::cr4::VME;
+        }
+        vm.cpu.gpr[ESP] = rng.next() & 0xFFFF_FFFF;
+        vm.cpu.gpr[EAX] = rng.next() & 0xFFFF;
+        let (sel, off) = (rng.next() as u16, rng.next() as u32);
+        let pick = rng.next() % 10;
+        let code = asm(if vm.cpu.code32() { 32 } else { 16 }, 0, |a| match pick {
+            0 => a.jmp_far(sel, off & 0xFFFF).unwrap(),
+            1 => a.call_far(sel, off & 0xFFFF).unwrap(),
+            2 => a.retf().unwrap(),
+            3 => a.retf_1(off & 0xFF).unwrap(),
+            4 => a.iretd().unwrap(),
+            5 => a.iret().unwrap(),
+            6 => a.int(off & 0xFF).unwrap(),
+            7 => a.mov(ss, ax).unwrap(),
+            8 => a.mov(ds, ax).unwrap(),
+            _ => a.int3().unwrap(),
+        });
+        let eip = vm.cpu.eip;
+        let at = vm.cpu.seg(SegReg::Cs).base.wrapping_add(eip) & 0x1F_FFFF;
+        put(&mut vm, at, &code);
+        // Whatever happens is fine as long as it is a `Step`.
+        for _ in 0..4 {
+            if let Step::Shutdown(_) = it.step(&mut vm) {
+                shutdowns += 1;
+                break;
+            }
+        }
+    }
+    // Most rounds must get somewhere other than a triple fault, or this
+    // test would exercise nothing.
+    eprintln!(
+        "random rounds: {shutdowns} of 3000 shut down; {:?}",
+        it.stats.exceptions
+    );
+    assert!(shutdowns < 2000);
+}
+
+#[test]
+fn conforming_targets_keep_cpl() {
+    let mut it = Interpreter::new();
+    // INT from ring 3 into conforming ring-0 code: same stack, CPL 3.
+    let mut vm = pm_vm();
+    to_ring3(&mut vm, 0x7000);
+    set_idt(&mut vm, 0x60, gate(CONF_CODE, 0x21000, 0xF, 3, 0));
+    put(
+        &mut vm,
+        0x10000,
+        &asm(32, 0x10000, |a| a.int(0x60).unwrap()),
+    );
+    step(&mut it, &mut vm);
+    assert_eq!((sel(&vm, SegReg::Cs), vm.cpu.eip), (CONF_CODE | 3, 0x21000));
+    assert_eq!(vm.cpu.cpl(), 3);
+    assert_eq!((sel(&vm, SegReg::Ss), sp_of(&vm)), (U_DATA, 0x7000 - 12));
+    assert_eq!(r32(&mut vm, 0x7000 - 8), U_CODE as u32);
+    // Far CALL from ring 3 to the same conforming segment.
+    let mut vm = pm_vm();
+    to_ring3(&mut vm, 0x7000);
+    put(
+        &mut vm,
+        0x10000,
+        &asm(32, 0x10000, |a| a.call_far(CONF_CODE, 0x300).unwrap()),
+    );
+    step(&mut it, &mut vm);
+    assert_eq!((sel(&vm, SegReg::Cs), vm.cpu.eip), (CONF_CODE | 3, 0x300));
+    assert_eq!(sp_of(&vm), 0x7000 - 8);
+    // From V86 mode a conforming handler is #GP(selector + EXT=0 for INT3).
+    let mut vm = pm_vm();
+    let frame = [
+        0x100,
+        0x2000,
+        flags::FIXED1 | flags::VM,
+        0x1000,
+        0x3000,
+        0,
+        0,
+        0,
+        0,
+    ];
+    for (i, v) in frame.iter().enumerate() {
+        vm.mem.write_u32((0x7F00 + 4 * i) as u64, *v);
+    }
+    vm.cpu.gpr[ESP] = 0x7F00;
+    put(&mut vm, 0x10000, &asm(32, 0x10000, |a| a.iretd().unwrap()));
+    put(&mut vm, 0x20100, &asm(16, 0x100, |a| a.int3().unwrap()));
+    set_idt(&mut vm, 3, gate(CONF_CODE, 0x21000, 0xE, 3, 0));
+    set_idt(&mut vm, 13, gate(K_CODE, 0x2D000, 0xE, 0, 0));
+    step(&mut it, &mut vm);
+    step(&mut it, &mut vm);
+    assert_eq!(vm.cpu.eip, 0x2D000);
+    assert_eq!(r32(&mut vm, ESP0 - 40), CONF_CODE as u32);
+    assert_eq!(r32(&mut vm, ESP0 - 36), 0x100, "fault: returns to the INT3");
+}
+
+#[test]
+fn kernel_stack_page_fault_becomes_df_through_task_gate() {
+    let mut vm = pm_vm();
+    let mut it = Interpreter::new();
+    // Identity-map the first 2 MiB with user pages, except the ring-0
+    // stack page 0x8000.
+    let (pd, pt) = (0x80000u32, 0x81000u32);
+    vm.mem.write_u32(pd as u64, pt | 0x7);
+    for p in 0..512u32 {
+        let pte = if p == 8 { 0 } else { (p << 12) | 0x7 };
+        vm.mem.write_u32((pt + 4 * p) as u64, pte);
+    }
+    vm.cpu.cr3 = pd;
+    vm.cpu.cr0 |= cr0::PG;
+    vm.mmu.set_cr3(&vm.cpu);
+    vm.mmu.flush_all(&vm.cpu);
+    to_ring3(&mut vm, 0x7000);
+    set_idt(&mut vm, 0x80, gate(K_CODE, 0x21000, 0xE, 3, 0));
+    set_idt(&mut vm, 14, gate(K_CODE, 0x2E000, 0xE, 0, 0));
+    set_idt(&mut vm, 8, gate(DF_TSS_SEL, 0, 0x5, 0, 0));
+    vm.mem.write_u32((TSS_DF + 0x1C) as u64, pd); // CR3
+    vm.mem.write_u32((TSS_DF + 0x20) as u64, 0x25000);
+    vm.mem.write_u32((TSS_DF + 0x24) as u64, 0x2);
+    vm.mem.write_u32((TSS_DF + 0x28 + 4 * 4) as u64, 0xA000);
+    for (i, s) in [K_DATA, K_CODE, K_DATA, K_DATA, K_DATA, K_DATA]
+        .iter()
+        .enumerate()
+    {
+        vm.mem.write_u16((TSS_DF + 0x48 + 4 * i as u32) as u64, *s);
+    }
+    put(
+        &mut vm,
+        0x10000,
+        &asm(32, 0x10000, |a| a.int(0x80).unwrap()),
+    );
+    step(&mut it, &mut vm);
+    // The INT's push faulted (supervisor write, not present), the #PF's
+    // push faulted the same way: #DF, through the task gate.
+    assert_eq!(vm.cpu.cr2, ESP0 - 4);
+    assert_eq!(vm.cpu.tr.selector, DF_TSS_SEL);
+    assert_eq!(vm.cpu.eip, 0x25000);
+    assert_eq!(r32(&mut vm, 0xA000 - 4), 0);
+    // The interrupted task is the ring-3 one, saved at the INT.
+    assert_eq!(r32(&mut vm, TSS0 + 0x20), 0x10000);
+    assert_eq!(r16(&mut vm, TSS0 + 0x4C), U_CODE);
+    assert_eq!(it.stats.exceptions[14], 1);
+}
+
+#[test]
+fn bad_tss_stack_is_ts_with_ext_per_source_and_16bit_tss_stacks_work() {
+    let mut it = Interpreter::new();
+    // TSS0.SS0 = null. #TS goes to a conforming handler (no stack switch).
+    let setup = |vm: &mut Vm| {
+        to_ring3(vm, 0x7000);
+        vm.mem.write_u16((TSS0 + 8) as u64, 0);
+        set_idt(vm, 0x80, gate(K_CODE, 0x21000, 0xE, 3, 0));
+        set_idt(vm, 0x41, gate(K_CODE, 0x21000, 0xE, 0, 0));
+        set_idt(vm, 10, gate(CONF_CODE, 0x2A000, 0xE, 0, 0));
+        put(vm, 0x10000, &asm(32, 0x10000, |a| a.int(0x80).unwrap()));
+    };
+    let mut vm = pm_vm();
+    setup(&mut vm);
+    step(&mut it, &mut vm);
+    assert_eq!(vm.cpu.eip, 0x2A000);
+    assert_eq!(
+        r32(&mut vm, 0x7000 - 16),
+        0,
+        "#TS(0): software INT, EXT clear"
+    );
+    // The same from an external interrupt: EXT set.
+    let mut vm = pm_vm();
+    setup(&mut vm);
+    vm.cpu.pending_irq = Some(0x41);
+    step(&mut it, &mut vm);
+    assert_eq!(vm.cpu.eip, 0x2A000);
+    assert_eq!(r32(&mut vm, 0x7000 - 16), 1, "#TS(EXT)");
+    assert_eq!(
+        r32(&mut vm, 0x7000 - 12),
+        0x10000,
+        "returns to the interrupted EIP"
+    );
+
+    // A 16-bit TSS supplies SS0:SP0 at offsets 4 and 2.
+    let mut vm = pm_vm();
+    to_ring3(&mut vm, 0x7000);
+    vm.mem.write_u16((TSS16 + 2) as u64, 0x6000);
+    vm.mem.write_u16((TSS16 + 4) as u64, K_DATA);
+    let t = vm.mem.read_u64((GDT + TSS16_SEL as u32) as u64);
+    vm.cpu.tr = Segment::from_descriptor(TSS16_SEL, t as u32, (t >> 32) as u32);
+    set_idt(&mut vm, 0x80, gate(K_CODE, 0x21000, 0xE, 3, 0));
+    put(
+        &mut vm,
+        0x10000,
+        &asm(32, 0x10000, |a| a.int(0x80).unwrap()),
+    );
+    vm.cpu.gpr[ESP] |= 0xABCD_0000; // 32-bit stack: ESP is replaced whole
+    step(&mut it, &mut vm);
+    assert_eq!(vm.cpu.eip, 0x21000);
+    assert_eq!(sp_of(&vm), 0x6000 - 20);
+    assert_eq!(r32(&mut vm, 0x6000 - 8), 0xABCD_7000, "old ESP");
 }

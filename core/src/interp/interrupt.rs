@@ -17,7 +17,7 @@ use super::segment::{
 };
 use super::task::{self, TaskSource};
 use super::{Ctx, Table};
-use crate::cpu::{cr4, flags, SegReg, ESP};
+use crate::cpu::{cr4, flags, CpuState, SegReg, ESP};
 use crate::engine::ShutdownReason;
 use crate::exception::{vector, Fault};
 use crate::mmu::Access;
@@ -163,7 +163,7 @@ pub fn single_step_trap(vm: &mut Vm) -> Result<(), ShutdownReason> {
 /// the single-step trap it would owe is then discarded, as hardware does
 /// for the handler's new context (TF was cleared on delivery; an INTO
 /// that did not trap left TF alone).
-pub fn delivered_software_interrupt(ins: &Instruction, cpu: &crate::cpu::CpuState) -> bool {
+pub fn delivered_software_interrupt(ins: &Instruction, cpu: &CpuState) -> bool {
     matches!(
         ins.mnemonic(),
         Mnemonic::Int | Mnemonic::Int3 | Mnemonic::Into | Mnemonic::Int1

@@ -268,6 +268,30 @@ mod tests {
         );
     }
 
+    /// Byte DIV/IDIV against the definition: truncating quotient, #DE
+    /// exactly when the divisor is 0 or the quotient leaves the range.
+    #[test]
+    fn byte_division_against_definition() {
+        for n in (0..=0xFFFFu32).step_by(5) {
+            for d in 0..=0xFFu32 {
+                let got = div(n as u64, d, 1);
+                if d == 0 || n / d > 0xFF {
+                    assert_eq!(got, Err(Fault::de()), "{n:#x} / {d:#x}");
+                } else {
+                    assert_eq!(got, Ok((n / d, n % d)), "{n:#x} / {d:#x}");
+                }
+                let (sn, sd) = (n as u16 as i16 as i32, d as u8 as i8 as i32);
+                let got = idiv(n as u64, d, 1);
+                if sd == 0 || !(-128..=127).contains(&(sn / sd)) {
+                    assert_eq!(got, Err(Fault::de()), "{sn} / {sd}");
+                } else {
+                    let want = ((sn / sd) as u32 & 0xFF, (sn % sd) as u32 & 0xFF);
+                    assert_eq!(got, Ok(want), "{sn} / {sd}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn handlers() {
         let mut vm = vm32();
@@ -331,5 +355,26 @@ mod tests {
         vm.cpu.set_reg32(EAX, 0x0FFF);
         run(&mut vm, 16, |a| a.div(cl)).unwrap();
         assert_eq!(vm.cpu.reg32(EAX), 0x0FFF);
+    }
+
+    #[test]
+    fn divide_error_is_delivered_as_a_fault() {
+        use crate::interp::testutil::{load, CODE};
+        use crate::interp::{Interpreter, Step};
+        // Real mode: IVT vector 0 -> 0000:2000. #DE is a fault, so the
+        // pushed return address is the DIV itself (SDM Vol. 3 6.15).
+        let mut vm = vm16();
+        vm.mem.write_u32(0, 0x0000_2000);
+        vm.cpu.set_reg32(EAX, 0x1234);
+        vm.cpu.set_reg32(ECX, 0);
+        load(&mut vm, 16, |a| a.div(cl));
+        let mut interp = Interpreter::new();
+        assert_eq!(interp.step(&mut vm), Step::Retired);
+        assert_eq!(vm.cpu.eip, 0x2000);
+        assert_eq!(vm.cpu.reg32(EAX), 0x1234);
+        let top = vm.cpu.reg32(crate::cpu::ESP);
+        assert_eq!(top, 0xF000 - 6);
+        assert_eq!(vm.mem.read_u16(top as u64) as u32, CODE);
+        assert_eq!(interp.stats.exceptions[vector::DE as usize], 1);
     }
 }

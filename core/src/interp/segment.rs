@@ -869,12 +869,10 @@ fn load_far_pointer(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
     let ea = ctx.ea(ins);
     let off = ctx.read_mem(ms, ea, osz)?;
     let sel = ctx.read_mem(ms, ea.wrapping_add(osz as u32), 2)? as u16;
+    // LSS sets no interrupt shadow: only MOV SS and POP SS do (SDM Vol. 3
+    // 6.8.3).
     load_segment(ctx.vm, seg, sel)?;
     ctx.set_reg(ins.op0_register(), off);
-    if seg == SegReg::Ss {
-        // LSS does not inhibit interrupts architecturally (only MOV SS and
-        // POP SS do, SDM Vol. 3 6.8.3).
-    }
     Ok(())
 }
 

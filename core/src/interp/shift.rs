@@ -499,4 +499,203 @@ mod tests {
         assert_eq!(vm.cpu.reg32(EAX), 0x3000_0238);
         assert_eq!(vm.cpu.eflags & CF, 0);
     }
+
+    /// The SDM's Operation pseudo-code for the shifts and rotates, one bit
+    /// per loop iteration, written out literally. Returns the result and
+    /// the flags the SDM defines for this count, with the mask of those.
+    fn sdm_loop(op: M, v: u32, count: u32, cf_in: u32, size: usize) -> (u32, u32, u32) {
+        let bits = size as u32 * 8;
+        let m = mask(size);
+        let top = |d: u32| (d >> (bits - 1)) & 1;
+        let masked = count & 0x1F;
+        let mut d = v & m;
+        let mut cf = cf_in;
+        let mut defined = 0;
+        let mut of = 0;
+        match op {
+            M::Shl | M::Shr | M::Sar => {
+                let orig = d;
+                for _ in 0..masked {
+                    if op == M::Shl {
+                        cf = top(d);
+                        d = (d << 1) & m;
+                    } else {
+                        cf = d & 1;
+                        d = if op == M::Sar {
+                            (d >> 1) | (d & sign_bit(size))
+                        } else {
+                            d >> 1
+                        };
+                    }
+                }
+                if masked == 1 {
+                    of = match op {
+                        M::Shl => top(d) ^ cf,
+                        M::Shr => top(orig),
+                        _ => 0,
+                    };
+                    defined |= OF;
+                }
+                if masked != 0 {
+                    defined |= SF | ZF | PF;
+                    if op == M::Sar || masked < bits {
+                        defined |= CF;
+                    }
+                }
+            }
+            M::Rol | M::Ror => {
+                for _ in 0..masked % bits {
+                    d = if op == M::Rol {
+                        ((d << 1) & m) | top(d)
+                    } else {
+                        (d >> 1) | ((d & 1) << (bits - 1))
+                    };
+                }
+                if masked != 0 {
+                    cf = if op == M::Rol { d & 1 } else { top(d) };
+                    defined |= CF;
+                }
+                if masked == 1 {
+                    of = if op == M::Rol {
+                        top(d) ^ cf
+                    } else {
+                        top(d) ^ ((d >> (bits - 2)) & 1)
+                    };
+                    defined |= OF;
+                }
+            }
+            _ => {
+                let turn = if size == 4 {
+                    masked
+                } else {
+                    masked % (bits + 1)
+                };
+                if masked == 1 && op == M::Rcr {
+                    of = top(d) ^ cf;
+                }
+                for _ in 0..turn {
+                    if op == M::Rcl {
+                        let t = top(d);
+                        d = ((d << 1) & m) | cf;
+                        cf = t;
+                    } else {
+                        let t = d & 1;
+                        d = (d >> 1) | (cf << (bits - 1));
+                        cf = t;
+                    }
+                }
+                if masked == 1 {
+                    if op == M::Rcl {
+                        of = top(d) ^ cf;
+                    }
+                    defined |= OF;
+                }
+                defined |= CF;
+            }
+        }
+        let mut f = if of != 0 { OF } else { 0 } | if cf != 0 { CF } else { 0 };
+        f |= szp(d, size);
+        (d, f & defined, defined)
+    }
+
+    #[test]
+    fn matches_sdm_pseudocode_on_defined_flags() {
+        let ops = [M::Shl, M::Shr, M::Sar, M::Rol, M::Ror, M::Rcl, M::Rcr];
+        let mut seed = 0x2545_F491u32;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        for op in ops {
+            for size in [1usize, 2, 4] {
+                for i in 0..4096u32 {
+                    let v = if size == 1 {
+                        i & 0xFF
+                    } else {
+                        next() & mask(size)
+                    };
+                    let count = if size == 1 { i >> 8 } else { next() & 0x3F };
+                    for cf in [0, 1] {
+                        let (rv, rf, defined) = sdm_loop(op, v, count, cf, size);
+                        let fin = if cf != 0 { CF } else { 0 };
+                        let (gv, gf) = match shift(op, v, count, cf, size) {
+                            None => (v, fin),
+                            Some(s) => (s.value, (fin & !s.mask) | s.flags),
+                        };
+                        let what = format!("{op:?} size {size} v {v:#x} count {count} cf {cf}");
+                        assert_eq!(gv, rv, "{what}");
+                        assert_eq!(gf & defined, rf, "{what}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// SHLD/SHRD by the SDM's bit-by-bit Operation, for counts up to the
+    /// operand size (beyond it the result is undefined): (result, CF).
+    fn sdm_double(left: bool, d: u32, src: u32, count: u32, size: usize) -> (u32, u32) {
+        let bits = size as u32 * 8;
+        let bit = |x: u32, i: u32| (x >> i) & 1;
+        let mut r = 0;
+        let cf;
+        if left {
+            cf = bit(d, bits - count);
+            for i in (count..bits).rev() {
+                r |= bit(d, i - count) << i;
+            }
+            for i in (0..count).rev() {
+                r |= bit(src, i + bits - count) << i;
+            }
+        } else {
+            cf = bit(d, count - 1);
+            for i in 0..bits - count {
+                r |= bit(d, i + count) << i;
+            }
+            for i in bits - count..bits {
+                r |= bit(src, i + count - bits) << i;
+            }
+        }
+        (r, cf)
+    }
+
+    #[test]
+    fn double_shift_matches_sdm_pseudocode() {
+        let mut seed = 0x9E37_79B9u32;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        for size in [2usize, 4] {
+            let bits = size as u32 * 8;
+            for _ in 0..20_000 {
+                let (d, src) = (next() & mask(size), next() & mask(size));
+                let count = next() & 0x1F;
+                for left in [true, false] {
+                    let got = double_shift(left, d, src, count, size);
+                    if count == 0 {
+                        assert_eq!(got, None);
+                        continue;
+                    }
+                    if count > bits {
+                        continue;
+                    }
+                    let s = got.expect("nonzero count");
+                    let (r, cf) = sdm_double(left, d, src, count, size);
+                    let what = format!("left {left} size {size} {d:#x} {src:#x} by {count}");
+                    assert_eq!(s.value, r, "{what}");
+                    assert_eq!(s.flags & CF, if cf != 0 { CF } else { 0 }, "{what}");
+                    assert_eq!(s.flags & (SF | ZF | PF), szp(r, size), "{what}");
+                    if count == 1 {
+                        // OF: the sign changed.
+                        let changed = (r ^ d) & sign_bit(size) != 0;
+                        assert_eq!(s.flags & OF != 0, changed, "{what}");
+                    }
+                }
+            }
+        }
+    }
 }

@@ -569,6 +569,33 @@ mod tests {
         assert_eq!(run(&mut vm, 16, |a| a.pushf()), Err(Fault::gp(0)));
     }
 
+    /// Through `Interpreter::step`: a #GP(0) from RDPMC at CPL 0 is
+    /// delivered through IDT gate 13 with error code 0 and the faulting
+    /// EIP (SDM Vol. 3 6.12.1, no stack switch at the same privilege).
+    #[test]
+    fn step_delivers_gp_through_the_idt() {
+        let mut vm = flat0();
+        // GDT: 1 = flat code (0x08), 2 = flat data (0x10).
+        vm.cpu.gdtr.base = 0x2000;
+        vm.cpu.gdtr.limit = 0x17;
+        vm.mem.write_u64(0x2008, 0x00CF_9A00_0000_FFFF);
+        vm.mem.write_u64(0x2010, 0x00CF_9200_0000_FFFF);
+        // IDT gate 13: 32-bit interrupt gate to 0x08:0x4000, DPL 0.
+        vm.cpu.idtr.base = 0x3000;
+        vm.cpu.idtr.limit = 0xFF;
+        vm.mem.write_u64(0x3000 + 13 * 8, 0x0000_8E00_0008_4000);
+        vm.cpu.set_reg32(ESP, 0x8000);
+        vm.mem.write(CODE as u64, &[0x0F, 0x33]);
+        let mut it = crate::interp::Interpreter::new();
+        assert_eq!(it.step(&mut vm), crate::interp::Step::Retired);
+        assert_eq!(vm.cpu.eip, 0x4000);
+        assert_eq!(vm.cpu.reg32(ESP), 0x8000 - 16);
+        assert_eq!(vm.mem.read_u32(0x8000 - 16), 0);
+        assert_eq!(vm.mem.read_u32(0x8000 - 12), CODE);
+        assert_eq!(vm.mem.read_u32(0x8000 - 8), 0x08);
+        assert_eq!(it.stats.exceptions[13], 1);
+    }
+
     /// POPFD of all ones at (CPL, IOPL): the resulting EFLAGS.
     fn popfd_all_ones(cpl: u16, iopl: u32) -> u32 {
         let mut vm = flat0();

@@ -14,7 +14,7 @@ use super::segment::{
     SEL_RPL, SEL_TI,
 };
 use super::Table;
-use crate::cpu::{cr0, flags, SegReg, Segment};
+use crate::cpu::{cr0, flags, SegReg};
 use crate::exception::{vector, Fault};
 use crate::mmu::Access;
 use crate::vm::Vm;
@@ -360,11 +360,6 @@ fn load_task_segments(vm: &mut Vm, st: &TaskState, ext: bool) -> Result<(), Faul
         vm.cpu.seg[seg as usize] = d.segment(s);
     }
     Ok(())
-}
-
-/// Whether the current TSS is a 32-bit one.
-pub fn tss_is_32(tr: &Segment) -> bool {
-    tr.sys_type() & 8 != 0
 }
 
 pub(super) fn register(_t: &mut Table) {}

@@ -4,8 +4,10 @@
 //! forms (FINIT, FSTSW, ...) decode as WAIT followed by the FN* form.
 //!
 //! Exact data movement (FLD, FILD, FIST/FISTP, FSTP m80, FXCH, ...) is in
-//! `load_store`. No arithmetic exists: those opcodes stay unregistered
-//! and raise #UD (counted by the interpreter). The registers
+//! `load_store`, FADD/FSUB/FMUL/FDIV and their forms in `arith`,
+//! FCOM/FUCOM/FCOMI/FTST/FXAM/FCMOVcc in `compare`. Other
+//! x87 opcodes stay unregistered and raise #UD (counted by the
+//! interpreter). The registers
 //! are kept as raw 80-bit encodings so that save/restore is exact; the
 //! tag word is recomputed from them as hardware does (SDM Vol. 1 8.1.7).
 //!
@@ -14,6 +16,8 @@
 //! CR0.NE is set. With NE clear the PC's FERR#/IRQ 13 path is not
 //! modelled and the instruction proceeds.
 
+pub mod arith;
+pub mod compare;
 pub mod load_store;
 
 use iced_x86::{Instruction, Mnemonic, OpKind};
@@ -80,6 +84,8 @@ pub(super) fn register(t: &mut Table) {
     t.set(&[Mnemonic::Fxsave], fxsave);
     t.set(&[Mnemonic::Fxrstor], fxrstor);
     load_store::register(t);
+    arith::register(t);
+    compare::register(t);
 }
 
 // ---- checks ---------------------------------------------------------------

@@ -70,7 +70,7 @@ pub struct GuestMemory {
 impl GuestMemory {
     /// Allocate `size` bytes of zeroed RAM at physical 0.
     pub fn new(size: u64) -> Result<Self, MemError> {
-        if size == 0 || size % PAGE_SIZE != 0 || size > 0xFFFF_F000 {
+        if size == 0 || !size.is_multiple_of(PAGE_SIZE) || size > 0xFFFF_F000 {
             return Err(MemError::BadSize(size));
         }
         let ram = MmapMut::map_anon(size as usize).map_err(|e| MemError::Alloc(size >> 20, e))?;

@@ -33,8 +33,8 @@ use crate::cpu::CpuState;
 use crate::exception::{pf, Fault};
 use crate::mem::{GuestMemory, PAGE_SHIFT};
 
-use shadow::{perm, Shadow, NO_DEP};
-use walk::{Rights, WalkCtl, NO_FRAME};
+use shadow::{perm, FrameSet, Shadow, NO_DEP};
+use walk::{Rights, WalkCtl};
 
 /// Kind of a memory access, in the bit layout of the #PF error code so
 /// that a fault's code is `Access` bits plus P/RSVD.
@@ -136,7 +136,19 @@ pub struct Mmu {
     built_a20: bool,
     /// Masked CR3 of the active context.
     cr3_key: u32,
+    /// Frames write-watched because a walk read entries from them.
+    pt_watched: FrameSet,
+    /// Frames write-watched for others through `watch_frame`.
+    ext_watched: FrameSet,
+    /// Page-table frames written with nothing derived from them since
+    /// the last such write: how many times. At `UNWATCH_AFTER` the frame
+    /// is taken for data (a freed page table) and no longer watched.
+    idle_writes: std::collections::HashMap<u32, u8, shadow::FrameHasherBuilder>,
 }
+
+/// Writes to a page-table frame with no walk through it in between after
+/// which the MMU stops watching it.
+const UNWATCH_AFTER: u8 = 8;
 
 impl Default for Mmu {
     fn default() -> Self {
@@ -155,6 +167,9 @@ impl Mmu {
             sig: 0,
             built_a20: true,
             cr3_key: 0,
+            pt_watched: FrameSet::default(),
+            ext_watched: FrameSet::default(),
+            idle_writes: Default::default(),
         }
     }
 
@@ -236,9 +251,10 @@ impl Mmu {
         if mem.frame_is_ram(w.phys) {
             let mut deps = [NO_DEP; 2];
             for (d, &t) in deps.iter_mut().zip(w.tables.iter()) {
-                if t != NO_FRAME {
-                    self.watch_frame(mem, t);
-                    *d = t as u32;
+                if let Ok(t) = u32::try_from(t) {
+                    self.pt_watched.insert(t);
+                    self.watch(mem, t);
+                    *d = t;
                 }
             }
             let frame = w.phys >> PAGE_SHIFT;
@@ -251,13 +267,34 @@ impl Mmu {
         Ok(w.phys)
     }
 
-    /// Write-watch `frame` (a page table, or translated code) and take
-    /// every shadow write permission to it away.
+    /// Write-watch `frame` for another owner (the translator's code
+    /// frames) and take every shadow write permission to it away. Watch
+    /// through here, not `GuestMemory::set_watched`, so that the shadow
+    /// never keeps write access and the MMU never unwatches it.
     pub fn watch_frame(&mut self, mem: &mut GuestMemory, frame: u64) {
+        if let Ok(f) = u32::try_from(frame) {
+            self.ext_watched.insert(f);
+            self.watch(mem, f);
+        }
+    }
+
+    /// Stop watching `frame` for the other owner (the MMU keeps watching
+    /// it if it holds page tables).
+    pub fn unwatch_frame(&mut self, mem: &mut GuestMemory, frame: u64) {
+        if let Ok(f) = u32::try_from(frame) {
+            self.ext_watched.remove(&f);
+            if !self.pt_watched.contains(&f) {
+                mem.set_watched(frame, false);
+            }
+        }
+    }
+
+    fn watch(&mut self, mem: &mut GuestMemory, f: u32) {
+        let frame = f as u64;
         if !mem.is_watched(frame) {
             mem.set_watched(frame, true);
             if mem.is_watched(frame) {
-                self.shadow.revoke_write(frame as u32);
+                self.shadow.revoke_write(f);
             }
         }
     }
@@ -361,9 +398,22 @@ impl Mmu {
 
     /// A write landed on a write-watched frame: drop the shadow entries
     /// derived from it.
-    pub fn on_watched_write(&mut self, _mem: &mut GuestMemory, frame: u64) {
-        if let Ok(f) = u32::try_from(frame) {
-            self.shadow.drop_frame(f);
+    pub fn on_watched_write(&mut self, mem: &mut GuestMemory, frame: u64) {
+        let Ok(f) = u32::try_from(frame) else {
+            return;
+        };
+        if self.shadow.drop_frame(f) {
+            self.idle_writes.remove(&f);
+        } else if self.pt_watched.contains(&f) {
+            let n = self.idle_writes.entry(f).or_insert(0);
+            *n += 1;
+            if *n >= UNWATCH_AFTER {
+                self.idle_writes.remove(&f);
+                self.pt_watched.remove(&f);
+                if !self.ext_watched.contains(&f) {
+                    mem.set_watched(frame, false);
+                }
+            }
         }
     }
 }
@@ -682,5 +732,54 @@ mod tests {
         vm.cpu.cr3 = 0x1000;
         vm.mmu.set_cr3(&vm.cpu);
         assert_eq!(vm.read_lin(0, 4, Access::READ), Ok(0x1111_1111));
+    }
+
+    #[test]
+    fn freed_page_table_is_unwatched_after_idle_writes() {
+        let mut vm = paged_vm();
+        // PDE 2 -> PT2 at 0x9000 (page 0x80_0000 -> 0x5000); PT page 3
+        // maps PT2 at linear 0x40_3000 so the guest can reuse it as data.
+        vm.mem.write_u32(PD as u64 + 8, 0x9000 | RW_USER);
+        vm.mem.write_u32(0x9000, 0x5000 | RW_USER);
+        vm.mem.write_u32(PT as u64 + 12, 0x9000 | RW_USER);
+        assert_eq!(vm.read_lin(0x80_0000, 4, Access::READ), Ok(0x1111_1111));
+        assert!(vm.mem.is_watched(9));
+        // The guest frees PT2 (clears PDE 2) and fills the page with data.
+        vm.write_lin(0x40_2008, 4, 0, Access::WRITE).unwrap();
+        for i in 0..=UNWATCH_AFTER as u32 {
+            vm.write_lin(0x40_3800 + 4 * i, 4, 0xAA, Access::WRITE)
+                .unwrap();
+        }
+        assert!(!vm.mem.is_watched(9));
+        vm.write_lin(0x40_3100, 4, 0xBB, Access::WRITE).unwrap();
+        assert_eq!(vm.mmu.lookup_ram(0x40_3100, Access::WRITE), Some(0x9100));
+        // Walking through it again watches it again.
+        vm.write_lin(0x40_2008, 4, (0x9000 | RW_USER) as u64, Access::WRITE)
+            .unwrap();
+        assert_eq!(vm.read_lin(0x80_0000, 4, Access::READ), Ok(0x1111_1111));
+        assert!(vm.mem.is_watched(9));
+        assert_eq!(vm.mmu.lookup_ram(0x40_3100, Access::WRITE), None);
+    }
+
+    #[test]
+    fn frames_watched_for_others_stay_watched() {
+        let mut vm = paged_vm();
+        vm.read_lin(0x40_0000, 4, Access::READ).unwrap();
+        vm.mmu.watch_frame(&mut vm.mem, 2);
+        // Drop every mapping derived from the PT, then write it as data.
+        // (The PD is reached through the PT, so restore it physically.)
+        vm.write_lin(0x40_2004, 4, 0, Access::WRITE).unwrap();
+        vm.write_phys(PD as u64 + 4, 4, (PT | RW_USER) as u64);
+        for i in 0..2 * UNWATCH_AFTER as u32 {
+            vm.write_phys(PT as u64 + 0x800 + 4 * i as u64, 4, 0);
+        }
+        assert!(vm.mem.is_watched(2));
+        vm.mmu.unwatch_frame(&mut vm.mem, 2);
+        assert!(!vm.mem.is_watched(2));
+        // A frame the MMU still uses as a page table stays watched.
+        vm.read_lin(0x40_0000, 4, Access::READ).unwrap();
+        vm.mmu.watch_frame(&mut vm.mem, 2);
+        vm.mmu.unwatch_frame(&mut vm.mem, 2);
+        assert!(vm.mem.is_watched(2));
     }
 }

@@ -5,9 +5,9 @@
 //! guest CR3, least recently used recycled), the shared part holding global
 //! mappings, the direct-mapped lookup table of each context and the
 //! bookkeeping that keeps it coherent: for every entry the page-table
-//! frames it was derived from, and per context the set of such frames, so
-//! that a guest write to a page-table frame drops exactly the entries
-//! derived from it. It does not walk (`walk.rs`) and does not decide when
+//! frames it was derived from, and per context a reverse map from such a
+//! frame to the slots derived from it, so that a guest write to a
+//! page-table frame drops exactly the entries derived from it. It does not walk (`walk.rs`) and does not decide when
 //! to flush (`Mmu` does, following the architecture).
 //!
 //! Entry layout (8 bytes, read inline by generated code):
@@ -19,7 +19,8 @@
 //! hit:  ((tag ^ lin) & !0xFFF) | (!tag >> perm_shift(acc) & 1) == 0
 //! ```
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use super::Access;
 
@@ -89,11 +90,95 @@ impl Entry {
     }
 }
 
+/// Hasher for frame numbers: a multiply and a fold. They are small
+/// integers looked up on every write-watch hit, where SipHash would cost
+/// more than the lookup it serves.
+#[derive(Default)]
+pub struct FrameHasher(u64);
+
+impl Hasher for FrameHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(self.0.rotate_left(8) ^ b as u64);
+        }
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(v as u64);
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0 ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 29)
+    }
+}
+
+/// Builds `FrameHasher`s.
+pub type FrameHasherBuilder = BuildHasherDefault<FrameHasher>;
+/// A set of frame numbers.
+pub type FrameSet = HashSet<u32, FrameHasherBuilder>;
+
 type Table = [Entry; SLOTS];
 /// Page-table frames each entry was derived from.
 type Deps = [[u32; 2]; SLOTS];
 /// Filler for an unused dependency.
 pub const NO_DEP: u32 = u32::MAX;
+
+/// Reverse map: page-table frame -> slots whose entries were derived from
+/// it. Lists may hold stale slots (entries since overwritten); users check
+/// `Deps` before dropping, and `add` compacts what grows too long.
+#[derive(Default)]
+struct Rmap(HashMap<u32, Vec<u16>, FrameHasherBuilder>);
+
+impl Rmap {
+    fn add(&mut self, deps: [u32; 2], slot: usize, all: &Deps) {
+        for f in deps {
+            if f == NO_DEP {
+                continue;
+            }
+            let v = self.0.entry(f).or_default();
+            v.push(slot as u16);
+            if v.len() > SLOTS {
+                v.sort_unstable();
+                v.dedup();
+                v.retain(|&s| all[s as usize & (SLOTS - 1)].contains(&f));
+            }
+        }
+        if self.0.len() > 2 * SLOTS {
+            self.rebuild(all);
+        }
+    }
+
+    /// Rebuild from `Deps`, dropping stale frames and slots.
+    fn rebuild(&mut self, all: &Deps) {
+        self.0.clear();
+        for (s, d) in all.iter().enumerate() {
+            for &f in d.iter().filter(|&&f| f != NO_DEP) {
+                self.0.entry(f).or_default().push(s as u16);
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    /// Drop from `table` every entry derived from `frame`; whether the
+    /// map knew the frame.
+    fn drop_frame(&mut self, frame: u32, table: &mut Table, deps: &mut Deps) -> bool {
+        let Some(slots) = self.0.remove(&frame) else {
+            return false;
+        };
+        for s in slots {
+            let s = s as usize & (SLOTS - 1);
+            if deps[s].contains(&frame) {
+                table[s] = Entry::default();
+                deps[s] = [NO_DEP; 2];
+            }
+        }
+        true
+    }
+}
 
 fn new_table() -> Box<Table> {
     Box::new([Entry::default(); SLOTS])
@@ -112,9 +197,8 @@ struct Context {
     /// the real one lives in `Shadow::cur`.
     table: Box<Table>,
     deps: Box<Deps>,
-    /// Every page-table frame some entry was derived from (a superset:
-    /// overwritten entries leave their frames here until the next drop).
-    frames: HashSet<u32>,
+    /// Page-table frame -> slots derived from it.
+    rmap: Rmap,
     last_use: u64,
 }
 
@@ -125,18 +209,8 @@ impl Context {
             pdptes: [0; 4],
             table: new_table(),
             deps: new_deps(),
-            frames: HashSet::new(),
+            rmap: Rmap::default(),
             last_use: 0,
-        }
-    }
-}
-
-/// Drop from `table` the entries whose dependencies include `frame`.
-fn drop_derived(table: &mut Table, deps: &mut Deps, frame: u32) {
-    for (e, d) in table.iter_mut().zip(deps.iter_mut()) {
-        if d[0] == frame || d[1] == frame {
-            *e = Entry::default();
-            *d = [NO_DEP; 2];
         }
     }
 }
@@ -158,7 +232,7 @@ pub struct Shadow {
     ctxs: Vec<Context>,
     global: Box<Table>,
     global_deps: Box<Deps>,
-    global_frames: HashSet<u32>,
+    global_rmap: Rmap,
     tick: u64,
 }
 
@@ -178,7 +252,7 @@ impl Shadow {
             ctxs,
             global: new_table(),
             global_deps: new_deps(),
-            global_frames: HashSet::new(),
+            global_rmap: Rmap::default(),
             tick: 0,
         }
     }
@@ -199,8 +273,7 @@ impl Shadow {
         self.cur[s] = e;
         let ctx = &mut self.ctxs[self.active];
         ctx.deps[s] = d;
-        ctx.frames
-            .extend(d.iter().copied().filter(|&f| f != NO_DEP));
+        ctx.rmap.add(d, s, &ctx.deps);
         Some(r)
     }
 
@@ -212,15 +285,14 @@ impl Shadow {
             tag: (lin & !0xFFF) | (perms & 0xFFF),
             ram: ram & !0xFFF,
         };
-        let frames = deps.iter().copied().filter(|&f| f != NO_DEP);
         self.cur[s] = e;
         let ctx = &mut self.ctxs[self.active];
         ctx.deps[s] = deps;
-        ctx.frames.extend(frames.clone());
+        ctx.rmap.add(deps, s, &ctx.deps);
         if global {
             self.global[s] = e;
             self.global_deps[s] = deps;
-            self.global_frames.extend(frames);
+            self.global_rmap.add(deps, s, &self.global_deps);
         }
     }
 
@@ -276,7 +348,7 @@ impl Shadow {
         self.cur.fill(Entry::default());
         let c = &mut self.ctxs[self.active];
         c.deps.fill([NO_DEP; 2]);
-        c.frames.clear();
+        c.rmap.clear();
     }
 
     /// Drop every entry of every context and the global part; contexts
@@ -286,7 +358,7 @@ impl Shadow {
             if c.key.is_some() && i != self.active {
                 c.table.fill(Entry::default());
                 c.deps.fill([NO_DEP; 2]);
-                c.frames.clear();
+                c.rmap.clear();
                 c.key = None;
             }
         }
@@ -294,7 +366,7 @@ impl Shadow {
         self.ctxs[self.active].key = Some(key);
         self.global.fill(Entry::default());
         self.global_deps.fill([NO_DEP; 2]);
-        self.global_frames.clear();
+        self.global_rmap.clear();
     }
 
     /// INVLPG: drop the page of `lin` everywhere it is cached (the active
@@ -319,22 +391,22 @@ impl Shadow {
     }
 
     /// A guest write hit page-table frame `frame`: drop every entry
-    /// derived from it.
-    pub fn drop_frame(&mut self, frame: u32) {
+    /// derived from it. Returns whether any context had such entries.
+    pub fn drop_frame(&mut self, frame: u32) -> bool {
+        let mut found = false;
         let active = self.active;
         for (i, c) in self.ctxs.iter_mut().enumerate() {
-            if c.frames.remove(&frame) {
-                let table = if i == active {
-                    &mut self.cur
-                } else {
-                    &mut c.table
-                };
-                drop_derived(table, &mut c.deps, frame);
-            }
+            let table = if i == active {
+                &mut self.cur
+            } else {
+                &mut c.table
+            };
+            found |= c.rmap.drop_frame(frame, table, &mut c.deps);
         }
-        if self.global_frames.remove(&frame) {
-            drop_derived(&mut self.global, &mut self.global_deps, frame);
-        }
+        found |= self
+            .global_rmap
+            .drop_frame(frame, &mut self.global, &mut self.global_deps);
+        found
     }
 
     /// `ram_frame` became write-watched: no entry may grant writes to it.
@@ -446,5 +518,25 @@ mod tests {
         assert!(!s.select(0x2000, Some(&p)));
         assert!(s.select(0x1000, Some(&p)));
         assert_eq!(s.probe(0x2000, Access::READ), Some(0x3000));
+    }
+
+    #[test]
+    fn drop_frame_is_exact_and_rmap_stays_bounded() {
+        let mut s = Shadow::new();
+        s.fill(0x1000, perm::SUP_READ, 0x5000, [1, 2], false);
+        s.fill(0x2000, perm::SUP_READ, 0x6000, [1, 3], false);
+        // Refill one slot many times from frame 4: the list compacts.
+        for i in 0..3 * SLOTS as u32 {
+            s.fill(0x3000, perm::SUP_READ, i << 12, [1, 4], false);
+        }
+        let c = &s.ctxs[s.active];
+        assert!(c.rmap.0.get(&4).is_some_and(|v| v.len() <= SLOTS));
+        assert!(s.drop_frame(3));
+        assert_eq!(s.probe(0x1000, Access::READ), Some(0x5000));
+        assert_eq!(s.probe(0x2000, Access::READ), None);
+        assert!(!s.drop_frame(3));
+        assert!(s.drop_frame(1));
+        assert_eq!(s.probe(0x1000, Access::READ), None);
+        assert_eq!(s.probe(0x3000, Access::READ), None);
     }
 }

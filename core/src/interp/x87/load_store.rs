@@ -4,9 +4,8 @@
 //! FCHS, FABS, FFREE/FFREEP, FINCSTP, FDECSTP, FNOP, and the undocumented
 //! aliases of FXCH and FSTP.
 //!
-//! FST/FSTP to m32fp/m64fp (which round), the transcendental constants
-//! (which depend on the rounding control) and all arithmetic are not here
-//! and raise #UD.
+//! The transcendental constants (which depend on the rounding control)
+//! and all arithmetic are not here and raise #UD.
 //!
 //! Stack faults follow SDM Vol. 1 8.5.1.1: with IE masked the result is
 //! the QNaN floating-point indefinite (or the integer indefinite); with
@@ -21,15 +20,17 @@ use crate::cpu::{FpuState, SegReg};
 use crate::exception::Fault;
 use crate::mmu::Access;
 
-/// Exception flags (FSW bits 0-5).
-const IE: u16 = 1 << 0;
-const DE: u16 = 1 << 1;
-const PE: u16 = 1 << 5;
+/// Exception flags (FSW bits 0-5; the FCW masks sit at the same bits).
+pub(super) const IE: u16 = 1 << 0;
+pub(super) const DE: u16 = 1 << 1;
+pub(super) const OE: u16 = 1 << 3;
+pub(super) const UE: u16 = 1 << 4;
+pub(super) const PE: u16 = 1 << 5;
 /// Condition code C1 (FSW bit 9).
 const C1: u16 = 1 << 9;
 
 /// An 80-bit register image.
-type Reg = [u8; 10];
+pub(super) type Reg = [u8; 10];
 
 /// The QNaN floating-point indefinite: sign 1, exponent all ones,
 /// significand 1100...0.
@@ -39,7 +40,7 @@ const ZERO: Reg = [0; 10];
 const ONE: Reg = [0, 0, 0, 0, 0, 0, 0, 0x80, 0xFF, 0x3F];
 
 /// Bias of the extended exponent.
-const BIAS: i32 = 16383;
+pub(super) const BIAS: i32 = 16383;
 
 pub(super) fn register(t: &mut Table) {
     t.set_codes(
@@ -63,6 +64,15 @@ pub(super) fn register(t: &mut Table) {
         fist,
     );
     t.set_codes(&[Code::Fstp_m80fp], fstp_m80);
+    t.set_codes(
+        &[
+            Code::Fst_m32fp,
+            Code::Fstp_m32fp,
+            Code::Fst_m64fp,
+            Code::Fstp_m64fp,
+        ],
+        fst_mem,
+    );
     t.set_codes(
         &[
             Code::Fst_sti,
@@ -90,11 +100,11 @@ pub(super) fn register(t: &mut Table) {
 // ---- stack helpers ------------------------------------------------------------
 
 /// Physical register of ST(i).
-fn st(f: &FpuState, i: usize) -> usize {
+pub(super) fn st(f: &FpuState, i: usize) -> usize {
     (top(f) + i) & 7
 }
 
-fn empty(f: &FpuState, phys: usize) -> bool {
+pub(super) fn empty(f: &FpuState, phys: usize) -> bool {
     (f.ftw >> (2 * phys)) & 3 == tag::EMPTY
 }
 
@@ -103,7 +113,7 @@ fn set_tag(f: &mut FpuState, phys: usize, t: u16) {
 }
 
 /// Write a register and its tag from its contents.
-fn put(f: &mut FpuState, phys: usize, v: Reg) {
+pub(super) fn put(f: &mut FpuState, phys: usize, v: Reg) {
     f.regs[phys] = v;
     set_tag(f, phys, classify(&v));
 }
@@ -112,7 +122,7 @@ fn set_top(f: &mut FpuState, t: usize) {
     f.fsw = (f.fsw & !fsw::TOP_MASK) | ((t as u16 & 7) << fsw::TOP_SHIFT);
 }
 
-fn set_c1(f: &mut FpuState, on: bool) {
+pub(super) fn set_c1(f: &mut FpuState, on: bool) {
     if on {
         f.fsw |= C1;
     } else {
@@ -122,7 +132,7 @@ fn set_c1(f: &mut FpuState, on: bool) {
 
 /// Raise x87 exception flags; returns whether all of them are masked
 /// (so the masked response applies).
-fn raise(f: &mut FpuState, flags: u16) -> bool {
+pub(super) fn raise(f: &mut FpuState, flags: u16) -> bool {
     f.fsw |= flags;
     update_es(f);
     flags & fsw::EXC & !f.fcw == 0
@@ -135,7 +145,7 @@ fn overflow(f: &mut FpuState) -> bool {
 }
 
 /// Stack underflow (#IS, C1 = 0). Returns whether masked.
-fn underflow(f: &mut FpuState) -> bool {
+pub(super) fn underflow(f: &mut FpuState) -> bool {
     set_c1(f, false);
     raise(f, IE | fsw::SF)
 }
@@ -156,7 +166,7 @@ fn push(f: &mut FpuState, v: Reg) {
     put(f, t, v);
 }
 
-fn pop(f: &mut FpuState) {
+pub(super) fn pop(f: &mut FpuState) {
     let t = top(f);
     set_tag(f, t, tag::EMPTY);
     set_top(f, t + 1);
@@ -165,7 +175,7 @@ fn pop(f: &mut FpuState) {
 /// The last-instruction pointers of a non-control instruction (SDM Vol. 1
 /// 8.1.8-8.1.9): FCS:FIP, the 11-bit opcode (low 3 bits of the escape
 /// byte and the ModR/M byte) and, for a memory operand, FDS:FDP.
-struct Last {
+pub(super) struct Last {
     fip: u32,
     fcs: u16,
     fop: u16,
@@ -199,7 +209,7 @@ impl Last {
         })
     }
 
-    fn apply(&self, f: &mut FpuState) {
+    pub(super) fn apply(&self, f: &mut FpuState) {
         f.fip = self.fip;
         f.fcs = self.fcs;
         f.fop = self.fop;
@@ -212,7 +222,7 @@ impl Last {
 
 /// The common start of every instruction here: #NM, pending #MF, then
 /// the last-instruction pointers to record once nothing can fault.
-fn begin(ctx: &mut Ctx, ins: &Instruction) -> Result<Last, Fault> {
+pub(super) fn begin(ctx: &mut Ctx, ins: &Instruction) -> Result<Last, Fault> {
     check_nm(ctx)?;
     check_pending(ctx)?;
     Last::of(ctx, ins)
@@ -221,7 +231,7 @@ fn begin(ctx: &mut Ctx, ins: &Instruction) -> Result<Last, Fault> {
 // ---- conversions ------------------------------------------------------------
 
 /// Assemble an 80-bit register from sign, biased exponent, significand.
-fn make(sign: bool, exp: u16, mant: u64) -> Reg {
+pub(super) fn make(sign: bool, exp: u16, mant: u64) -> Reg {
     let mut r = [0u8; 10];
     r[..8].copy_from_slice(&mant.to_le_bytes());
     let se = (exp & 0x7FFF) | if sign { 0x8000 } else { 0 };
@@ -229,7 +239,7 @@ fn make(sign: bool, exp: u16, mant: u64) -> Reg {
     r
 }
 
-fn parts(r: &Reg) -> (bool, u16, u64) {
+pub(super) fn parts(r: &Reg) -> (bool, u16, u64) {
     let se = u16::from_le_bytes([r[8], r[9]]);
     let mut m = [0u8; 8];
     m.copy_from_slice(&r[..8]);
@@ -237,7 +247,7 @@ fn parts(r: &Reg) -> (bool, u16, u64) {
 }
 
 /// A signed integer as an extended value (always exact).
-fn from_int(v: i64) -> Reg {
+pub(super) fn from_int(v: i64) -> Reg {
     if v == 0 {
         return ZERO;
     }
@@ -249,7 +259,7 @@ fn from_int(v: i64) -> Reg {
 /// Convert a binary32/binary64 image (`fbits` fraction bits, `ebits`
 /// exponent bits) to extended. Returns the value and the exceptions the
 /// load raises: IE for an SNaN (quietened), DE for a denormal.
-fn from_ieee(raw: u64, fbits: u32, ebits: u32) -> (Reg, u16) {
+pub(super) fn from_ieee(raw: u64, fbits: u32, ebits: u32) -> (Reg, u16) {
     let sign = raw >> (fbits + ebits) & 1 != 0;
     let emax = (1u64 << ebits) - 1;
     let e = (raw >> fbits) & emax;
@@ -306,13 +316,7 @@ fn to_int(r: &Reg, rc: u16, bits: u32) -> Option<(i64, bool, bool)> {
             (q, rem, 1u128 << (sh - 1))
         };
         // half for sh >= 128 is "more than any remainder": never nearest-up.
-        let inc = rem != 0
-            && match rc {
-                0 => rem > half || (rem == half && q & 1 == 1),
-                1 => sign,
-                2 => !sign,
-                _ => false,
-            };
+        let inc = round_up(rc, sign, q, rem, half);
         (q + inc as u128, rem != 0, inc)
     };
     let limit = 1u128 << (bits - 1);
@@ -325,6 +329,102 @@ fn to_int(r: &Reg, rc: u16, bits: u32) -> Option<(i64, bool, bool)> {
         q as i128
     };
     Some((v as i64, rem_nonzero, up))
+}
+
+/// Round `inc` decision for a magnitude remainder `rem` against `half`
+/// with rounding control `rc` (0 nearest-even, 1 down, 2 up, 3 chop).
+fn round_up(rc: u16, sign: bool, q: u128, rem: u128, half: u128) -> bool {
+    rem != 0
+        && match rc {
+            0 => rem > half || (rem == half && q & 1 == 1),
+            1 => sign,
+            2 => !sign,
+            _ => false,
+        }
+}
+
+/// Convert an extended value to a binary32/binary64 image for FST m32fp
+/// / m64fp (SDM Vol. 1 4.9.1.4-4.9.1.6, 8.5). Returns the image of the
+/// masked response, the exceptions raised and whether the significand
+/// was rounded up. Tininess is detected before rounding; with UE masked
+/// it is only flagged when the result is also inexact.
+pub(super) fn to_ieee(r: &Reg, fcw: u16, fbits: u32, ebits: u32) -> (u64, u16, bool) {
+    let (sign, exp, mant) = parts(r);
+    let sbit = (sign as u64) << (fbits + ebits);
+    let emax_b = (1u64 << ebits) - 1;
+    let inf = sbit | emax_b << fbits;
+    let frac_mask = (1u64 << fbits) - 1;
+    let indefinite = 1u64 << (fbits + ebits) | emax_b << fbits | 1 << (fbits - 1);
+    let bias = (1i32 << (ebits - 1)) - 1;
+    if exp == 0x7FFF {
+        if mant >> 63 == 0 {
+            // Pseudo-infinity / pseudo-NaN: unsupported.
+            return (indefinite, IE, false);
+        }
+        if mant << 1 == 0 {
+            return (inf, 0, false);
+        }
+        let snan = (mant >> 62) & 1 == 0;
+        let frac = ((mant | 1 << 62) >> (63 - fbits)) & frac_mask;
+        return (inf | frac, if snan { IE } else { 0 }, false);
+    }
+    if exp != 0 && mant >> 63 == 0 {
+        // Unnormal: unsupported.
+        return (indefinite, IE, false);
+    }
+    if mant == 0 {
+        return (sbit, 0, false);
+    }
+    let lz = mant.leading_zeros() as i32;
+    let m = (mant << lz) as u128;
+    // The value lies in [2^e, 2^(e+1)).
+    let e = exp.max(1) as i32 - BIAS - lz;
+    let p = fbits as i32 + 1;
+    let emin = 1 - bias;
+    let tiny = e < emin;
+    let shift = 64 - p + if tiny { emin - e } else { 0 };
+    let (q, rem, half) = if shift >= 128 {
+        (0, m, u128::MAX)
+    } else {
+        (m >> shift, m & ((1u128 << shift) - 1), 1u128 << (shift - 1))
+    };
+    let rc = (fcw >> 10) & 3;
+    let up = round_up(rc, sign, q, rem, half);
+    let inexact = rem != 0;
+    let mut q = q + up as u128;
+    let mut e = if tiny { emin } else { e };
+    if q >> p != 0 {
+        q >>= 1;
+        e += 1;
+    }
+    let mut flags = 0;
+    if tiny && (inexact || fcw & UE == 0) {
+        flags |= UE;
+    }
+    if e > bias {
+        // Overflow: infinity or the largest finite value by RC.
+        let to_inf = match rc {
+            0 => true,
+            1 => sign,
+            2 => !sign,
+            _ => false,
+        };
+        let img = if to_inf {
+            inf
+        } else {
+            sbit | (emax_b - 1) << fbits | frac_mask
+        };
+        return (img, flags | OE | PE, to_inf);
+    }
+    if inexact {
+        flags |= PE;
+    }
+    let img = if q >> (p - 1) == 0 {
+        sbit | q as u64
+    } else {
+        sbit | ((e + bias) as u64) << fbits | (q as u64 & frac_mask)
+    };
+    (img, flags, up)
 }
 
 // ---- handlers -----------------------------------------------------------------
@@ -382,7 +482,7 @@ fn fld_sti(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
 }
 
 /// The `i` of an ST(i) operand (the last register operand).
-fn sti_index(ins: &Instruction) -> usize {
+pub(super) fn sti_index(ins: &Instruction) -> usize {
     let r = ins.op_register(ins.op_count().saturating_sub(1));
     (r as usize).wrapping_sub(iced_x86::Register::ST0 as usize) & 7
 }
@@ -453,6 +553,50 @@ fn fist(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
             ctx.write_mem64(seg, off, v)?;
         } else {
             ctx.write_mem(seg, off, size, v as u32)?;
+        }
+        if pops {
+            pop(&mut f);
+        }
+    }
+    last.apply(&mut f);
+    ctx.vm.cpu.fpu = f;
+    Ok(())
+}
+
+/// FST/FSTP m32fp/m64fp. An unmasked invalid, overflow or underflow
+/// stores nothing and does not pop; an unmasked precision exception
+/// still stores (SDM Vol. 1 4.9.2).
+fn fst_mem(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
+    let last = begin(ctx, ins)?;
+    let (single, pops) = match ins.code() {
+        Code::Fst_m32fp => (true, false),
+        Code::Fstp_m32fp => (true, true),
+        Code::Fst_m64fp => (false, false),
+        _ => (false, true),
+    };
+    let (fbits, ebits) = if single { (23, 8) } else { (52, 11) };
+    let seg = ctx.mem_seg(ins);
+    let off = ctx.ea(ins);
+    let mut f = ctx.vm.cpu.fpu;
+    let s0 = st(&f, 0);
+    let store = if empty(&f, s0) {
+        let indefinite =
+            1u64 << (fbits + ebits) | ((1u64 << ebits) - 1) << fbits | 1 << (fbits - 1);
+        underflow(&mut f).then_some(indefinite)
+    } else {
+        let (img, flags, up) = to_ieee(&f.regs[s0], f.fcw, fbits, ebits);
+        set_c1(&mut f, up && flags & PE != 0);
+        let blocked = flags & (IE | OE | UE) & !f.fcw != 0;
+        if flags != 0 {
+            raise(&mut f, flags);
+        }
+        (!blocked).then_some(img)
+    };
+    if let Some(v) = store {
+        if single {
+            ctx.write_mem(seg, off, 4, v as u32)?;
+        } else {
+            ctx.write_mem64(seg, off, v)?;
         }
         if pops {
             pop(&mut f);
@@ -724,6 +868,80 @@ mod tests {
         assert_eq!(run(&mut vm, 32, |a| a.fist(dword_ptr(0x700))), Ok(()));
         assert_eq!(vm.mem.read_u32(0x700), 3);
         assert_eq!(vm.cpu.fpu.fsw & (PE | C1), PE | C1);
+    }
+
+    #[test]
+    fn narrowing_to_single_and_double() {
+        let nearest = 0x037F;
+        let chop = 0x0F7F;
+        let pi = make(false, 0x4000, 0xC90F_DAA2_2168_C235);
+        assert_eq!(
+            to_ieee(&pi, nearest, 52, 11),
+            (0x4009_21FB_5444_2D18, PE, false)
+        );
+        assert_eq!(to_ieee(&pi, nearest, 23, 8), (0x4049_0FDB, PE, true));
+        assert_eq!(to_ieee(&pi, chop, 23, 8), (0x4049_0FDA, PE, false));
+        assert_eq!(to_ieee(&ONE, nearest, 23, 8), (0x3F80_0000, 0, false));
+        assert_eq!(
+            to_ieee(&make(true, 0, 0), nearest, 23, 8),
+            (0x8000_0000, 0, false)
+        );
+        // 2^200 overflows a single: +inf when rounding to nearest, the
+        // largest finite value when chopping.
+        let big = make(false, (BIAS + 200) as u16, 1 << 63);
+        assert_eq!(to_ieee(&big, nearest, 23, 8), (0x7F80_0000, OE | PE, true));
+        assert_eq!(to_ieee(&big, chop, 23, 8), (0x7F7F_FFFF, OE | PE, false));
+        // 2^-149 is the smallest single denormal: exact, no UE when masked.
+        let d = make(false, (BIAS - 149) as u16, 1 << 63);
+        assert_eq!(to_ieee(&d, nearest, 23, 8), (0x0000_0001, 0, false));
+        // ...but UE when unmasked (tiny, exact).
+        assert_eq!(to_ieee(&d, nearest & !UE, 23, 8), (0x0000_0001, UE, false));
+        // 2^-150 is a tie between 0 and 2^-149: nearest-even gives 0.
+        let t = make(false, (BIAS - 150) as u16, 1 << 63);
+        assert_eq!(to_ieee(&t, nearest, 23, 8), (0, UE | PE, false));
+        // 1.5 * 2^-150 rounds up to 2^-149.
+        let t = make(false, (BIAS - 150) as u16, 0xC000_0000_0000_0000);
+        assert_eq!(to_ieee(&t, nearest, 23, 8), (1, UE | PE, true));
+        // Largest single denormal + rounding up carries into the normal range.
+        let t = make(false, (BIAS - 127) as u16, u64::MAX);
+        assert_eq!(to_ieee(&t, nearest, 23, 8), (0x0080_0000, UE | PE, true));
+        // An extended SNaN becomes a single QNaN with IE; infinity passes.
+        let snan = make(true, 0x7FFF, 0x8000_0100_0000_0000);
+        assert_eq!(to_ieee(&snan, nearest, 23, 8), (0xFFC0_0001, IE, false));
+        let inf = make(false, 0x7FFF, 1 << 63);
+        assert_eq!(
+            to_ieee(&inf, nearest, 52, 11),
+            (0x7FF0_0000_0000_0000, 0, false)
+        );
+        // Unnormal: invalid, indefinite.
+        let un = make(false, 0x3FFF, 1 << 62);
+        assert_eq!(to_ieee(&un, nearest, 23, 8), (0xFFC0_0000, IE, false));
+    }
+
+    #[test]
+    fn fst_memory_forms() {
+        let mut vm = flat0();
+        assert_eq!(run(&mut vm, 32, |a| a.fninit()), Ok(()));
+        // Empty stack: masked underflow stores the single indefinite.
+        assert_eq!(run(&mut vm, 32, |a| a.fst(dword_ptr(0x700))), Ok(()));
+        assert_eq!(vm.mem.read_u32(0x700), 0xFFC0_0000);
+        vm.mem.write_u64(0x600, 0xC004_0000_0000_0000);
+        assert_eq!(run(&mut vm, 32, |a| a.fld(qword_ptr(0x600))), Ok(()));
+        assert_eq!(run(&mut vm, 32, |a| a.fst(dword_ptr(0x700))), Ok(()));
+        assert_eq!(vm.mem.read_u32(0x700), 0xC020_0000);
+        assert_eq!(run(&mut vm, 32, |a| a.fstp(qword_ptr(0x708))), Ok(()));
+        assert_eq!(vm.mem.read_u64(0x708), 0xC004_0000_0000_0000);
+        assert_eq!(vm.cpu.fpu.ftw, 0xFFFF);
+        // Unmasked overflow: nothing stored, no pop, ES set.
+        let big: Reg = make(false, (BIAS + 200) as u16, 1 << 63);
+        vm.mem.write(0x610, &big);
+        assert_eq!(run(&mut vm, 32, |a| a.fld(tword_ptr(0x610))), Ok(()));
+        vm.cpu.fpu.fcw = 0x0377;
+        vm.mem.write_u32(0x700, 0x1234_5678);
+        assert_eq!(run(&mut vm, 32, |a| a.fstp(dword_ptr(0x700))), Ok(()));
+        assert_eq!(vm.mem.read_u32(0x700), 0x1234_5678);
+        assert_eq!(vm.cpu.fpu.ftw & 0xC000, 0);
+        assert_ne!(vm.cpu.fpu.fsw & fsw::ES, 0);
     }
 
     #[test]
