@@ -292,7 +292,12 @@ impl KvmEngine {
             io_pending: false,
             sregs_cache: None,
             _ivt: ivt,
-            interp: Interpreter::new(),
+            interp: {
+                // One REP iteration per interpreted step, as in lockstep.
+                let mut i = Interpreter::new();
+                i.rep_batch = 1;
+                i
+            },
             watchdog: watchdog::Watchdog::new(),
             last_exit: String::from("none"),
             time_limit: None,
@@ -511,6 +516,9 @@ impl KvmEngine {
     /// exits (free-running mode) done, HLT, shutdown, timeout, a private
     /// trap, an error. `done` counts steps/exits; I/O and MMIO are served.
     fn enter(&mut self, vm: &mut Vm, steps: u64, done: &mut u64) -> End {
+        // From here the vCPU's state may drift from what was loaded; a store
+        // makes it known again.
+        self.known = None;
         let stepping = matches!(self.stepping, Some(StepMode::Step | StepMode::StepCatch));
         let catching = self.stepping == Some(StepMode::StepCatch);
         loop {
