@@ -1202,3 +1202,43 @@ fn guest_switches_cr3_and_turns_paging_off() {
     assert_eq!((a.cpu.gpr[EBX], a.cpu.gpr[ECX]), (42, 41));
     free_run(&setup);
 }
+
+#[test]
+fn code_runs_from_rom_and_rom_writes_are_dropped() {
+    need_kvm!();
+    let mut vm = new_vm();
+    let code = assemble(16, 0x100, |a| {
+        a.mov(ax, word_ptr(0x200))?; // CS-relative below: DS = F000
+        a.mov(word_ptr(0x200), 0x1111u32)?; // dropped
+        a.mov(bx, word_ptr(0x200))?;
+        a.out(0xE9, al)?;
+        a.hlt()?;
+        Ok(())
+    });
+    let mut rom = vec![0xF4u8; 0x10000];
+    rom[0x100..0x100 + code.len()].copy_from_slice(&code);
+    rom[0x200] = 0x34;
+    rom[0x201] = 0x12;
+    vm.mem.add_rom(0xF0000, rom).unwrap();
+    real_mode(&mut vm, 0xF000, 0x100);
+    vm.cpu.seg[SegReg::Ds as usize] = Segment::real(0xF000);
+    let sink = Sink::default();
+    vm.bus.add_ports(0xE9, 1, Box::new(sink.clone()));
+    let t = std::time::Instant::now();
+    let mut k = KvmEngine::new(&mut vm).unwrap();
+    eprintln!("engine created in {:?}", t.elapsed());
+    assert_eq!(
+        k.run(&mut vm, BIG),
+        Exit::Halted,
+        "{}",
+        k.last_exit_reason()
+    );
+    assert_eq!(vm.cpu.gpr[EAX] as u16, 0x1234);
+    assert_eq!(vm.cpu.gpr[EBX] as u16, 0x1234);
+    assert_eq!(&*sink.0.borrow(), &[(0xE9, 1, 0x34)]);
+    assert_eq!(vm.mem.stats.rom_writes, 2);
+    assert_eq!(
+        k.stats.emulation_fallbacks, 0,
+        "code must run from the ROM slot"
+    );
+}

@@ -45,8 +45,11 @@
 //! Known differences from the architecture, by design: KVM writes guest RAM
 //! behind `GuestMemory`'s dirty and write-watch bitmaps (the engine flushes
 //! the MMU's shadow state after each run instead), and ROM/MMIO ranges must
-//! be declared on `vm.mem` before `KvmEngine::new` (they become holes in
-//! KVM's memory map; accesses there exit to us and go through `Vm`).
+//! be declared on `vm.mem` before `KvmEngine::new`: MMIO ranges become
+//! holes in KVM's memory map (accesses exit and go through `Vm`), ROM
+//! ranges read-only slots with a copy of the ROM taken at `new` (writes
+//! exit and are dropped by `Vm`). A ROM frame only partly covered stays a
+//! hole. The A20 gate is not modelled (KVM has none).
 //! External interrupts are taken only at `run` entry, through
 //! `interp::interrupt::take_pending`, like the interpreter's step.
 
@@ -69,7 +72,7 @@ use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use umbra_core::cpu::CpuState;
 use umbra_core::engine::{Budget, Engine, Exit, ShutdownReason};
 use umbra_core::interp::{interrupt, Interpreter, Step};
-use umbra_core::mem::PAGE_SIZE;
+use umbra_core::mem::{Region, PAGE_SIZE};
 use umbra_core::Vm;
 
 pub use cpuid::table_source as cpuid_table;
@@ -149,6 +152,8 @@ pub struct KvmEngine {
     sregs_cache: Option<kvm_bindings::kvm_sregs>,
     /// Private IVT for exact real-mode steps (mapped into the VM).
     _ivt: realstep::PrivateIvt,
+    /// Copies of the guest's ROMs, mapped read-only into the VM.
+    _roms: Vec<memmap2::MmapMut>,
     /// Runs the instructions paging emulation cannot run natively.
     interp: Interpreter,
     watchdog: watchdog::Watchdog,
@@ -232,6 +237,7 @@ impl KvmEngine {
         if pieces.len() >= PRIVATE_SLOT as usize {
             return Err(KvmError::Layout(pieces.len()));
         }
+        let first_free_slot = pieces.len() as u32;
         for (slot, (start, end)) in pieces.into_iter().enumerate() {
             let region = kvm_userspace_memory_region {
                 slot: slot as u32,
@@ -245,6 +251,34 @@ impl KvmEngine {
             // (documented above); KVM only accesses it while we run.
             unsafe { vm_fd.set_user_memory_region(region) }
                 .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+
+        // ROM: read-only slots holding a copy of each ROM range, so that
+        // code runs from it; guest writes exit and are dropped by `Vm`.
+        let mut roms = Vec::new();
+        if kvm.check_extension(kvm_ioctls::Cap::ReadonlyMem) {
+            let mut slot = PRIVATE_SLOT - 1;
+            for (start, end) in rom_ranges(vm) {
+                if slot < first_free_slot {
+                    return Err(KvmError::Layout(slot as usize));
+                }
+                let len = (end - start) as usize;
+                let mut map = memmap2::MmapMut::map_anon(len).map_err(KvmError::Alloc)?;
+                vm.mem.read(start, &mut map);
+                let region = kvm_userspace_memory_region {
+                    slot,
+                    flags: kvm_bindings::KVM_MEM_READONLY,
+                    guest_phys_addr: start,
+                    memory_size: len as u64,
+                    userspace_addr: map.as_ptr() as u64,
+                };
+                // SAFETY: `map` is owned by the engine (kept in `roms`) and
+                // outlives the VM fd; KVM only reads it.
+                unsafe { vm_fd.set_user_memory_region(region) }
+                    .map_err(ioctl("KVM_SET_USER_MEMORY_REGION (ROM)"))?;
+                roms.push(map);
+                slot -= 1;
+            }
         }
 
         let paging = paging::Private::new().map_err(KvmError::Alloc)?;
@@ -292,6 +326,7 @@ impl KvmEngine {
             io_pending: false,
             sregs_cache: None,
             _ivt: ivt,
+            _roms: roms,
             interp: {
                 // One REP iteration per interpreted step, as in lockstep.
                 let mut i = Interpreter::new();
@@ -910,6 +945,28 @@ impl Engine for KvmEngine {
         }
         self.run_inner(vm, budget)
     }
+}
+
+/// The page-aligned ranges of the 32-bit physical space where `vm.mem`
+/// has ROM (below RAM's end over RAM, or anywhere above it), except where
+/// the engine's private pages lie.
+fn rom_ranges(vm: &Vm) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    let private = realstep::IVT_ADDR..(TSS_ADDR as u64 + 0x3000);
+    let mut p = 0u64;
+    while p < 1 << 32 {
+        let rom = matches!(vm.mem.region(p), Region::Rom(..))
+            && matches!(vm.mem.region(p + PAGE_SIZE - 1), Region::Rom(..))
+            && !private.contains(&p);
+        if rom {
+            match out.last_mut() {
+                Some(last) if last.1 == p => last.1 = p + PAGE_SIZE,
+                _ => out.push((p, p + PAGE_SIZE)),
+            }
+        }
+        p += PAGE_SIZE;
+    }
+    out
 }
 
 /// The pieces of guest RAM that are plain RAM frames (no ROM or MMIO on
