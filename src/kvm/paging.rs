@@ -876,3 +876,83 @@ impl KvmEngine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use umbra_core::mem::GuestMemory;
+
+    fn vm_2level() -> Vm {
+        let mut vm = Vm::new(GuestMemory::new(0x40_0000).unwrap());
+        vm.cpu.cr0 |= cr0::PE | cr0::PG;
+        vm.cpu.cr4 |= cr4::PSE;
+        vm.cpu.cr3 = 0x10000;
+        vm.cpu.gdtr.base = 0x800;
+        vm.cpu.gdtr.limit = 0x17;
+        // PDE 0 -> PT 0x11000 (user, read-only); PDE 2 a 4 MiB page at
+        // 12 MiB (supervisor, writable); PDE 3 a PSE-36 page.
+        vm.mem.write_u32(0x10000, 0x11000 | 0x5);
+        vm.mem.write_u32(0x10008, 0x00C0_0000 | 0x83);
+        vm.mem.write_u32(0x1000C, 0x00C0_0000 | 0x83 | (1 << 13));
+        // PTE 1: page 0x5000, user, writable, accessed; PTE 2: not present.
+        vm.mem.write_u32(0x11004, 0x5000 | 0x27);
+        vm.mem.write_u32(0x11008, 0x6000);
+        vm.mem.write_u64(0x808, 0x00CF_9A00_0000_FFFF);
+        vm
+    }
+
+    #[test]
+    fn private_tables_mirror_the_guest() {
+        let mut vm = vm_2level();
+        let mut p = Private::new().unwrap();
+        p.build(&mut vm).unwrap();
+        // PD entries 0 and 1 (2 MiB each) point at private PTs, keeping
+        // the guest PDE's U/S and R/W.
+        let pd0 = p.get64(PD0);
+        assert_eq!(
+            pd0 & (pte::P | pte::RW | pte::US | pte::PS),
+            pte::P | pte::US
+        );
+        let pt = (pd0 & !0xFFF) - BASE;
+        assert_eq!(p.get64(pt as usize + 8), 0x5000 | 0x27);
+        assert_eq!(p.get64(pt as usize + 16), 0);
+        // Guest PDE 2 -> our 2 MiB entries 4 and 5 at 12 MiB and 14 MiB.
+        assert_eq!(p.get64(PD0 + 8 * 4), 0x00C0_0000 | 0x83);
+        assert_eq!(p.get64(PD0 + 8 * 5), 0x00E0_0000 | 0x83);
+        // PSE-36 bits: left unmapped.
+        assert_eq!(p.get64(PD0 + 8 * 6), 0);
+        // GDT copied, engine descriptors on top.
+        assert_eq!(p.get64(GDT + 8), 0x00CF_9A00_0000_FFFF);
+        assert_eq!(p.get64(GDT + SEL_CODE64 as usize) >> 40 & 0xFF, 0x9B);
+        // Unchanged guest state: the fingerprint says so.
+        let fp = p.fingerprint.clone();
+        p.build(&mut vm).unwrap();
+        assert_eq!(p.fingerprint, fp);
+    }
+
+    #[test]
+    fn accessed_and_dirty_bits_flow_back() {
+        let mut vm = vm_2level();
+        let mut p = Private::new().unwrap();
+        p.build(&mut vm).unwrap();
+        let pt = ((p.get64(PD0) & !0xFFF) - BASE) as usize;
+        // The CPU sets D on PTE 1 and A on the (4 KiB-page) PDE 0.
+        p.put64(pt + 8, p.get64(pt + 8) | pte::D);
+        p.put64(PD0, p.get64(PD0) | pte::A);
+        p.sync_back(&mut vm);
+        assert_eq!(vm.mem.read_u32(0x11004), 0x5000 | 0x67);
+        assert_eq!(vm.mem.read_u32(0x10000), 0x11000 | 0x25);
+    }
+
+    #[test]
+    fn handlers_push_the_vector() {
+        let p = Private::new().unwrap();
+        // #PF (14) has an error code: push imm32 14; jmp common.
+        let s = STUBS + 14 * STUB_SIZE;
+        assert_eq!(&p.map[s..s + 5], &[0x68, 14, 0, 0, 0]);
+        // #UD (6) has none: push 0 first.
+        let s = STUBS + 6 * STUB_SIZE;
+        assert_eq!(&p.map[s..s + 7], &[0x6A, 0, 0x68, 6, 0, 0, 0]);
+        assert!(at_common(BASE + COMMON as u64));
+    }
+}

@@ -73,3 +73,37 @@ pub(super) fn redirect(vm: &mut Vm, vector: u8) {
     cs.base = (seg as u32) << 4;
     vm.cpu.eip = off as u32;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_private_vector_lands_on_the_catch_address() {
+        let ivt = PrivateIvt::new().unwrap();
+        for n in 0..256usize {
+            let off = u16::from_le_bytes([ivt.map[4 * n], ivt.map[4 * n + 1]]) as u64;
+            let seg = u16::from_le_bytes([ivt.map[4 * n + 2], ivt.map[4 * n + 3]]);
+            assert_eq!(16 * seg as u64 + off, CATCH, "vector {n}");
+            assert_eq!(seg.wrapping_sub(SEG0), n as u16);
+        }
+    }
+
+    #[test]
+    fn redirect_uses_the_guest_ivt() {
+        let mut vm = Vm::new(umbra_core::mem::GuestMemory::new(0x10000).unwrap());
+        // Guest IVT entry 0x21 -> 1234:5678.
+        vm.mem.write_u32(4 * 0x21, 0x1234_5678);
+        let cs = vm.cpu.seg_mut(SegReg::Cs);
+        cs.selector = SEG0 + 0x21;
+        cs.base = (SEG0 as u32 + 0x21) << 4;
+        vm.cpu.eip = (CATCH - 16 * (SEG0 as u64 + 0x21)) as u32;
+        vm.cpu.idtr.base = 0;
+        assert_eq!(caught_vector(&vm), Some(0x21));
+        redirect(&mut vm, 0x21);
+        assert_eq!(vm.cpu.seg(SegReg::Cs).selector, 0x1234);
+        assert_eq!(vm.cpu.seg(SegReg::Cs).base, 0x12340);
+        assert_eq!(vm.cpu.eip, 0x5678);
+        assert_eq!(caught_vector(&vm), None);
+    }
+}

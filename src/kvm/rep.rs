@@ -142,3 +142,81 @@ impl RepFix {
         set_count(vm, self.a16, self.count);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iced_x86::code_asm::*;
+
+    fn decode32(f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Instruction {
+        let mut a = CodeAssembler::new(32).unwrap();
+        f(&mut a).unwrap();
+        let bytes = a.assemble(0x1000).unwrap();
+        iced_x86::Decoder::with_ip(32, &bytes, 0x1000, iced_x86::DecoderOptions::NONE).decode()
+    }
+
+    fn vm() -> Vm {
+        let mut vm = Vm::new(umbra_core::mem::GuestMemory::new(0x10000).unwrap());
+        vm.cpu.eip = 0x1000;
+        vm
+    }
+
+    #[test]
+    fn rep_movsd_one_iteration_then_back() {
+        let ins = decode32(|a| a.rep().movsd());
+        let mut vm = vm();
+        vm.cpu.gpr[ECX] = 0xAAAA_0000_0000_0003;
+        let Some(Rep::Fix(f)) = prepare(&mut vm, &ins, 0x1002) else {
+            panic!("expected a fix");
+        };
+        assert_eq!(vm.cpu.gpr[ECX] as u32, 1);
+        // What KVM leaves after the single iteration: count 0.
+        vm.cpu.set_reg32(ECX, 0);
+        vm.cpu.eflags |= flags::RF;
+        f.finish(&mut vm, false);
+        assert_eq!(vm.cpu.gpr[ECX] as u32, 2);
+        assert_eq!(vm.cpu.eip, 0x1000);
+        assert_eq!(vm.cpu.eflags & flags::RF, 0);
+    }
+
+    #[test]
+    fn last_iteration_moves_past_and_fault_restores() {
+        let ins = decode32(|a| a.rep().stosb());
+        let mut vm = vm();
+        vm.cpu.set_reg32(ECX, 1);
+        let Some(Rep::Fix(f)) = prepare(&mut vm, &ins, 0x1002) else {
+            panic!("expected a fix");
+        };
+        f.finish(&mut vm, false);
+        assert_eq!((vm.cpu.gpr[ECX], vm.cpu.eip), (0, 0x1002));
+        let mut vm2 = self::vm();
+        vm2.cpu.set_reg32(ECX, 5);
+        let Some(Rep::Fix(f)) = prepare(&mut vm2, &ins, 0x1002) else {
+            panic!("expected a fix");
+        };
+        f.finish(&mut vm2, true);
+        assert_eq!((vm2.cpu.gpr[ECX], vm2.cpu.eip), (5, 0x1000));
+    }
+
+    #[test]
+    fn repe_cmps_stops_on_mismatch_and_zero_count_skips() {
+        let ins = decode32(|a| a.repe().cmpsb());
+        let mut vm = vm();
+        vm.cpu.set_reg32(ECX, 9);
+        let Some(Rep::Fix(f)) = prepare(&mut vm, &ins, 0x1002) else {
+            panic!("expected a fix");
+        };
+        vm.cpu.eflags &= !flags::ZF; // bytes differed
+        f.finish(&mut vm, false);
+        assert_eq!((vm.cpu.gpr[ECX], vm.cpu.eip), (8, 0x1002));
+        let mut vm = self::vm();
+        vm.cpu.set_reg32(ECX, 0);
+        assert!(matches!(
+            prepare(&mut vm, &ins, 0x1002),
+            Some(Rep::Skip(0x1002))
+        ));
+        // Not a string instruction: nothing to do.
+        let add = decode32(|a| a.add(eax, 1));
+        assert!(prepare(&mut vm, &add, 0x1003).is_none());
+    }
+}
