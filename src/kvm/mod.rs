@@ -107,6 +107,8 @@ pub enum KvmError {
     },
     #[error("guest RAM is cut into {0} pieces by ROM/MMIO ranges; KVM takes fewer memory slots: merge the holes")]
     Layout(usize),
+    #[error("guest RAM of {0:#x} bytes reaches the KVM engine's private pages at 0xFFFBB000: use less than 4 GiB - 276 KiB of RAM")]
+    RamTooLarge(u64),
     #[error("cannot allocate the engine's private memory: {0}")]
     Alloc(std::io::Error),
 }
@@ -232,6 +234,9 @@ impl KvmEngine {
         let _ = vm_fd.set_identity_map_address(IDENTITY_MAP_ADDR);
 
         let ram_size = vm.mem.ram_size();
+        if ram_size > realstep::IVT_ADDR {
+            return Err(KvmError::RamTooLarge(ram_size));
+        }
         let ram_host = vm.mem.ram_host_ptr() as usize;
         let pieces = ram_pieces(vm);
         if pieces.len() >= PRIVATE_SLOT as usize {
