@@ -1242,3 +1242,39 @@ fn code_runs_from_rom_and_rom_writes_are_dropped() {
         "code must run from the ROM slot"
     );
 }
+
+#[test]
+fn x87_arithmetic_in_protected_mode() {
+    need_kvm!();
+    let mut vm = new_vm();
+    pmode32(&mut vm, 0x1000);
+    vm.mem.write_u32(0x5000, 3.5f32.to_bits());
+    let code = assemble(32, 0x1000, |a| {
+        a.fninit()?;
+        a.fld1()?;
+        a.fadd_2(st0, st0)?; // 2.0
+        a.fld(dword_ptr(0x5000))?; // 3.5
+        a.fmulp(st1, st0)?; // 7.0
+        a.fstp(dword_ptr(0x5004))?;
+        a.fnstsw(ax)?;
+        a.hlt()?;
+        Ok(())
+    });
+    vm.mem.write(0x1000, &code);
+    let mut k = KvmEngine::new(&mut vm).unwrap();
+    assert_eq!(
+        k.run(&mut vm, BIG),
+        Exit::Halted,
+        "{}",
+        k.last_exit_reason()
+    );
+    assert_eq!(f32::from_bits(vm.mem.read_u32(0x5004)), 7.0);
+    // FNINIT state, stack empty again: TOP 0, all tags empty, no flags.
+    assert_eq!(vm.cpu.gpr[EAX] as u16, 0);
+    assert_eq!(vm.cpu.fpu.fcw, 0x037F);
+    assert_eq!(vm.cpu.fpu.ftw, 0xFFFF);
+    // On this host KVM's emulator refuses x87 arithmetic in legacy and in
+    // compatibility mode; those instructions then come from the
+    // interpreter (counted), never an Exit::Error.
+    eprintln!("x87: {} emulation fallbacks", k.stats.emulation_fallbacks);
+}

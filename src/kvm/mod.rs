@@ -31,6 +31,9 @@
 //! IRET, x87 arithmetic, ...): on its "emulation failure" exit the engine
 //! runs that one instruction as a compatibility-mode step (or, in real
 //! mode, with the interpreter) and goes on (`KvmStats::emulation_fallbacks`).
+//! x87 arithmetic fails even in compatibility mode (the host hands it to
+//! the same emulator), so it ends up interpreted: KVM is no oracle for
+//! x87 on this host.
 //! It runs a whole REP string instruction per single step. It drops
 //! EFLAGS.VM, so virtual-8086 mode is refused with `Exit::Error`. It shuts
 //! the guest down at a MOV CR0 that turns on 2-level paging: the engine

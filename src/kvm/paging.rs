@@ -872,7 +872,23 @@ impl KvmEngine {
             End::Shutdown => Ok(Some(Exit::Shutdown(
                 umbra_core::engine::ShutdownReason::TripleFault,
             ))),
-            End::Error(s) | End::EmuFail(s) => Err(s),
+            End::EmuFail(why) => {
+                // This host's KVM turned the instruction over to its
+                // emulator even in compatibility mode (seen with x87
+                // arithmetic) and the emulator gave up: the instruction did
+                // nothing, so the interpreter runs it.
+                if let Some(r) = rep.take() {
+                    r.restore(vm);
+                }
+                self.stats.emulation_fallbacks += 1;
+                self.last_exit = format!("{why}; interpreted");
+                Ok(match self.interp.step(vm) {
+                    Step::Retired => None,
+                    Step::Halted => Some(Exit::Halted),
+                    Step::Shutdown(r) => Some(Exit::Shutdown(r)),
+                })
+            }
+            End::Error(s) => Err(s),
         }
     }
 }
