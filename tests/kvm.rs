@@ -9,7 +9,7 @@ use std::rc::Rc;
 use iced_x86::code_asm::*;
 use umbra::kvm::KvmEngine;
 use umbra_core::bus::PortIo;
-use umbra_core::cpu::{attr, SegReg, Segment, EAX, EBX, ECX, EDX, ESP};
+use umbra_core::cpu::{attr, SegReg, Segment, EAX, EBX, ECX, EDX, ESI, ESP};
 use umbra_core::mem::GuestMemory;
 use umbra_core::{Budget, Engine, Exit, ShutdownReason, Vm};
 
@@ -1277,4 +1277,40 @@ fn x87_arithmetic_in_protected_mode() {
     // compatibility mode; those instructions then come from the
     // interpreter (counted), never an Exit::Error.
     eprintln!("x87: {} emulation fallbacks", k.stats.emulation_fallbacks);
+}
+
+#[test]
+fn pending_interrupt_wakes_a_halted_cpu() {
+    need_kvm!();
+    let setup = |vm: &mut Vm| {
+        pmode32(vm, 0x1001);
+        vm.mem.write(0x1000, &[0xF4, 0xF4]); // hlt; hlt
+        let handler = assemble(32, 0x3000, |a| {
+            a.mov(esi, 0x77u32)?;
+            a.hlt()?;
+            Ok(())
+        });
+        vm.mem.write(0x3000, &handler);
+        set_gate(vm, 0x20, 0x08, 0x3000);
+        vm.cpu.eflags |= 1 << 9; // IF
+        vm.cpu.halted = true;
+        vm.cpu.pending_irq = Some(0x20);
+    };
+    let mut vm = new_vm();
+    setup(&mut vm);
+    let mut k = KvmEngine::new(&mut vm).unwrap();
+    assert_eq!(
+        k.run(&mut vm, BIG),
+        Exit::Halted,
+        "{}",
+        k.last_exit_reason()
+    );
+    assert_eq!(vm.cpu.gpr[ESI], 0x77);
+    assert_eq!(vm.cpu.pending_irq, None);
+    // The interrupted EIP (after the first HLT) was pushed.
+    assert_eq!(vm.mem.read_u32(0x9000 - 12), 0x1001);
+    // Nothing pending: a halted CPU stays halted without running.
+    assert_eq!(k.run(&mut vm, BIG), Exit::Halted);
+    assert_eq!(k.last_exit_reason(), "halted on entry");
+    free_run(&setup);
 }
