@@ -3,4 +3,5 @@
 
 pub use umbra_core as core;
 
+pub mod diff;
 pub mod kvm;
