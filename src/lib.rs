@@ -4,3 +4,4 @@
 pub use umbra_core as core;
 
 pub mod diff;
+pub mod kvm;

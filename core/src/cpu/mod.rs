@@ -258,6 +258,10 @@ pub struct CpuState {
     pub pending_irq: Option<u8>,
     /// An NMI is waiting.
     pub pending_nmi: bool,
+    /// NMIs are blocked: an NMI handler runs and no IRET has executed
+    /// since (SDM Vol. 3 6.7.1).
+    #[serde(default)]
+    pub nmi_blocked: bool,
 }
 
 impl Default for CpuState {
@@ -320,6 +324,7 @@ impl CpuState {
             interrupt_shadow: false,
             pending_irq: None,
             pending_nmi: false,
+            nmi_blocked: false,
         }
     }
 

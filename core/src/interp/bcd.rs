@@ -181,62 +181,81 @@ mod tests {
 
     const CF_AF: u32 = CF | AF;
 
-    /// (AL in, CF in, AF in) -> (AL out, CF out, AF out), hand-computed
-    /// from the SDM DAA pseudo-code.
-    #[test]
-    fn daa_table() {
-        let cases: &[(u8, bool, bool, u8, bool, bool)] = &[
-            // 0x19 + 0x28 = 0x41 with AF: 0x41 + 6 = 0x47.
-            (0x41, false, true, 0x47, false, true),
-            // 0x79 + 0x35 = 0xAE: +6 = 0xB4, > 0x99 -> +0x60 = 0x14, CF.
-            (0xAE, false, false, 0x14, true, true),
-            // 0x99 + 0x01 = 0x9A: low nibble > 9 -> 0xA0; old 0x9A > 0x99
-            // -> 0x00, CF.
-            (0x9A, false, false, 0x00, true, true),
-            // 0x99 + 0x99 = 0x132: AL 0x32, CF, AF -> 0x38 + 0x60 = 0x98.
-            (0x32, true, true, 0x98, true, true),
-            // Already BCD: unchanged, flags clear.
-            (0x45, false, false, 0x45, false, false),
-            // 0xFA: +6 = 0x00 with carry; old > 0x99 -> 0x60, CF.
-            (0xFA, false, false, 0x60, true, true),
-            // CF in alone: +0x60.
-            (0x05, true, false, 0x65, true, false),
-        ];
-        for &(al, cf, af, r, rcf, raf) in cases {
-            let fl = bit(cf, CF) | bit(af, AF);
-            let a = daa(0x1200 | al as u16, fl);
-            assert_eq!(a.ax, 0x1200 | r as u16, "DAA {al:#x}");
-            assert_eq!(a.flags & CF_AF, bit(rcf, CF) | bit(raf, AF), "DAA {al:#x}");
-            assert_eq!(a.flags & (SF | ZF | PF), szp(r as u32, 1));
+    const VECTORS: &str = include_str!("vectors/bcd.txt");
+
+    fn parse_flags(s: &str) -> u32 {
+        let mut f = 0;
+        for ch in s.chars() {
+            match ch {
+                'C' => f |= CF,
+                'A' => f |= AF,
+                '-' => {}
+                _ => panic!("bad flag letter {ch}"),
+            }
         }
-        // OF: 0x7A -> 0x80 goes positive to negative.
-        assert_eq!(daa(0x7A, 0).flags & OF, OF);
-        assert_eq!(daa(0x45, 0).flags & OF, 0);
+        f
     }
 
     #[test]
-    fn das_table() {
-        let cases: &[(u8, bool, bool, u8, bool, bool)] = &[
-            // 0x41 - 0x19 = 0x28 with AF: 0x28 - 6 = 0x22.
-            (0x28, false, true, 0x22, false, true),
-            // 0x12 - 0x21 = 0xF1 with CF: -0x60 = 0x91, CF.
-            (0xF1, true, false, 0x91, true, false),
-            // 0x10 - 0x01 = 0x0F, AF: -6 = 0x09.
-            (0x0F, false, true, 0x09, false, true),
-            // AL 0x03 with AF: 0x03 - 6 borrows -> 0xFD, CF stays 1 (no
-            // second adjustment since old AL <= 0x99 and CF was 0).
-            (0x03, false, true, 0xFD, true, true),
-            // 0x9A: low nibble > 9 and > 0x99: 0x9A - 0x66 = 0x34, CF.
-            (0x9A, false, false, 0x34, true, true),
-            (0x45, false, false, 0x45, false, false),
-        ];
-        for &(al, cf, af, r, rcf, raf) in cases {
-            let fl = bit(cf, CF) | bit(af, AF);
-            let a = das(0x3400 | al as u16, fl);
-            assert_eq!(a.ax, 0x3400 | r as u16, "DAS {al:#x}");
-            assert_eq!(a.flags & CF_AF, bit(rcf, CF) | bit(raf, AF), "DAS {al:#x}");
-            assert_eq!(a.flags & (SF | ZF | PF), szp(r as u32, 1));
+    fn vectors_from_file() {
+        let mut n = 0;
+        for (ln, line) in VECTORS.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let w: Vec<&str> = line.split_whitespace().collect();
+            let at = format!("bcd.txt line {}: {line}", ln + 1);
+            assert!(w.len() >= 5 && w[3] == "=>", "{at}");
+            let ax = u16::from_str_radix(w[1], 16).expect(&at);
+            let fin = parse_flags(w[2]);
+            let (op, base) = w[0].split_at(3);
+            let base = if base.is_empty() {
+                0
+            } else {
+                u8::from_str_radix(base, 16).expect(&at)
+            };
+            let got = match op {
+                "daa" => Ok(daa(ax, fin)),
+                "das" => Ok(das(ax, fin)),
+                "aaa" => Ok(aaa(ax, fin)),
+                "aas" => Ok(aas(ax, fin)),
+                "aam" => aam(ax, base),
+                "aad" => Ok(aad(ax, base)),
+                _ => panic!("{at}: unknown op"),
+            };
+            n += 1;
+            if w[4] == "de" {
+                assert_eq!(got.map_err(|f| f.vector), Err(vector::DE), "{at}");
+                continue;
+            }
+            let got = got.expect(&at);
+            let want_ax = u16::from_str_radix(w[4], 16).expect(&at);
+            assert_eq!(got.ax, want_ax, "{at}");
+            if matches!(op, "daa" | "das" | "aaa" | "aas") {
+                let want = parse_flags(w.get(5).copied().unwrap_or("-"));
+                assert_eq!(got.flags & (CF | AF), want, "{at}");
+            }
+            if op != "aaa" && op != "aas" {
+                assert_eq!(
+                    got.flags & (SF | ZF | PF),
+                    szp(want_ax as u32 & 0xFF, 1),
+                    "{at}"
+                );
+            }
         }
+        assert!(n >= 40, "only {n} vectors parsed");
+    }
+
+    #[test]
+    fn daa_das_overflow() {
+        // OF (undefined): 0x7A -> 0x80 goes positive to negative.
+        assert_eq!(daa(0x7A, 0).flags & OF, OF);
+        assert_eq!(daa(0x45, 0).flags & OF, 0);
+        // DAS: 0x8A -> 0x84 keeps the sign; 0x80 with CF -> 0x20 leaves
+        // the negatives.
+        assert_eq!(das(0x8A, 0).flags & OF, 0);
+        assert_eq!(das(0x80, CF).flags & OF, OF);
     }
 
     #[test]

@@ -12,15 +12,15 @@
 //!
 //! SDM Vol. 2 BSF/BSR: a zero source sets ZF and leaves the destination
 //! undefined; Intel hardware leaves it unchanged, and so does this file.
-//! CF OF SF AF PF are undefined and left unchanged.
+//! CF OF SF AF PF are undefined: see `scan_flags`.
 
 use iced_x86::{Instruction, Mnemonic, OpKind};
 
 use super::alu::check_lock;
-use super::flags::set_status;
+use super::flags::{parity, set_status};
 use super::operand::{mask, sext};
 use super::{Ctx, Table};
-use crate::cpu::{CF, ZF};
+use crate::cpu::{CF, PF, STATUS, ZF};
 use crate::exception::Fault;
 
 /// What BTS BTR BTC do to the selected bit (BT leaves it).
@@ -77,6 +77,17 @@ fn bit_test(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
     Ok(())
 }
 
+/// Status flags after BSF/BSR that found bit `index` (`None`: zero
+/// source). ZF is the architectural result; the undefined five are what
+/// an Intel Xeon host was measured to produce: CF OF SF AF cleared, PF the
+/// parity of the index (set for a zero source).
+pub fn scan_flags(index: Option<u32>) -> u32 {
+    match index {
+        None => ZF | PF,
+        Some(i) => parity(i),
+    }
+}
+
 /// BSF BSR reg, r/m (and TZCNT/LZCNT encodings, which execute as BSF/BSR
 /// on processors without BMI1/LZCNT: the F3 prefix is ignored).
 fn bit_scan(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
@@ -84,7 +95,7 @@ fn bit_scan(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
     let size = ctx.op_size(ins, 0);
     let src = ctx.read_op(ins, 1)? & mask(size);
     if src == 0 {
-        set_status(&mut ctx.vm.cpu, ZF, ZF);
+        set_status(&mut ctx.vm.cpu, STATUS, scan_flags(None));
         return Ok(());
     }
     let index = match ins.mnemonic() {
@@ -92,7 +103,7 @@ fn bit_scan(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
         _ => 31 - src.leading_zeros(),
     };
     ctx.write_op(ins, 0, index)?;
-    set_status(&mut ctx.vm.cpu, ZF, 0);
+    set_status(&mut ctx.vm.cpu, STATUS, scan_flags(Some(index)));
     Ok(())
 }
 
@@ -116,7 +127,7 @@ pub(super) fn register(t: &mut Table) {
 mod tests {
     use iced_x86::code_asm::*;
 
-    use crate::cpu::{EAX, EBX, ECX, EDX, FIXED1, OF, PF, SF, STATUS};
+    use crate::cpu::{EAX, EBX, ECX, EDX, FIXED1, OF, SF};
     use crate::exception::vector;
     use crate::interp::testutil::{exec, load_bytes, run, vm16, vm32, DATA};
 
@@ -213,15 +224,19 @@ mod tests {
         vm.cpu.set_reg32(EBX, 0);
         vm.cpu.eflags = FIXED1 | CF | OF | SF | PF;
         run(&mut vm, 32, |a| a.bsf(eax, ebx)).unwrap();
-        // Zero source: ZF, destination unchanged, other flags kept.
+        // Zero source: ZF, destination unchanged; PF set, CF OF SF AF
+        // cleared (the measured Intel behaviour of the undefined flags).
         assert_eq!(vm.cpu.reg32(EAX), 0xDEAD_BEEF);
-        assert_eq!(vm.cpu.eflags & STATUS, ZF | CF | OF | SF | PF);
+        assert_eq!(vm.cpu.eflags & STATUS, ZF | PF);
         vm.cpu.set_reg32(EBX, 0x0001_8000);
+        vm.cpu.eflags = FIXED1 | CF | OF | SF | ZF;
         run(&mut vm, 32, |a| a.bsf(eax, ebx)).unwrap();
         assert_eq!(vm.cpu.reg32(EAX), 15);
-        assert_eq!(vm.cpu.eflags & ZF, 0);
+        // 15 = 0b1111: even parity.
+        assert_eq!(vm.cpu.eflags & STATUS, PF);
         run(&mut vm, 32, |a| a.bsr(eax, ebx)).unwrap();
         assert_eq!(vm.cpu.reg32(EAX), 16);
+        assert_eq!(vm.cpu.eflags & STATUS, 0);
         // 16-bit: only the low word of the source counts.
         vm.cpu.set_reg32(EDX, 0xFFFF_0000);
         vm.cpu.set_reg32(EAX, 0x1234_5678);

@@ -486,6 +486,43 @@ mod tests {
     }
 
     #[test]
+    fn recursive_factorial_real_mode() {
+        // ax = fact(5) with ENTER/LEAVE frames, CALL/RET, Jcc, PUSH/POP.
+        let mut m = real();
+        m.asm(|a| {
+            let mut fact = a.create_label();
+            let mut done = a.create_label();
+            let mut halt = a.create_label();
+            a.mov(ax, 5u32)?;
+            a.call(fact)?;
+            a.set_label(&mut halt)?;
+            a.jmp(halt)?;
+            a.set_label(&mut fact)?;
+            a.enter(0u32, 0u32)?;
+            a.cmp(ax, 1u32)?;
+            a.jbe(done)?;
+            a.push(ax)?;
+            a.dec(ax)?;
+            a.call(fact)?;
+            a.pop(cx)?;
+            a.mul(cx)?;
+            a.set_label(&mut done)?;
+            a.leave()?;
+            a.ret()
+        });
+        let halt = CODE + 6;
+        for _ in 0..200 {
+            if m.vm.cpu.eip == halt {
+                break;
+            }
+            m.step();
+        }
+        assert_eq!(m.vm.cpu.eip, halt);
+        assert_eq!(m.r(EAX) & 0xFFFF, 120);
+        assert_eq!(m.r(ESP), 0x8000);
+    }
+
+    #[test]
     fn ret_imm_16bit_stack_wrap() {
         let mut m = real();
         m.set(ESP, 0xFFFE);

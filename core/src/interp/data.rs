@@ -1,87 +1,25 @@
 //! Data movement and small state instructions: MOV between GPRs, memory and
 //! immediates (MOV to or from segment, control and debug registers belongs
-//! to the segment and system families), MOVZX/MOVSX, LEA, XCHG, CMPXCHG,
-//! CMPXCHG8B, XADD, BSWAP, CMOVcc, SETcc, PUSH/POP of GPRs, memory,
-//! immediates (and PUSH of a segment register), PUSHA/POPA, ENTER/LEAVE,
-//! LAHF/SAHF, CBW/CWDE/CWD/CDQ, XLAT, the NOPs and PAUSE, the flag
-//! instructions CLC/STC/CMC/CLD/STD, and BOUND.
+//! to the segment and system families; CRn/DRn moves are forwarded to
+//! `system::mov_cr_dr`), MOVZX/MOVSX, LEA, XCHG, CMPXCHG,
+//! CMPXCHG8B, XADD, BSWAP, CMOVcc, SETcc, PUSH/POP of GPRs, memory and
+//! immediates, PUSHA/POPA, ENTER/LEAVE, LAHF/SAHF, CBW/CWDE/CWD/CDQ, XLAT,
+//! the NOPs and PAUSE, the flag instructions CLC/STC/CMC/CLD/STD, and
+//! BOUND. Status flags come from `interp::flags`.
 //!
-//! POP of a segment register is a segment load and is not here; it raises
-//! #UD until the segment family registers it by `Code`.
+//! PUSH/POP of a segment register belong to the segment family, which
+//! registers them by `Code`; the shared PUSH/POP handlers here raise #UD
+//! for them should they ever arrive.
 
 use iced_x86::{Instruction, Mnemonic, OpKind, Register};
 
 use super::control::cond;
-use super::operand::{mask, sext, sign_bit};
+use super::flags::{add_flags, set_status, sub_flags};
+use super::operand::{mask, sext};
+use super::system;
 use super::{Ctx, Table};
 use crate::cpu::{flags, SegReg, EAX, EBP, EBX, ECX, EDI, EDX, ESI, ESP};
 use crate::exception::{vector, Fault};
-
-// ---- status flags ------------------------------------------------------
-//
-// A private copy of the ADD/SUB flag rules (SDM Vol. 1 3.4.3.1) until the
-// shared `interp::flags` helpers land on main; same signatures, so the
-// switch is an import change.
-
-/// PF of the low byte of `r`, SF and ZF of a `size`-byte result.
-fn szp(r: u32, size: usize) -> u32 {
-    let r = r & mask(size);
-    let mut f = 0;
-    if (r as u8).count_ones().is_multiple_of(2) {
-        f |= flags::PF;
-    }
-    if r == 0 {
-        f |= flags::ZF;
-    }
-    if r & sign_bit(size) != 0 {
-        f |= flags::SF;
-    }
-    f
-}
-
-/// `a + b + carry_in` at `size` bytes: result and the six status flags.
-pub(crate) fn add_flags(a: u32, b: u32, carry_in: u32, size: usize) -> (u32, u32) {
-    let m = mask(size);
-    let (a, b) = (a & m, b & m);
-    let wide = a as u64 + b as u64 + (carry_in & 1) as u64;
-    let r = wide as u32 & m;
-    let mut f = szp(r, size);
-    if wide > m as u64 {
-        f |= flags::CF;
-    }
-    if (a ^ b ^ r) & 0x10 != 0 {
-        f |= flags::AF;
-    }
-    if (a ^ r) & (b ^ r) & sign_bit(size) != 0 {
-        f |= flags::OF;
-    }
-    (r, f)
-}
-
-/// `a - b - borrow_in` at `size` bytes: result and the six status flags.
-pub(crate) fn sub_flags(a: u32, b: u32, borrow_in: u32, size: usize) -> (u32, u32) {
-    let m = mask(size);
-    let (a, b) = (a & m, b & m);
-    let sub = b as u64 + (borrow_in & 1) as u64;
-    let r = (a as u64).wrapping_sub(sub) as u32 & m;
-    let mut f = szp(r, size);
-    if (a as u64) < sub {
-        f |= flags::CF;
-    }
-    if (a ^ b ^ r) & 0x10 != 0 {
-        f |= flags::AF;
-    }
-    if (a ^ b) & (a ^ r) & sign_bit(size) != 0 {
-        f |= flags::OF;
-    }
-    (r, f)
-}
-
-/// Merge the status bits of `value` under `m` into EFLAGS.
-pub(crate) fn set_status(ctx: &mut Ctx, m: u32, value: u32) {
-    let m = m & flags::STATUS;
-    ctx.vm.cpu.eflags = (ctx.vm.cpu.eflags & !m) | (value & m);
-}
 
 // ---- shared small helpers ----------------------------------------------
 
@@ -131,11 +69,16 @@ fn is_special(r: Register) -> bool {
 
 /// MOV r/m, r / r, r/m / r/m, imm / moffs forms.
 fn mov(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
+    if system::is_mov_cr_dr(ins.code()) {
+        // MOV to/from CRn/DRn: the system family's, which asks the MOV
+        // handler to forward them.
+        return system::mov_cr_dr(ctx, ins);
+    }
     check_lock(ins, false)?;
     for n in 0..ins.op_count() {
         if ins.op_kind(n) == OpKind::Register && is_special(ins.op_register(n)) {
-            // Segment / control / debug register moves are registered by
-            // their owners per Code; reaching here means none did.
+            // Segment register moves are registered by the segment family
+            // per Code; reaching here means nobody handles this form.
             return Err(Fault::ud());
         }
     }
@@ -197,7 +140,7 @@ fn cmpxchg(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
         ctx.write_op(ins, 0, dest)?;
         ctx.set_reg(acc_reg, dest);
     }
-    set_status(ctx, flags::STATUS, f);
+    set_status(&mut ctx.vm.cpu, flags::STATUS, f);
     Ok(())
 }
 
@@ -243,7 +186,7 @@ fn xadd(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
         ctx.set_reg(ins.op1_register(), dest);
         ctx.set_reg(ins.op0_register(), r);
     }
-    set_status(ctx, flags::STATUS, f);
+    set_status(&mut ctx.vm.cpu, flags::STATUS, f);
     Ok(())
 }
 
@@ -277,29 +220,18 @@ fn setcc(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
 
 // ---- stack -------------------------------------------------------------
 
-/// PUSH r / m / imm / Sreg. The value is read before the stack pointer
+/// PUSH r / m / imm. The value is read before the stack pointer
 /// moves, so PUSH ESP pushes the old ESP and PUSH [ESP+n] addresses with
 /// the old ESP (SDM Vol. 2 PUSH).
 fn push(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
     check_lock(ins, false)?;
-    match ins.op0_kind() {
-        OpKind::Register if ins.op0_register().is_segment_register() => {
-            // A 32-bit push of a segment register moves ESP by 4 but
-            // writes only the 16-bit selector, as recent Intel processors
-            // do (SDM Vol. 2 PUSH, Operation note).
-            let size = ctx.osize(ins);
-            let sel = ctx.reg(ins.op0_register());
-            let sp = stack_wrap(ctx, ctx.vm.cpu.sp().wrapping_sub(size as u32));
-            ctx.write_mem(SegReg::Ss, sp, 2, sel)?;
-            ctx.vm.cpu.set_sp(sp);
-            Ok(())
-        }
-        _ => {
-            let size = ctx.op_size(ins, 0);
-            let v = ctx.read_op(ins, 0)?;
-            ctx.push(v, size)
-        }
+    if ins.op0_kind() == OpKind::Register && ins.op0_register().is_segment_register() {
+        // PUSH Sreg is the segment family's (registered by Code).
+        return Err(Fault::ud());
     }
+    let size = ctx.op_size(ins, 0);
+    let v = ctx.read_op(ins, 0)?;
+    ctx.push(v, size)
 }
 
 /// POP r / m. POP ESP loads the popped value into ESP; POP m computes the
@@ -493,8 +425,9 @@ fn xlat(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
     Ok(())
 }
 
-/// NOP, multi-byte NOP (0F 1F /0 makes no memory access), the reserved
-/// NOP space 0F 19-1F, PAUSE.
+/// NOP, multi-byte NOP (0F 1F /0 makes no memory access), the hint-NOP
+/// space 0F 18-1F (PREFETCHh and ENDBR32/64 included: no access, no
+/// fault, SDM Vol. 2 PREFETCHh, NOP), PAUSE.
 fn nop(_ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
     check_lock(ins, false)
 }
@@ -598,7 +531,20 @@ pub(super) fn register(t: &mut Table) {
     t.set(&[M::Sahf], sahf);
     t.set(&[M::Cbw, M::Cwde, M::Cwd, M::Cdq], convert);
     t.set(&[M::Xlatb], xlat);
-    t.set(&[M::Nop, M::Reservednop, M::Pause], nop);
+    t.set(
+        &[
+            M::Nop,
+            M::Reservednop,
+            M::Pause,
+            M::Prefetchnta,
+            M::Prefetcht0,
+            M::Prefetcht1,
+            M::Prefetcht2,
+            M::Endbr32,
+            M::Endbr64,
+        ],
+        nop,
+    );
     t.set(&[M::Clc, M::Stc, M::Cmc, M::Cld, M::Std], flag_op);
     t.set(&[M::Bound], bound);
 }
@@ -781,6 +727,14 @@ mod tests {
     }
 
     #[test]
+    fn mov_cr_forwarded_to_system() {
+        let mut m = flat32();
+        m.asm(|a| a.mov(eax, cr0));
+        m.step();
+        assert_eq!(m.r(EAX), m.vm.cpu.cr0);
+    }
+
+    #[test]
     fn mov_segment_override_real_mode() {
         let mut m = real();
         *m.vm.cpu.seg_mut(SegReg::Es) = Segment::real(0x3000);
@@ -788,6 +742,23 @@ mod tests {
         m.asm(|a| a.mov(ax, word_ptr(0x10).es()));
         m.step();
         assert_eq!(m.r(EAX) & 0xFFFF, 0xCAFE);
+    }
+
+    #[test]
+    fn moffs_with_address_size_prefix() {
+        // 16-bit code: 67 A0 disp32 = mov al, [dword 0x00000200].
+        let mut m = real();
+        m.wr(0x200, 1, 0x42);
+        m.bytes(&[0x67, 0xA0, 0x00, 0x02, 0x00, 0x00]);
+        m.step();
+        assert_eq!(m.r(EAX), 0x42);
+        assert_eq!(m.vm.cpu.eip, CODE + 6);
+        // 32-bit code: 67 A3 disp16 = mov [word 0x0300], eax.
+        let mut m = flat32();
+        m.set(EAX, 0x0102_0304);
+        m.bytes(&[0x67, 0xA3, 0x00, 0x03]);
+        m.step();
+        assert_eq!(m.rd(0x300, 4), 0x0102_0304);
     }
 
     #[test]
@@ -831,6 +802,18 @@ mod tests {
         m.asm(|a| a.lea(eax, ptr(esi + edi)));
         m.step();
         assert_eq!(m.r(EAX), 0x8000_0010);
+        // 16-bit code, 16/16: [bx+si+0x10] wraps at 64 KiB.
+        m.set(EBX, 0xFFF0);
+        m.set(ESI, 0x10);
+        m.set(ECX, 0xCCCC_CCCC);
+        m.asm(|a| a.lea(cx, ptr(bx + si + 0x10)));
+        m.step();
+        assert_eq!(m.r(ECX), 0xCCCC_0010);
+        // 16-bit code, o32 a16: zero-extended to 32 bits.
+        m.set(EDX, 0xFFFF_FFFF);
+        m.asm(|a| a.lea(edx, ptr(bx + si + 0x10)));
+        m.step();
+        assert_eq!(m.r(EDX), 0x0000_0010);
     }
 
     #[test]
@@ -868,6 +851,16 @@ mod tests {
         m.bytes(&[0xF0, 0x87, 0x18]);
         assert_eq!(m.exec(), Ok(()));
         assert_eq!(m.rd(0x2000, 4), 7);
+        // LOCK with a register destination: lock xchg eax, ebx; lock
+        // cmpxchg eax, ebx; lock xadd eax, ebx.
+        for b in [
+            &[0xF0, 0x87, 0xD8][..],
+            &[0xF0, 0x0F, 0xB1, 0xD8],
+            &[0xF0, 0x0F, 0xC1, 0xD8],
+        ] {
+            m.bytes(b);
+            assert_eq!(m.exec(), Err(Fault::ud()), "{b:02x?}");
+        }
     }
 
     #[test]
@@ -983,6 +976,21 @@ mod tests {
         m.steps(2);
         assert_eq!(m.r(EAX), 0x1234_5678);
         assert_eq!(m.r(EBX) & 0xFFFF, 0xBEEF);
+    }
+
+    #[test]
+    fn cmov_true_loads() {
+        let mut m = flat32();
+        m.vm.cpu.eflags |= flags::CF;
+        m.wr(0x2000, 4, 0xDEAD_BEEF);
+        m.set(EAX, 0x1111_1111);
+        m.asm(|a| {
+            a.cmovb(eax, dword_ptr(0x2000))?;
+            a.cmovae(ecx, eax)
+        });
+        m.steps(2);
+        assert_eq!(m.r(EAX), 0xDEAD_BEEF);
+        assert_eq!(m.r(ECX), 0);
     }
 
     #[test]
@@ -1213,6 +1221,19 @@ mod tests {
     }
 
     #[test]
+    fn enter_16bit_operand_on_32bit_stack() {
+        // 66 C8 04 00 01: enter 4, 1 with a 16-bit operand size.
+        let mut m = flat32();
+        m.set(EBP, 0xAAAA_9000);
+        m.bytes(&[0x66, 0xC8, 0x04, 0x00, 0x01]);
+        m.step();
+        assert_eq!(m.rd(0x7FFE, 2), 0x9000);
+        assert_eq!(m.rd(0x7FFC, 2), 0x7FFE);
+        assert_eq!(m.r(EBP), 0xAAAA_7FFE, "only BP is written");
+        assert_eq!(m.r(ESP), 0x7FFC - 4);
+    }
+
+    #[test]
     fn enter_probes_final_stack_pointer() {
         // SS limit 0x7FF0 (expand-up): the pushes fit, the allocation
         // does not... it lands below, so use an expand-down stack: valid
@@ -1307,6 +1328,10 @@ mod tests {
         let before = m.vm.cpu.clone();
         m.steps(4);
         assert_eq!(m.vm.cpu.eip, CODE + 16);
+        // prefetcht0 [eax] (0F 18 08), endbr32 (F3 0F 1E FB).
+        m.bytes(&[0x0F, 0x18, 0x08, 0xF3, 0x0F, 0x1E, 0xFB]);
+        m.steps(2);
+        assert_eq!(m.vm.cpu.eip, CODE + 23);
         assert_eq!(m.vm.cpu.gpr, before.gpr);
         assert_eq!(m.vm.cpu.eflags, before.eflags);
     }
@@ -1331,6 +1356,23 @@ mod tests {
         assert_eq!(m.vm.cpu.eflags, flags::FIXED1 | flags::CF | flags::DF);
         m.steps(2);
         assert_eq!(m.vm.cpu.eflags, flags::FIXED1);
+    }
+
+    #[test]
+    fn bound_delivers_br_as_fault_through_ivt() {
+        // Real mode: IVT entry 5 -> 0000:2000. The stacked IP is the BOUND
+        // instruction's own (a fault, not a trap).
+        let mut m = real();
+        m.wr(5 * 4, 2, 0x2000);
+        m.wr(5 * 4 + 2, 2, 0);
+        m.wr(0x300, 2, 0);
+        m.wr(0x302, 2, 4);
+        m.set(EAX, 5);
+        m.asm(|a| a.bound(ax, dword_ptr(0x300)));
+        m.step();
+        assert_eq!(m.vm.cpu.eip, 0x2000);
+        assert_eq!(m.r(ESP), 0x8000 - 6);
+        assert_eq!(m.rd(0x8000 - 6, 2), CODE, "stacked IP");
     }
 
     #[test]

@@ -201,4 +201,36 @@ mod tests {
         set_status(&mut cpu, 0xFFFF_FFFF, 0);
         assert_eq!(cpu.eflags, 0x202);
     }
+
+    /// ADD/ADC/SUB/SBB against a second, independent formulation of each
+    /// flag (signed range for OF, nibble arithmetic for AF), exhaustively
+    /// for bytes with and without carry in.
+    #[test]
+    fn add_sub_exhaustive_bytes() {
+        for a in 0..256u32 {
+            for b in 0..256u32 {
+                for c in 0..2u32 {
+                    let bit = |x: bool, f: u32| if x { f } else { 0 };
+                    let sum = a + b + c;
+                    let ssum = a as u8 as i8 as i32 + b as u8 as i8 as i32 + c as i32;
+                    let want = szp(sum, 1)
+                        | bit(sum > 0xFF, CF)
+                        | bit(!(-128..=127).contains(&ssum), OF)
+                        | bit((a & 15) + (b & 15) + c > 15, AF);
+                    assert_eq!(add_flags(a, b, c, 1), (sum & 0xFF, want), "{a} + {b} + {c}");
+                    let diff = a as i32 - b as i32 - c as i32;
+                    let sdiff = a as u8 as i8 as i32 - b as u8 as i8 as i32 - c as i32;
+                    let want = szp(diff as u32, 1)
+                        | bit(diff < 0, CF)
+                        | bit(!(-128..=127).contains(&sdiff), OF)
+                        | bit(((a & 15) as i32) - ((b & 15) as i32) - (c as i32) < 0, AF);
+                    assert_eq!(
+                        sub_flags(a, b, c, 1),
+                        (diff as u32 & 0xFF, want),
+                        "{a} - {b} - {c}"
+                    );
+                }
+            }
+        }
+    }
 }

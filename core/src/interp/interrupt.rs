@@ -17,7 +17,7 @@ use super::segment::{
 };
 use super::task::{self, TaskSource};
 use super::{Ctx, Table};
-use crate::cpu::{flags, SegReg, ESP};
+use crate::cpu::{cr4, flags, CpuState, SegReg, ESP};
 use crate::engine::ShutdownReason;
 use crate::exception::{vector, Fault};
 use crate::mmu::Access;
@@ -30,6 +30,10 @@ const DR6_BS: u32 = 1 << 14;
 const REAL_IRETD_MASK: u32 = 0x0025_7FD5;
 /// ... and these from the current EFLAGS (VIP, VIF, VM: 1A0000H).
 const REAL_IRETD_KEEP: u32 = 0x001A_0000;
+
+/// Most deliveries one event may chain through before the machine is
+/// declared shut down (see `deliver_chain`).
+const MAX_CHAIN: usize = 64;
 
 /// Where an event comes from; it decides the gate DPL check and EXT.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,8 +110,10 @@ pub fn take_pending(vm: &mut Vm) -> Result<bool, ShutdownReason> {
     if vm.cpu.interrupt_shadow {
         return Ok(false);
     }
-    let vector = if vm.cpu.pending_nmi {
+    let vector = if vm.cpu.pending_nmi && !vm.cpu.nmi_blocked {
         vm.cpu.pending_nmi = false;
+        // Blocked from delivery until the next IRET (SDM Vol. 3 6.7.1).
+        vm.cpu.nmi_blocked = true;
         vector::NMI
     } else if vm.cpu.eflags & flags::IF != 0 {
         match vm.cpu.pending_irq.take() {
@@ -153,6 +159,17 @@ pub fn single_step_trap(vm: &mut Vm) -> Result<(), ShutdownReason> {
     deliver_chain(vm, ev)
 }
 
+/// Whether `ins`, which just retired, delivered a software interrupt:
+/// the single-step trap it would owe is then discarded, as hardware does
+/// for the handler's new context (TF was cleared on delivery; an INTO
+/// that did not trap left TF alone).
+pub fn delivered_software_interrupt(ins: &Instruction, cpu: &CpuState) -> bool {
+    matches!(
+        ins.mnemonic(),
+        Mnemonic::Int | Mnemonic::Int3 | Mnemonic::Into | Mnemonic::Int1
+    ) && cpu.eflags & flags::TF == 0
+}
+
 /// Deliver `first`, and whatever its delivery raises, by the double-fault
 /// rules (SDM Vol. 3 6.15 Table 6-5): a contributory fault during a
 /// contributory one, or a contributory/#PF during a #PF, becomes #DF with
@@ -160,10 +177,12 @@ pub fn single_step_trap(vm: &mut Vm) -> Result<(), ShutdownReason> {
 /// delivering #DF shuts the machine down.
 fn deliver_chain(vm: &mut Vm, first: Event) -> Result<(), ShutdownReason> {
     let mut ev = first;
-    loop {
+    for _ in 0..MAX_CHAIN {
         let err = match deliver(vm, &ev) {
             Ok(()) => {
+                // The handler starts with no shadow and awake.
                 vm.cpu.halted = false;
+                vm.cpu.interrupt_shadow = false;
                 return Ok(());
             }
             Err(f) => f,
@@ -198,6 +217,10 @@ fn deliver_chain(vm: &mut Vm, first: Event) -> Result<(), ShutdownReason> {
             }
         };
     }
+    // Only benign exceptions raised by task switches (#DB from a T bit)
+    // can chain without reaching #DF; a guest that loops them forever is
+    // as dead as one that triple-faults.
+    Err(ShutdownReason::TripleFault)
 }
 
 /// One delivery attempt. Commits nothing unless it succeeds, except for
@@ -298,7 +321,7 @@ fn deliver_protected(vm: &mut Vm, ev: &Event) -> Result<(), Fault> {
     }
     let off = gate.gate_offset();
     if off > cd.limit() {
-        return Err(Fault::gp(0));
+        return Err(Fault::gp(ext as u32));
     }
     let size: u32 = if typ & 8 != 0 { 4 } else { 2 };
     let mut eflags = vm.cpu.eflags;
@@ -392,9 +415,18 @@ fn through_task_gate(vm: &mut Vm, ev: &Event, gate: Desc) -> Result<(), Fault> {
 /// handler's entry; a fault leaves the guest at the instruction.
 pub fn deliver_software(ctx: &mut Ctx, vector: u8, kind: SoftKind) -> Result<(), Fault> {
     let vm = &mut *ctx.vm;
-    // CR4.VME redirection is not implemented: V86 INT n is IOPL-sensitive.
-    if vm.cpu.v86() && kind == SoftKind::IntN && vm.cpu.iopl() < 3 {
-        return Err(Fault::gp(0));
+    if vm.cpu.v86() && kind == SoftKind::IntN {
+        let redirect = if vm.cpu.cr4 & cr4::VME != 0 {
+            vme_redirected(vm, vector)?
+        } else {
+            false
+        };
+        if redirect {
+            return v86_redirect(ctx, vector);
+        }
+        if vm.cpu.iopl() < 3 {
+            return Err(Fault::gp(0));
+        }
     }
     let ev = Event {
         vector,
@@ -412,6 +444,69 @@ pub fn deliver_software(ctx: &mut Ctx, vector: u8, kind: SoftKind) -> Result<(),
     ctx.next_eip = vm.cpu.eip;
     r?;
     vm.cpu.halted = false;
+    Ok(())
+}
+
+/// Offset of the I/O map base field in a 32-bit TSS; the 32-byte
+/// interrupt redirection bitmap sits just below the I/O map (SDM Vol. 3
+/// 20.3.3.5).
+const TSS_IOMAP_BASE: u32 = 0x66;
+const REDIRECTION_BITMAP_LEN: u32 = 32;
+
+/// With CR4.VME, whether INT `vector` in V86 mode is redirected to the
+/// 8086 handler (its bit in the TSS redirection bitmap is clear). A bitmap
+/// outside the TSS limit is #GP(0).
+fn vme_redirected(vm: &mut Vm, vector: u8) -> Result<bool, Fault> {
+    let tr = vm.cpu.tr;
+    if tr.sys_type() & 8 == 0 || tr.limit < TSS_IOMAP_BASE + 1 {
+        return Err(Fault::gp(0));
+    }
+    let map = vm.read_lin(tr.base.wrapping_add(TSS_IOMAP_BASE), 2, Access::READ)? as u32;
+    let off = (map + vector as u32 / 8).wrapping_sub(REDIRECTION_BITMAP_LEN);
+    if off > tr.limit {
+        return Err(Fault::gp(0));
+    }
+    let byte = vm.read_lin(tr.base.wrapping_add(off), 1, Access::READ)? as u8;
+    Ok(byte & (1 << (vector & 7)) == 0)
+}
+
+/// VME interrupt redirection: deliver INT n through the V86 task's own
+/// IVT at linear 0 like real mode; with IOPL < 3 the pushed FLAGS show
+/// IOPL 3 and VIF in place of IF, and VIF is cleared instead of IF (SDM
+/// Vol. 2 INT n, Vol. 3 20.3.3.5 method 5).
+fn v86_redirect(ctx: &mut Ctx, vector: u8) -> Result<(), Fault> {
+    let vm = &mut *ctx.vm;
+    let entry = vm.read_lin(vector as u32 * 4, 4, Access::READ)? as u32;
+    let cpu = &vm.cpu;
+    let iopl3 = cpu.iopl() == 3;
+    let mut image = cpu.eflags & 0xFFFF;
+    if !iopl3 {
+        image = (image & !flags::IF) | flags::IOPL;
+        if cpu.eflags & flags::VIF != 0 {
+            image |= flags::IF;
+        }
+    }
+    let items = [
+        image,
+        cpu.seg(SegReg::Cs).selector as u32,
+        ctx.next_eip & 0xFFFF,
+    ];
+    let ss = *cpu.seg(SegReg::Ss);
+    let sp = push_frame(
+        vm,
+        &ss,
+        cpu.sp(),
+        false,
+        &items,
+        2,
+        Access::WRITE.at_cpl(3),
+        Fault::ss(0),
+    )?;
+    let cpu = &mut vm.cpu;
+    cpu.set_sp(sp);
+    cpu.seg[SegReg::Cs as usize] = v86_segment((entry >> 16) as u16);
+    cpu.eflags &= !(flags::TF | if iopl3 { flags::IF } else { flags::VIF });
+    ctx.next_eip = entry & 0xFFFF;
     Ok(())
 }
 
@@ -461,11 +556,16 @@ fn iret(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
         Code::Iretd => 4,
         _ => return Err(Fault::ud()),
     };
+    // IRET unblocks NMIs as it starts, even if it then faults.
+    ctx.vm.cpu.nmi_blocked = false;
     let cpu = &ctx.vm.cpu;
     if cpu.protected() && !cpu.v86() && cpu.eflags & flags::NT != 0 {
         return task_return(ctx);
     }
     if cpu.v86() && cpu.iopl() < 3 {
+        if cpu.cr4 & cr4::VME != 0 && osz == 2 {
+            return iret_vme(ctx);
+        }
         return Err(Fault::gp(0));
     }
     let u = osz as usize;
@@ -545,6 +645,32 @@ fn iret(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
     cpu.eflags = new_flags;
     null_inaccessible(cpu, rpl);
     ctx.next_eip = eip;
+    Ok(())
+}
+
+/// 16-bit IRET in V86 mode with IOPL < 3 and CR4.VME (SDM Vol. 3
+/// 20.3.3.5, 20.4): the popped IF goes to VIF, IOPL and IF stay; a
+/// popped TF, or IF with VIP pending, is #GP(0) for the monitor.
+fn iret_vme(ctx: &mut Ctx) -> Result<(), Fault> {
+    let ip = ctx.peek(0, 2)?;
+    let cs = ctx.peek(2, 2)? as u16;
+    let fl = ctx.peek(4, 2)?;
+    let old = ctx.vm.cpu.eflags;
+    if fl & flags::TF != 0 || (fl & flags::IF != 0 && old & flags::VIP != 0) {
+        return Err(Fault::gp(0));
+    }
+    let keep = 0xFFFF_0000 | flags::IOPL | flags::IF;
+    let mut new_flags = ((old & keep) | (fl & !keep & 0xFFFF) | flags::FIXED1) & flags::DEFINED;
+    new_flags &= !flags::VIF;
+    if fl & flags::IF != 0 {
+        new_flags |= flags::VIF;
+    }
+    let cpu = &mut ctx.vm.cpu;
+    let sp = cpu.sp().wrapping_add(6);
+    cpu.set_sp(sp);
+    cpu.seg[SegReg::Cs as usize] = v86_segment(cs);
+    cpu.eflags = new_flags;
+    ctx.next_eip = ip;
     Ok(())
 }
 

@@ -214,7 +214,7 @@ impl Interpreter {
                 // A shadow lasts exactly one instruction and two in a row do
                 // not chain (SDM Vol. 3 6.8.3).
                 vm.cpu.interrupt_shadow = shadow && !had_shadow;
-                if tf {
+                if tf && !interrupt::delivered_software_interrupt(&ins, &vm.cpu) {
                     if let Err(r) = interrupt::single_step_trap(vm) {
                         return Step::Shutdown(r);
                     }

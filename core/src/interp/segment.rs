@@ -193,12 +193,19 @@ pub fn sel_err(sel: u16, ext: bool) -> u32 {
 /// The cache a real-mode load leaves: only selector and base change, the
 /// limit and attributes stay (so "big real mode" survives, SDM Vol. 3
 /// 20.1.1 and every implementation).
+/// A register that held a null selector becomes a present 64 KiB
+/// read/write data segment again.
 pub fn real_segment(old: &Segment, sel: u16) -> Segment {
+    let (limit, attr) = if old.unusable() {
+        (0xFFFF, attr::P | attr::S | attr::RW | attr::ACCESSED)
+    } else {
+        (old.limit, old.attr | attr::P | attr::S)
+    };
     Segment {
         selector: sel,
         base: (sel as u32) << 4,
-        limit: old.limit,
-        attr: (old.attr & !attr::UNUSABLE) | attr::P | attr::S,
+        limit,
+        attr,
     }
 }
 
@@ -222,11 +229,12 @@ pub fn null_segment(sel: u16) -> Segment {
     }
 }
 
-/// Whether `[off, off+size)` is inside segment `s` (expand-down aware,
-/// SDM Vol. 3 5.3) in protected mode, or inside its limit otherwise.
-pub fn offset_ok(cpu: &CpuState, s: &Segment, off: u32, size: u32) -> bool {
+/// Whether `[off, off+size)` is inside segment `s`, expand-down aware
+/// (SDM Vol. 3 5.3). The cache decides: real-mode and V86 loads leave
+/// expand-up attributes, so this holds in every mode.
+pub fn offset_ok(s: &Segment, off: u32, size: u32) -> bool {
     let last = off as u64 + size as u64 - 1;
-    if cpu.protected() && !cpu.v86() && s.attr & (attr::CODE | attr::DC) == attr::DC {
+    if s.attr & (attr::CODE | attr::DC) == attr::DC {
         let top: u64 = if s.big() { 0xFFFF_FFFF } else { 0xFFFF };
         return off as u64 > s.limit as u64 && last <= top;
     }
@@ -255,7 +263,7 @@ pub fn push_frame(
         if !big {
             p &= 0xFFFF;
         }
-        if !offset_ok(&vm.cpu, ss, p, size) {
+        if !offset_ok(ss, p, size) {
             return Err(fault);
         }
         let lin = ss.base.wrapping_add(p);
@@ -343,6 +351,8 @@ pub fn null_inaccessible(cpu: &mut CpuState, cpl: u8) {
     for seg in [SegReg::Es, SegReg::Ds, SegReg::Fs, SegReg::Gs] {
         let s = cpu.seg(seg);
         if s.unusable() {
+            // A null selector with a non-zero RPL becomes 0 as well.
+            *cpu.seg_mut(seg) = null_segment(0);
             continue;
         }
         let data_or_nc = s.attr & attr::CODE == 0 || s.attr & attr::DC == 0;
@@ -405,7 +415,8 @@ pub fn tss_stack(vm: &mut Vm, dpl: u8, ext: bool) -> Result<(u16, u32), Fault> {
     let dpl = dpl as u32;
     if tr.sys_type() & 8 != 0 {
         let off = 4 + 8 * dpl;
-        if off + 7 > tr.limit {
+        // SS is read as 2 bytes: the check covers ESP and SS only.
+        if off + 5 > tr.limit {
             return Err(bad);
         }
         let esp = vm.read_lin(tr.base.wrapping_add(off), 4, Access::READ)? as u32;
@@ -532,7 +543,8 @@ fn far_transfer(ctx: &mut Ctx, kind: Far, sel: u16, off: u32, osz: u32) -> Resul
             switch_from(ctx, kind, tsel, td)
         }
         sys::TSS16_AVAIL | sys::TSS32_AVAIL => {
-            if d.dpl() < cpl || d.dpl() < rpl {
+            // A TSS descriptor must be in the GDT.
+            if sel & SEL_TI != 0 || d.dpl() < cpl || d.dpl() < rpl {
                 return Err(Fault::gp(code));
             }
             if !d.present() {
@@ -857,12 +869,10 @@ fn load_far_pointer(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
     let ea = ctx.ea(ins);
     let off = ctx.read_mem(ms, ea, osz)?;
     let sel = ctx.read_mem(ms, ea.wrapping_add(osz as u32), 2)? as u16;
+    // LSS sets no interrupt shadow: only MOV SS and POP SS do (SDM Vol. 3
+    // 6.8.3).
     load_segment(ctx.vm, seg, sel)?;
     ctx.set_reg(ins.op0_register(), off);
-    if seg == SegReg::Ss {
-        // LSS does not inhibit interrupts architecturally (only MOV SS and
-        // POP SS do, SDM Vol. 3 6.8.3).
-    }
     Ok(())
 }
 

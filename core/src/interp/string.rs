@@ -3,9 +3,10 @@
 //! ESI/EDI/ECX), EFLAGS.DF, and a segment override on the source (the
 //! destination is always ES, SDM Vol. 2 MOVS).
 //!
-//! A REP instruction runs at most `ctx.rep_batch` iterations per step and,
-//! if not finished, leaves EIP on itself so the next step continues it
-//! (interruptible between iterations, as on hardware, SDM Vol. 2 REP).
+//! A REP instruction runs at most `ctx.rep_batch` iterations per step (one
+//! when EFLAGS.TF is set) and, if not finished, leaves EIP on itself so the
+//! next step continues it (interruptible between iterations, as on
+//! hardware, SDM Vol. 2 REP).
 //! Each iteration commits its memory write, index registers and count
 //! before the next starts, so a fault in iteration k leaves the state as
 //! after iteration k-1, with EIP at the instruction.
@@ -15,7 +16,8 @@
 
 use iced_x86::{Code, Instruction, Mnemonic, OpKind};
 
-use super::data::{accumulator, set_status, sub_flags};
+use super::data::accumulator;
+use super::flags::{set_status, sub_flags};
 use super::operand::mask;
 use super::{Ctx, Table};
 use crate::cpu::{flags, SegReg, ECX, EDI, ESI};
@@ -121,7 +123,14 @@ pub(crate) fn run_string(
     if n == 0 {
         return Ok(());
     }
-    for _ in 0..ctx.rep_batch.max(1) {
+    // With EFLAGS.TF the single-step trap follows every iteration (SDM
+    // Vol. 3 17.3.1.4), so a step runs one.
+    let batch = if ctx.vm.cpu.eflags & flags::TF != 0 {
+        1
+    } else {
+        ctx.rep_batch.max(1)
+    };
+    for _ in 0..batch {
         body(ctx)?;
         n = n.wrapping_sub(1) & if a32 { u32::MAX } else { 0xFFFF };
         set_count(ctx, a32, n);
@@ -188,7 +197,7 @@ fn cmps(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
         let a = ctx.read_mem(seg, index(ctx, ESI, a32), size)?;
         let b = ctx.read_mem(SegReg::Es, index(ctx, EDI, a32), size)?;
         let (_, f) = sub_flags(a, b, 0, size);
-        set_status(ctx, flags::STATUS, f);
+        set_status(&mut ctx.vm.cpu, flags::STATUS, f);
         advance(ctx, ESI, a32, size);
         advance(ctx, EDI, a32, size);
         Ok(())
@@ -203,7 +212,7 @@ fn scas(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
         let b = ctx.read_mem(SegReg::Es, index(ctx, EDI, a32), size)?;
         let a = ctx.reg(accumulator(size));
         let (_, f) = sub_flags(a, b, 0, size);
-        set_status(ctx, flags::STATUS, f);
+        set_status(&mut ctx.vm.cpu, flags::STATUS, f);
         advance(ctx, EDI, a32, size);
         Ok(())
     })
@@ -386,6 +395,20 @@ mod tests {
     }
 
     #[test]
+    fn address_size_prefix_in_32bit_code_uses_si_di_cx() {
+        // 32-bit code, 67 F3 AA: rep stosb with DI/CX; upper halves kept.
+        let mut m = flat32();
+        m.set(EAX, 0x33);
+        m.set(EDI, 0xABCD_3000);
+        m.set(ECX, 0x0005_0002);
+        m.bytes(&[0x67, 0xF3, 0xAA]);
+        m.step();
+        assert_eq!(m.rd(0x3000, 4), 0x3333);
+        assert_eq!(m.r(EDI), 0xABCD_3002);
+        assert_eq!(m.r(ECX), 0x0005_0000);
+    }
+
+    #[test]
     fn batch_continuation() {
         let mut m = flat32();
         m.it.rep_batch = 1;
@@ -413,6 +436,23 @@ mod tests {
         assert_eq!((m.r(ECX), m.vm.cpu.eip), (8, CODE));
         m.step();
         assert_eq!((m.r(ECX), m.vm.cpu.eip), (7, CODE + 2));
+    }
+
+    #[test]
+    fn single_step_traps_after_each_iteration() {
+        // Real mode, TF = 1, IVT[1] -> 0000:2000: one STOSB iteration,
+        // then #DB with the REP instruction's IP stacked.
+        let mut m = real();
+        m.wr(4, 2, 0x2000);
+        m.wr(6, 2, 0);
+        m.vm.cpu.eflags |= flags::TF;
+        m.set(EDI, 0x3000);
+        m.set(ECX, 3);
+        m.asm(|a| a.rep().stosb());
+        m.step();
+        assert_eq!(m.r(ECX), 2);
+        assert_eq!(m.vm.cpu.eip, 0x2000);
+        assert_eq!(m.rd(0x8000 - 6, 2), CODE, "stacked IP");
     }
 
     #[test]

@@ -8,8 +8,7 @@
 //! switches (`task`), or the CPUID table itself (`cpuid`).
 //!
 //! MOV to/from CRn/DRn share the mnemonic `Mov` with ordinary moves, so
-//! the table cannot route them here: the `Mov` handler forwards the codes
-//! `is_mov_cr_dr` names to `mov_cr_dr`.
+//! they are registered by `Code` (`Table::set_codes`).
 
 pub mod desc;
 pub mod msr;
@@ -60,6 +59,15 @@ const CR4_PAGING: u32 = cr4::PSE | cr4::PAE | cr4::PGE;
 const CR0_PAGING: u32 = cr0::PG | cr0::WP | cr0::PE;
 
 pub(super) fn register(t: &mut Table) {
+    t.set_codes(
+        &[
+            Code::Mov_r32_cr,
+            Code::Mov_cr_r32,
+            Code::Mov_r32_dr,
+            Code::Mov_dr_r32,
+        ],
+        mov_cr_dr,
+    );
     t.set(&[Mnemonic::Clts], clts);
     t.set(&[Mnemonic::Hlt], hlt);
     t.set(&[Mnemonic::Cli], cli);
@@ -87,8 +95,7 @@ pub fn require_cpl0(cpu: &CpuState) -> Result<(), Fault> {
 
 // ---- MOV CRn / DRn ----------------------------------------------------
 
-/// Whether `code` is MOV to/from a control or debug register (which the
-/// `Mov` handler must forward to `mov_cr_dr`).
+/// Whether `code` is MOV to/from a control or debug register.
 pub fn is_mov_cr_dr(code: Code) -> bool {
     matches!(
         code,
@@ -463,7 +470,7 @@ mod tests {
         // DR4 aliases DR6 without CR4.DE.
         vm.cpu.set_reg32(EAX, 0xFFFF_FFFF);
         assert_eq!(run(&mut vm, 32, |a| a.mov(dr4, eax)), Ok(()));
-        assert_eq!(vm.cpu.dr[6], 0xFFFF_FFFF & !(1 << 12));
+        assert_eq!(vm.cpu.dr[6], !(1u32 << 12));
         // With CR4.DE, DR4/DR5 are #UD.
         vm.cpu.cr4 = cr4::DE;
         assert_eq!(run(&mut vm, 32, |a| a.mov(ebx, dr5)), Err(Fault::ud()));
@@ -560,6 +567,33 @@ mod tests {
         // V86 with IOPL < 3.
         let mut vm = v86();
         assert_eq!(run(&mut vm, 16, |a| a.pushf()), Err(Fault::gp(0)));
+    }
+
+    /// Through `Interpreter::step`: a #GP(0) from RDPMC at CPL 0 is
+    /// delivered through IDT gate 13 with error code 0 and the faulting
+    /// EIP (SDM Vol. 3 6.12.1, no stack switch at the same privilege).
+    #[test]
+    fn step_delivers_gp_through_the_idt() {
+        let mut vm = flat0();
+        // GDT: 1 = flat code (0x08), 2 = flat data (0x10).
+        vm.cpu.gdtr.base = 0x2000;
+        vm.cpu.gdtr.limit = 0x17;
+        vm.mem.write_u64(0x2008, 0x00CF_9A00_0000_FFFF);
+        vm.mem.write_u64(0x2010, 0x00CF_9200_0000_FFFF);
+        // IDT gate 13: 32-bit interrupt gate to 0x08:0x4000, DPL 0.
+        vm.cpu.idtr.base = 0x3000;
+        vm.cpu.idtr.limit = 0xFF;
+        vm.mem.write_u64(0x3000 + 13 * 8, 0x0000_8E00_0008_4000);
+        vm.cpu.set_reg32(ESP, 0x8000);
+        vm.mem.write(CODE as u64, &[0x0F, 0x33]);
+        let mut it = crate::interp::Interpreter::new();
+        assert_eq!(it.step(&mut vm), crate::interp::Step::Retired);
+        assert_eq!(vm.cpu.eip, 0x4000);
+        assert_eq!(vm.cpu.reg32(ESP), 0x8000 - 16);
+        assert_eq!(vm.mem.read_u32(0x8000 - 16), 0);
+        assert_eq!(vm.mem.read_u32(0x8000 - 12), CODE);
+        assert_eq!(vm.mem.read_u32(0x8000 - 8), 0x08);
+        assert_eq!(it.stats.exceptions[13], 1);
     }
 
     /// POPFD of all ones at (CPL, IOPL): the resulting EFLAGS.

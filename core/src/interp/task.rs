@@ -14,7 +14,7 @@ use super::segment::{
     SEL_RPL, SEL_TI,
 };
 use super::Table;
-use crate::cpu::{cr0, flags, SegReg, Segment};
+use crate::cpu::{cr0, flags, SegReg};
 use crate::exception::{vector, Fault};
 use crate::mmu::Access;
 use crate::vm::Vm;
@@ -35,6 +35,8 @@ const TSS32_MIN_LIMIT: u32 = 0x67;
 const TSS16_MIN_LIMIT: u32 = 0x2B;
 /// Descriptor high dword: TSS busy bit (type bit 1).
 const HI_BUSY: u32 = 1 << 9;
+/// DR7 bits a task switch clears: the local enables L0-L3.
+const DR7_LOCAL: u32 = 0x55;
 /// DR6.BT: the #DB was raised by the T bit of the new TSS.
 const DR6_BT: u32 = 1 << 15;
 
@@ -247,6 +249,8 @@ pub fn task_switch(
     nd.hi |= HI_BUSY;
     vm.cpu.tr = nd.segment(sel);
     vm.cpu.cr0 |= cr0::TS;
+    // Local breakpoint enables belong to the old task (SDM Vol. 3 17.2.4).
+    vm.cpu.dr[7] &= !DR7_LOCAL;
 
     // From here on faults belong to the new task (SDM Vol. 3 7.3 step 12).
     if let Some(cr3) = st.cr3 {
@@ -271,7 +275,7 @@ pub fn task_switch(
     vm.cpu.ldtr = null_segment(st.ldt);
     load_task_segments(vm, &st, ext)?;
     if vm.cpu.eip > vm.cpu.seg(SegReg::Cs).limit {
-        return Err(Fault::gp(0));
+        return Err(Fault::gp(ext as u32));
     }
     if st.trap {
         vm.cpu.dr[6] |= DR6_BT;
@@ -356,11 +360,6 @@ fn load_task_segments(vm: &mut Vm, st: &TaskState, ext: bool) -> Result<(), Faul
         vm.cpu.seg[seg as usize] = d.segment(s);
     }
     Ok(())
-}
-
-/// Whether the current TSS is a 32-bit one.
-pub fn tss_is_32(tr: &Segment) -> bool {
-    tr.sys_type() & 8 != 0
 }
 
 pub(super) fn register(_t: &mut Table) {}

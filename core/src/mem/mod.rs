@@ -70,7 +70,7 @@ pub struct GuestMemory {
 impl GuestMemory {
     /// Allocate `size` bytes of zeroed RAM at physical 0.
     pub fn new(size: u64) -> Result<Self, MemError> {
-        if size == 0 || size % PAGE_SIZE != 0 || size > 0xFFFF_F000 {
+        if size == 0 || !size.is_multiple_of(PAGE_SIZE) || size > 0xFFFF_F000 {
             return Err(MemError::BadSize(size));
         }
         let ram = MmapMut::map_anon(size as usize).map_err(|e| MemError::Alloc(size >> 20, e))?;
@@ -231,6 +231,27 @@ impl GuestMemory {
     }
     pub fn write_u64(&mut self, paddr: u64, v: u64) {
         self.write(paddr, &v.to_le_bytes());
+    }
+
+    /// Write a dword without logging a write-watch hit: the MMU's own
+    /// accessed/dirty updates to page-table entries, which must not
+    /// invalidate the shadow entry being filled. Marks the frame dirty;
+    /// outside RAM it behaves like `write_u32` (ROM/unmapped writes are
+    /// dropped and counted).
+    pub fn write_u32_unlogged(&mut self, paddr: u64, v: u32) {
+        match paddr.checked_add(4) {
+            Some(end)
+                if end <= self.ram.len() as u64
+                    && matches!(self.region(paddr), Region::Ram(_))
+                    && matches!(self.region(paddr + 3), Region::Ram(_)) =>
+            {
+                let o = paddr as usize;
+                self.ram[o..o + 4].copy_from_slice(&v.to_le_bytes());
+                self.dirty.set(o >> PAGE_SHIFT, true);
+                self.dirty.set((o + 3) >> PAGE_SHIFT, true);
+            }
+            _ => self.write_u32(paddr, v),
+        }
     }
 
     /// Fast RAM access for the MMU's shadow entries: `len` bytes at RAM

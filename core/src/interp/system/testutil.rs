@@ -93,7 +93,7 @@ pub fn exec(vm: &mut Vm) -> Result<bool, Fault> {
     let mut ctx = Ctx {
         vm,
         eip,
-        next_eip: if bits32(eip, &ins) {
+        next_eip: if ins.code_size() == iced_x86::CodeSize::Code32 {
             ins.next_ip32()
         } else {
             ins.next_ip32() & 0xFFFF
@@ -101,22 +101,14 @@ pub fn exec(vm: &mut Vm) -> Result<bool, Fault> {
         shadow: false,
         rep_batch: 256,
     };
-    let r = if super::is_mov_cr_dr(ins.code()) {
-        super::mov_cr_dr(&mut ctx, &ins)
-    } else {
-        match table.get(ins.mnemonic()) {
-            Some(h) if ins.code() != iced_x86::Code::INVALID => h(&mut ctx, &ins),
-            _ => Err(Fault::ud()),
-        }
+    let r = match table.lookup(&ins) {
+        Some(h) if ins.code() != iced_x86::Code::INVALID => h(&mut ctx, &ins),
+        _ => Err(Fault::ud()),
     };
     let (next, shadow) = (ctx.next_eip, ctx.shadow);
     r?;
     vm.cpu.eip = next;
     Ok(shadow)
-}
-
-fn bits32(_eip: u32, ins: &iced_x86::Instruction) -> bool {
-    ins.code_size() == iced_x86::CodeSize::Code32
 }
 
 /// `run_shadow` without the shadow flag.
