@@ -672,7 +672,7 @@ impl FormTable {
             arms.push((3, shift_cl.boxed()));
         }
         if !self.div.is_empty() {
-            arms.push((2, div.boxed()));
+            arms.push((1, div.boxed()));
         }
         proptest::strategy::Union::new_weighted(arms).boxed()
     }
