@@ -141,7 +141,7 @@ fn run_one(
 
 fn parse_hex(s: &str) -> Result<Vec<u8>, CliError> {
     let digits: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return Err(CliError::BadHex("odd number of hex digits".into()));
     }
     (0..digits.len())
