@@ -64,7 +64,13 @@ pub struct DiffArgs {
     pub seed: u64,
 
     /// The two engines to compare, A,B (interp, kvm).
-    #[arg(long, value_name = "A,B", default_value = "interp,kvm", value_delimiter = ',', num_args = 1)]
+    #[arg(
+        long,
+        value_name = "A,B",
+        default_value = "interp,kvm",
+        value_delimiter = ',',
+        num_args = 1
+    )]
     pub engines: Vec<String>,
 
     /// CPU mode of the programs.

@@ -122,7 +122,10 @@ fn run_one(session: &Session, mode: ModeArg, hex: &str) -> Result<ExitCode, CliE
     if let Some(d) = &out.divergence {
         println!("{d}");
     }
-    println!("1 programs, {} instructions, {k} divergences", out.instructions);
+    println!(
+        "1 programs, {} instructions, {k} divergences",
+        out.instructions
+    );
     Ok(if k == 0 {
         ExitCode::SUCCESS
     } else {

@@ -653,7 +653,12 @@ impl FormTable {
         let enter = (0u16..64, self.body(bits, RegSet::NoFrame, true))
             .prop_map(|(size, body)| Item::Enter { size, body });
         let mut arms: Vec<(u32, BoxedStrategy<Item>)> = vec![
-            (30, self.plain(bits, RegSet::General, true).prop_map(Item::Insn).boxed()),
+            (
+                30,
+                self.plain(bits, RegSet::General, true)
+                    .prop_map(Item::Insn)
+                    .boxed(),
+            ),
             (3, string.boxed()),
             (3, jump.boxed()),
             (2, looping.boxed()),
