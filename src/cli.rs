@@ -87,6 +87,11 @@ pub struct DiffArgs {
     #[arg(long, value_name = "HEX")]
     pub code: Option<String>,
 
+    /// With --code in prot16: deliver exceptions through 16-bit interrupt
+    /// gates (16-bit frames) instead of 32-bit ones.
+    #[arg(long, requires = "code")]
+    pub gate16: bool,
+
     /// Fewest items (instructions or small groups) per random program.
     #[arg(long, default_value_t = 5)]
     pub min_items: usize,

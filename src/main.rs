@@ -58,7 +58,7 @@ fn run_diff(args: &DiffArgs) -> Result<ExitCode, CliError> {
     let mut session = Session::new(a, b, args.lockstep);
     session.max_steps = args.max_steps;
     if let Some(hex) = &args.code {
-        return run_one(&session, args.mode, hex);
+        return run_one(&session, args.mode, hex, args.gate16);
     }
     let Some(n) = args.random else {
         return Err(CliError::NothingToRun);
@@ -108,12 +108,18 @@ fn run_diff(args: &DiffArgs) -> Result<ExitCode, CliError> {
 }
 
 /// Compare one hand-given program.
-fn run_one(session: &Session, mode: ModeArg, hex: &str) -> Result<ExitCode, CliError> {
+fn run_one(
+    session: &Session,
+    mode: ModeArg,
+    hex: &str,
+    gate16: bool,
+) -> Result<ExitCode, CliError> {
     let [mode] = mode.modes()[..] else {
         return Err(CliError::CodeNeedsMode);
     };
     let code = parse_hex(hex)?;
-    let program = Program::new(mode, code);
+    let mut program = Program::new(mode, code);
+    program.gate16 = gate16;
     let out = session.check(&program)?;
     let k = usize::from(out.divergence.is_some());
     if let Some(why) = &out.skipped {

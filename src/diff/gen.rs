@@ -137,6 +137,7 @@ impl Case {
             data,
             data_pages: self.data_pages,
             wp: self.wp,
+            gate16: false,
             insns,
         })
     }
@@ -671,7 +672,7 @@ impl FormTable {
             arms.push((3, shift_cl.boxed()));
         }
         if !self.div.is_empty() {
-            arms.push((2, div.boxed()));
+            arms.push((1, div.boxed()));
         }
         proptest::strategy::Union::new_weighted(arms).boxed()
     }

@@ -49,7 +49,6 @@ pub enum DiffError {
 /// Make the engine called `name` for `vm`. In lockstep the interpreter
 /// runs one REP iteration per step, as hardware single-stepping does.
 pub fn make_engine(name: &str, vm: &mut Vm, lockstep: bool) -> Result<Box<dyn Engine>, DiffError> {
-    let _ = &vm;
     match name {
         "interp" => {
             let mut i = Interpreter::new();
@@ -58,9 +57,9 @@ pub fn make_engine(name: &str, vm: &mut Vm, lockstep: bool) -> Result<Box<dyn En
             }
             Ok(Box::new(i))
         }
-        "kvm" => Err(DiffError::KvmUnavailable(
-            "this build has no KVM engine yet".to_string(),
-        )),
+        "kvm" => crate::kvm::KvmEngine::new(vm)
+            .map(|e| Box::new(e) as Box<dyn Engine>)
+            .map_err(|e| DiffError::KvmUnavailable(e.to_string())),
         other => Err(DiffError::UnknownEngine(other.to_string())),
     }
 }
@@ -69,9 +68,8 @@ pub fn make_engine(name: &str, vm: &mut Vm, lockstep: bool) -> Result<Box<dyn En
 pub fn engine_available(name: &str) -> Result<(), DiffError> {
     match name {
         "interp" => Ok(()),
-        "kvm" => Err(DiffError::KvmUnavailable(
-            "this build has no KVM engine yet".to_string(),
-        )),
+        "kvm" => crate::kvm::KvmEngine::available()
+            .map_err(|e| DiffError::KvmUnavailable(e.to_string())),
         other => Err(DiffError::UnknownEngine(other.to_string())),
     }
 }

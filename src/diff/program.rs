@@ -61,7 +61,8 @@ pub mod sel {
     pub const CODE32: u16 = 0x08;
     /// Flat 32-bit data, base 0, limit 4 GiB, big.
     pub const DATA32: u16 = 0x10;
-    /// 16-bit code, base 0, limit 64 KiB (prot16 exception stubs).
+    /// 16-bit code, base 0, limit 64 KiB (prot16 exception stubs with
+    /// 16-bit gates).
     pub const CODE16_LOW: u16 = 0x18;
     /// 16-bit data, base 0, limit 64 KiB (prot16 stack).
     pub const DATA16_LOW: u16 = 0x20;
@@ -100,7 +101,7 @@ pub mod real_seg {
 pub enum Mode {
     /// Real mode, 16-bit code, IVT.
     Real,
-    /// Protected mode, 16-bit code and stack, 16-bit interrupt gates.
+    /// Protected mode, 16-bit code and stack.
     Prot16,
     /// Protected mode, flat 32-bit segments.
     Prot32,
@@ -178,6 +179,9 @@ pub struct Program {
     pub data_pages: [u32; 3],
     /// Paging mode: CR0.WP (supervisor writes honour read-only pages).
     pub wp: bool,
+    /// prot16: deliver exceptions through 16-bit interrupt gates (16-bit
+    /// frames) instead of 32-bit ones.
+    pub gate16: bool,
     /// Instructions the generator emitted (for statistics only).
     pub insns: usize,
 }
@@ -202,6 +206,7 @@ impl Program {
             data: Vec::new(),
             data_pages: [pte::P | pte::RW; 3],
             wp: true,
+            gate16: false,
             insns: 0,
         }
     }
@@ -235,11 +240,15 @@ impl Program {
             vm.mem.write_u32(at, lo);
             vm.mem.write_u32(at + 4, hi);
         }
-        // IDT: interrupt gates (DPL 0, present) to the stubs. prot16 uses
-        // 16-bit gates into a 16-bit code segment (SDM Vol. 3 6.11).
-        let (gate_type, cs) = match self.mode {
-            Mode::Prot16 => (GATE_INT16, sel::CODE16_LOW),
-            _ => (GATE_INT32, sel::CODE32),
+        // IDT: 32-bit interrupt gates (DPL 0, present) to the stubs in
+        // the flat 32-bit code segment, in prot16 too: 16-bit code taking
+        // exceptions through 32-bit gates pushes a 32-bit frame on its
+        // 16-bit stack (SDM Vol. 3 6.12.1). `Program::gate16` selects
+        // 16-bit gates into a 16-bit code segment instead.
+        let (gate_type, cs) = if self.mode == Mode::Prot16 && self.gate16 {
+            (GATE_INT16, sel::CODE16_LOW)
+        } else {
+            (GATE_INT32, sel::CODE32)
         };
         for v in 0..256u32 {
             let off = layout::STUB_BASE + v;

@@ -11,7 +11,7 @@ use umbra_core::{Budget, Engine, Vm};
 
 use super::compare::{self, At, Divergence, End, Regs};
 use super::forms::{undefined_flags, Class};
-use super::gen::{Case, FormTable, GenConfig};
+use super::gen::{Case, FormTable, GenConfig, Item};
 use super::program::{Mode, Program};
 use super::{make_engine, DiffError};
 
@@ -76,8 +76,30 @@ impl Session {
         Ok([(va, ea), (vb, eb)])
     }
 
-    /// Run `p` on both engines and compare.
+    /// Run `p` on both engines and compare; a divergence at the end of a
+    /// run is then located by a lockstep rerun.
     pub fn check(&self, p: &Program) -> Result<Outcome, DiffError> {
+        let mut out = self.check_quick(p)?;
+        if let Some(d) = &mut out.divergence {
+            self.locate(d);
+        }
+        Ok(out)
+    }
+
+    /// Find the first differing step of a run-to-completion divergence,
+    /// where both engines can step.
+    pub fn locate(&self, d: &mut Divergence) {
+        if d.step.is_none() && d.located.is_none() {
+            d.located = self
+                .clone_lockstep()
+                .check_lockstep(&d.program)
+                .ok()
+                .and_then(|o| o.divergence);
+        }
+    }
+
+    /// `check` without the lockstep localisation.
+    pub fn check_quick(&self, p: &Program) -> Result<Outcome, DiffError> {
         if self.lockstep {
             return self.check_lockstep(p);
         }
@@ -103,12 +125,6 @@ impl Session {
         let divergence = if mismatches.is_empty() {
             None
         } else {
-            // Find the first differing step, where both engines can step.
-            let located = self
-                .clone_lockstep()
-                .check_lockstep(p)
-                .ok()
-                .and_then(|o| o.divergence);
             Some(Box::new(Divergence {
                 engines: self.engines.clone(),
                 mode: p.mode,
@@ -118,7 +134,7 @@ impl Session {
                 ends: (end_a, end_b),
                 mismatches,
                 program: p.clone(),
-                located,
+                located: None,
             }))
         };
         Ok(Outcome {
@@ -289,7 +305,7 @@ impl Campaign {
                 .map_err(|e| DiffError::Generate(e.to_string()))?;
             let case = tree.current();
             let program = case.assemble(&self.gen)?;
-            let out = self.session.check(&program)?;
+            let out = self.session.check_quick(&program)?;
             sum.programs += 1;
             if let Some(why) = out.skipped {
                 *sum.skipped.entry(why).or_default() += 1;
@@ -297,7 +313,8 @@ impl Campaign {
             sum.instructions += out.instructions;
             sum.per_mode[Mode::ALL.iter().position(|&m| m == case.mode).unwrap_or(0)] += 1;
             if let Some(d) = out.divergence {
-                let d = self.shrink(&mut tree, d);
+                let mut d = self.shrink(&mut tree, case, d);
+                self.session.locate(&mut d);
                 report(&d);
                 sum.divergences.push(d);
             }
@@ -309,43 +326,88 @@ impl Campaign {
         Ok(sum)
     }
 
-    /// Proptest's shrinking loop: simplify while the case still diverges,
-    /// complicate back when it stops.
+    /// The divergence of `case`, if it still has one.
+    fn diverges(&self, case: &Case) -> Option<Box<Divergence>> {
+        let p = case.assemble(&self.gen).ok()?;
+        self.session.check_quick(&p).ok()?.divergence
+    }
+
+    /// Proptest's shrinking loop (simplify while the case still diverges,
+    /// complicate back when it stops), then a greedy pass that drops
+    /// whole items and body instructions: proptest keeps at least
+    /// `min_items` items.
     fn shrink(
         &self,
         tree: &mut impl ValueTree<Value = Case>,
+        case: Case,
         first: Box<Divergence>,
     ) -> Box<Divergence> {
-        let mut best = first;
-        if self.max_shrink == 0 || !tree.simplify() {
-            return best;
+        let mut best = (case, first);
+        if self.max_shrink == 0 {
+            return best.1;
         }
-        for _ in 0..self.max_shrink {
-            let diverges = tree
-                .current()
-                .assemble(&self.gen)
-                .ok()
-                .and_then(|p| self.session.check(&p).ok())
-                .and_then(|o| o.divergence);
-            let more = match diverges {
-                Some(d) => {
-                    best = d;
-                    tree.simplify()
+        if tree.simplify() {
+            for _ in 0..self.max_shrink {
+                let cur = tree.current();
+                let more = match self.diverges(&cur) {
+                    Some(d) => {
+                        best = (cur, d);
+                        tree.simplify()
+                    }
+                    None => tree.complicate(),
+                };
+                if !more {
+                    break;
                 }
-                None => tree.complicate(),
-            };
-            if !more {
-                break;
             }
         }
-        best
+        let (mut case, mut div) = best;
+        let mut i = case.items.len();
+        while i > 0 {
+            i -= 1;
+            let mut fewer = case.clone();
+            fewer.items.remove(i);
+            if let Some(d) = self.diverges(&fewer) {
+                (case, div) = (fewer, d);
+                continue;
+            }
+            // Then the body of a loop, call, PUSHA or ENTER.
+            let mut j = body_len(&case.items[i]);
+            while j > 0 {
+                j -= 1;
+                let mut fewer = case.clone();
+                if let Some(body) = body_mut(&mut fewer.items[i]) {
+                    body.remove(j);
+                }
+                if let Some(d) = self.diverges(&fewer) {
+                    (case, div) = (fewer, d);
+                }
+            }
+        }
+        div
     }
+}
+
+fn body_mut(item: &mut Item) -> Option<&mut Vec<iced_x86::Instruction>> {
+    match item {
+        Item::Loop { body, .. }
+        | Item::Call { body, .. }
+        | Item::Pusha { body }
+        | Item::Enter { body, .. } => Some(body),
+        _ => None,
+    }
+}
+
+fn body_len(item: &Item) -> usize {
+    let mut it = item.clone();
+    body_mut(&mut it).map_or(0, |b| b.len())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::diff::program::HLT;
+    use umbra_core::interp::Interpreter;
 
     #[test]
     fn same_seed_same_programs() {
@@ -378,6 +440,69 @@ mod tests {
             let s = c.run(|d| panic!("{d}"), |_| {}).unwrap();
             assert_eq!(s.programs, 8);
             assert!(s.divergences.is_empty());
+        }
+    }
+
+    /// The interpreter with a planted bug: every executed XOR also flips
+    /// bit 0 of EAX.
+    struct NotBug(Interpreter);
+
+    impl Engine for NotBug {
+        fn name(&self) -> &'static str {
+            "notbug"
+        }
+        fn run(&mut self, vm: &mut Vm, budget: Budget) -> umbra_core::Exit {
+            for _ in 0..budget.instructions {
+                let is_not = At::decode(vm).ins.mnemonic() == iced_x86::Mnemonic::Xor;
+                let x = self.0.run(vm, Budget::ONE);
+                if is_not {
+                    vm.cpu.gpr[0] ^= 1;
+                }
+                if x != umbra_core::Exit::BudgetSpent || vm.cpu.halted {
+                    return x;
+                }
+            }
+            umbra_core::Exit::BudgetSpent
+        }
+    }
+
+    fn with_bug(name: &str, vm: &mut Vm, lockstep: bool) -> Result<Box<dyn Engine>, DiffError> {
+        match name {
+            "notbug" => Ok(Box::new(NotBug(Interpreter::new()))),
+            _ => make_engine(name, vm, lockstep),
+        }
+    }
+
+    #[test]
+    fn a_planted_bug_is_found_located_and_shrunk_to_one_item() {
+        let mut session = Session::new("interp", "notbug", false);
+        session.factory = with_bug;
+        let c = Campaign {
+            programs: 40,
+            seed: 3,
+            modes: vec![Mode::Prot32],
+            session,
+            gen: GenConfig::default(),
+            max_shrink: 2000,
+            exclude: Vec::new(),
+        };
+        let s = c.run(|_| {}, |_| {}).unwrap();
+        assert!(!s.divergences.is_empty(), "no program executed an XOR");
+        for d in &s.divergences {
+            let text = d.to_string();
+            // Minimal: one item holding the one XOR (with at most a loop
+            // or a division around it, sanitisers after), then HLT.
+            let listing = d.program.listing();
+            assert_eq!(listing.matches("xor ").count(), 1, "{text}");
+            assert!(listing.lines().count() <= 10, "{text}");
+            assert!(listing.trim_end().ends_with("hlt"), "{text}");
+            // Lockstep localisation names the NOT as the diverging step.
+            let located = d.located.as_ref().expect("lockstep localisation");
+            assert!(
+                located.at.as_ref().unwrap().text.starts_with("xor "),
+                "{text}"
+            );
+            assert!(d.mismatches.iter().any(|m| m.what == "eax"), "{text}");
         }
     }
 
