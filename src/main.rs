@@ -82,10 +82,7 @@ fn run_diff(args: &DiffArgs) -> Result<ExitCode, CliError> {
     };
     let start = Instant::now();
     let summary = campaign.run(
-        |d| {
-            println!("{d}");
-            let _ = std::io::stdout().flush();
-        },
+        |d| say(&d.to_string()),
         |s| {
             eprintln!(
                 "[{:>5.1}s] {}/{n} programs, {} instructions, {} divergences",
@@ -99,7 +96,7 @@ fn run_diff(args: &DiffArgs) -> Result<ExitCode, CliError> {
     for (why, count) in &summary.skipped {
         eprintln!("skipped {count} programs: {why}");
     }
-    println!("{}", summary.line());
+    say(&summary.line());
     Ok(if summary.divergences.is_empty() {
         ExitCode::SUCCESS
     } else {
@@ -139,6 +136,14 @@ fn run_one(
     })
 }
 
+/// Print a report line on stdout; a closed pipe (`| head`) is not an
+/// error worth a panic.
+fn say(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", text.trim_end_matches('\n'));
+    let _ = out.flush();
+}
+
 fn parse_hex(s: &str) -> Result<Vec<u8>, CliError> {
     let digits: String = s.chars().filter(|c| !c.is_whitespace()).collect();
     if !digits.len().is_multiple_of(2) {
@@ -151,4 +156,40 @@ fn parse_hex(s: &str) -> Result<Vec<u8>, CliError> {
                 .map_err(|_| CliError::BadHex(format!("`{}` is not hex", &digits[i..i + 2])))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_parses_with_spaces_and_rejects_junk() {
+        assert_eq!(parse_hex("f6 f0 F4").unwrap(), [0xF6, 0xF0, 0xF4]);
+        assert!(matches!(parse_hex("f6 f"), Err(CliError::BadHex(_))));
+        assert!(matches!(parse_hex("zz"), Err(CliError::BadHex(_))));
+    }
+
+    #[test]
+    fn cli_parses_the_documented_invocation() {
+        let cli = Cli::try_parse_from([
+            "umbra",
+            "diff",
+            "--random",
+            "10",
+            "--seed",
+            "3",
+            "--engines",
+            "interp,kvm",
+            "--mode",
+            "paging",
+            "--lockstep",
+        ])
+        .unwrap();
+        let Command::Diff(a) = cli.command;
+        assert_eq!(a.random, Some(10));
+        assert_eq!(a.seed, 3);
+        assert_eq!(a.engines, ["interp", "kvm"]);
+        assert_eq!(a.mode, ModeArg::Paging);
+        assert!(a.lockstep);
+    }
 }
