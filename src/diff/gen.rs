@@ -610,7 +610,10 @@ impl FormTable {
             Self::insn_from(self.by_cl.clone(), bits, RegSet::General),
             prop_oneof![3 => 0u8..34, 1 => any::<u8>()],
         )
-            .prop_map(|(ins, count)| Item::ShiftCl { count, ins });
+            .prop_map(|(ins, count)| Item::ShiftCl {
+                count: forms::imm8(ins.code(), count as u32),
+                ins,
+            });
         let div = (
             Self::insn_from(self.div.clone(), bits, RegSet::General),
             prop_oneof![1 => Just(None), 9 => any::<bool>().prop_map(Some)],
@@ -808,6 +811,26 @@ mod tests {
                 assert_eq!(insns.last().unwrap().code(), Code::Hlt);
             }
         }
+    }
+
+    #[test]
+    fn shld16_by_cl_counts_stay_defined() {
+        let table = FormTable::default();
+        let mut runner = TestRunner::deterministic();
+        let s = table.item(Mode::Real);
+        let mut seen = 0;
+        for _ in 0..4000 {
+            if let Item::ShiftCl { count, ins } = s.new_tree(&mut runner).unwrap().current() {
+                let m = ins.mnemonic();
+                if matches!(m, Mnemonic::Shld | Mnemonic::Shrd)
+                    && ins.op_code().operand_size() == 16
+                {
+                    seen += 1;
+                    assert!(count & 0x1F <= 16, "{m:?} count {count}");
+                }
+            }
+        }
+        assert!(seen > 0);
     }
 
     #[test]
