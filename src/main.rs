@@ -11,6 +11,7 @@ use std::time::Instant;
 use clap::Parser;
 
 use cli::{Cli, Command, DiffArgs, ModeArg};
+use umbra::diff::forms::Class;
 use umbra::diff::{self, Campaign, DiffError, GenConfig, Program, Session};
 
 /// Exit status when a comparison found divergences.
@@ -78,7 +79,7 @@ fn run_diff(args: &DiffArgs) -> Result<ExitCode, CliError> {
             sanitize: !args.lockstep,
         },
         max_shrink: args.shrink,
-        exclude: args.exclude.clone(),
+        exclude: excluded_classes(args),
     };
     let start = Instant::now();
     let summary = campaign.run(
@@ -102,6 +103,19 @@ fn run_diff(args: &DiffArgs) -> Result<ExitCode, CliError> {
     } else {
         ExitCode::from(EXIT_DIVERGED)
     })
+}
+
+/// The classes to leave out: as given, or bcd by default against kvm.
+fn excluded_classes(args: &DiffArgs) -> Vec<Class> {
+    let kvm = args.engines.iter().any(|e| e == "kvm");
+    if args.exclude.is_empty() && kvm && !args.all_classes {
+        eprintln!(
+            "note: bcd left out against kvm (see --help on --exclude; --all-classes keeps it)"
+        );
+        vec![Class::Bcd]
+    } else {
+        args.exclude.clone()
+    }
 }
 
 /// Compare one hand-given program.
