@@ -10,7 +10,9 @@ use std::time::Instant;
 
 use clap::Parser;
 
-use cli::{Cli, Command, DiffArgs, ModeArg};
+#[cfg(test)]
+use cli::ModeArg;
+use cli::{Cli, Command, DiffArgs};
 use umbra::diff::forms::Class;
 use umbra::diff::{self, Campaign, DiffError, GenConfig, Program, Session};
 
@@ -59,7 +61,7 @@ fn run_diff(args: &DiffArgs) -> Result<ExitCode, CliError> {
     let mut session = Session::new(a, b, args.lockstep);
     session.max_steps = args.max_steps;
     if let Some(hex) = &args.code {
-        return run_one(&session, args.mode, hex, args.gate16);
+        return run_one(&session, args, hex);
     }
     let Some(n) = args.random else {
         return Err(CliError::NothingToRun);
@@ -119,18 +121,26 @@ fn excluded_classes(args: &DiffArgs) -> Vec<Class> {
 }
 
 /// Compare one hand-given program.
-fn run_one(
-    session: &Session,
-    mode: ModeArg,
-    hex: &str,
-    gate16: bool,
-) -> Result<ExitCode, CliError> {
-    let [mode] = mode.modes()[..] else {
+fn run_one(session: &Session, args: &DiffArgs, hex: &str) -> Result<ExitCode, CliError> {
+    let [mode] = args.mode.modes()[..] else {
         return Err(CliError::CodeNeedsMode);
     };
     let code = parse_hex(hex)?;
     let mut program = Program::new(mode, code);
-    program.gate16 = gate16;
+    program.gate16 = args.gate16;
+    for (r, v) in program.gpr.iter_mut().zip(args.regs.iter()) {
+        *r = *v;
+    }
+    if let Some(fl) = args.eflags {
+        program.eflags = fl;
+    }
+    if let Some(seed) = args.data_seed {
+        program.fill_data(seed);
+    }
+    for (p, v) in program.data_pages.iter_mut().zip(args.data_pages.iter()) {
+        *p = *v;
+    }
+    program.wp = !args.no_wp;
     let out = session.check(&program)?;
     let k = usize::from(out.divergence.is_some());
     if let Some(why) = &out.skipped {

@@ -354,7 +354,11 @@ impl fmt::Display for Divergence {
             self.program.eflags,
             self.program.data_pages,
             self.program.wp
-        )
+        )?;
+        if let Some(args) = self.program.rerun_args() {
+            writeln!(f, "  rerun: umbra diff --engines {na},{nb} {args}")?;
+        }
+        Ok(())
     }
 }
 

@@ -127,31 +127,20 @@ impl Case {
         em.push(bare(Code::Hlt));
         let insns = em.out.len();
         let code = em.encode(self.mode.entry_eip() as u64)?;
-        let mut data = vec![0u8; layout::DATA_SIZE as usize];
-        fill_random(&mut data, self.data_seed);
-        Ok(Program {
+        let mut p = Program {
             mode: self.mode,
             code,
             gpr: self.gpr,
             eflags: self.eflags,
-            data,
+            data: Vec::new(),
             data_pages: self.data_pages,
             wp: self.wp,
             gate16: false,
+            data_seed: None,
             insns,
-        })
-    }
-}
-
-/// Fill `buf` from a xorshift64* stream seeded with `seed`.
-fn fill_random(buf: &mut [u8], seed: u64) {
-    let mut s = seed ^ 0x9E37_79B9_7F4A_7C15;
-    for chunk in buf.chunks_mut(8) {
-        s ^= s >> 12;
-        s ^= s << 25;
-        s ^= s >> 27;
-        let v = s.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
-        chunk.copy_from_slice(&v[..chunk.len()]);
+        };
+        p.fill_data(self.data_seed);
+        Ok(p)
     }
 }
 
