@@ -226,7 +226,6 @@ pub fn build(form: Form, bitness: u32, set: RegSet, ch: &Choices) -> Option<Inst
             _ => return None,
         }
     }
-    let _ = bitness;
     Some(ins)
 }
 
