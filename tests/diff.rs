@@ -423,3 +423,31 @@ fn session_compares_a_hand_written_program() {
         }
     }
 }
+
+/// A store that crosses from a writable data page into a not-present one
+/// faults on the second page and writes nothing (SDM: a faulting
+/// instruction changes no state; the host CPU agrees). This host's KVM
+/// emulator writes the first page's bytes first: the harness must report
+/// that program as skipped for that reason, never hide it as a match nor
+/// flag it as the interpreter's divergence.
+#[test]
+fn a_page_split_store_that_faults_writes_nothing() {
+    let code = asm(Mode::Paging, |a| a.mov(word_ptr(ebx + 0x17FF), ax));
+    let mut p = Program::new(Mode::Paging, code);
+    // Data page 1 (0x21000) writable, page 2 (0x22000) not present.
+    p.data_pages = [pte::VARIABLE, pte::RW | pte::US, pte::VARIABLE];
+    let mut vm = p.build_vm().unwrap();
+    let before = vm.mem.read_u8(0x21FFF);
+    let mut e = diff::make_engine("interp", &mut vm, false).unwrap();
+    e.run(&mut vm, Budget::insns(1000));
+    assert_eq!(vm.cpu.cr2, 0x22000, "CR2 is the second page's first byte");
+    assert_eq!(vm.mem.read_u8(0x21FFF), before, "nothing written");
+    assert_eq!(hlt_at(&vm), layout::STUB_BASE + 14, "#PF stub");
+    if kvm_available() {
+        let out = Session::new("interp", "kvm", false).check(&p).unwrap();
+        assert!(out.divergence.is_none(), "{}", out.divergence.unwrap());
+        if let Some(why) = out.skipped {
+            assert_eq!(why, diff::runner::SPLIT_STORE);
+        }
+    }
+}
