@@ -127,10 +127,14 @@ impl Vm {
     /// bus, or all ones.
     pub fn read_phys(&mut self, p: u64, size: usize) -> u64 {
         match self.mem.region(p) {
-            Region::Mmio => self
-                .bus
-                .mmio_read(p, size as u8)
-                .unwrap_or(u64::MAX >> (64 - 8 * size as u32)),
+            Region::Mmio => {
+                // A device access may change anything (DMA, remapping):
+                // the interpreter must re-validate the code it runs.
+                self.mem.code_written = true;
+                self.bus
+                    .mmio_read(p, size as u8)
+                    .unwrap_or(u64::MAX >> (64 - 8 * size as u32))
+            }
             _ => {
                 let mut b = [0u8; 8];
                 self.mem.read(p, &mut b[..size]);
@@ -144,6 +148,7 @@ impl Vm {
     pub fn write_phys(&mut self, p: u64, size: usize, val: u64) {
         match self.mem.region(p) {
             Region::Mmio => {
+                self.mem.code_written = true;
                 self.bus.mmio_write(p, size as u8, val);
             }
             _ => {
@@ -157,6 +162,8 @@ impl Vm {
 
     /// Hand the frames written under watch to the MMU.
     pub fn flush_watch_hits(&mut self) {
+        // Page tables changed: the code being run may be mapped elsewhere.
+        self.mem.code_written = true;
         for f in self.mem.take_watch_hits() {
             self.mmu.stats.write_watch_faults += 1;
             self.mmu.on_watched_write(&mut self.mem, f);

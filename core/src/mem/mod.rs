@@ -64,6 +64,11 @@ pub struct GuestMemory {
     dirty: BitVec,
     watched: BitVec,
     watch_hits: Vec<u64>,
+    /// RAM frame holding the code block the interpreter is executing
+    /// (`usize::MAX`: none); see `watch_code_frame`.
+    code_frame: usize,
+    /// Set when RAM in `code_frame` was written since it was chosen.
+    pub code_written: bool,
     pub stats: MemStats,
 }
 
@@ -82,6 +87,8 @@ impl GuestMemory {
             dirty: BitVec::repeat(false, frames),
             watched: BitVec::repeat(false, frames),
             watch_hits: Vec::new(),
+            code_frame: usize::MAX,
+            code_written: false,
             stats: MemStats::default(),
         })
     }
@@ -96,11 +103,14 @@ impl GuestMemory {
         &self.ram
     }
     pub fn ram_mut(&mut self) -> &mut [u8] {
+        // Anything may be written through this: treat it as a code write.
+        self.code_written = true;
         &mut self.ram
     }
     /// Host address of RAM offset 0 (for KVM's user memory region and the
     /// translator's fast path; every use bounds-checks against `ram_size`).
     pub fn ram_host_ptr(&mut self) -> *mut u8 {
+        self.code_written = true;
         self.ram.as_mut_ptr()
     }
 
@@ -249,6 +259,7 @@ impl GuestMemory {
                 self.ram[o..o + 4].copy_from_slice(&v.to_le_bytes());
                 self.dirty.set(o >> PAGE_SHIFT, true);
                 self.dirty.set((o + 3) >> PAGE_SHIFT, true);
+                self.note_code_write(o, o + 3);
             }
             _ => self.write_u32(paddr, v),
         }
@@ -269,6 +280,7 @@ impl GuestMemory {
             return None;
         }
         self.dirty.set(off >> PAGE_SHIFT, true);
+        self.note_code_write(off, end.saturating_sub(1));
         self.ram.get_mut(off..end)
     }
 
@@ -276,8 +288,27 @@ impl GuestMemory {
     fn mark_written(&mut self, off: usize) {
         let f = off >> PAGE_SHIFT;
         self.dirty.set(f, true);
+        self.note_code_write(off, off);
         if self.watched[f] {
             self.watch_hits.push(f as u64);
+        }
+    }
+
+    /// Watch RAM frame `frame` for writes (self-modifying code): any write
+    /// into it from now on sets `code_written`. The interpreter points this
+    /// at the frame of the decoded block it runs, and ends the block when a
+    /// store hits it. `usize::MAX` watches nothing.
+    #[inline]
+    pub fn watch_code_frame(&mut self, frame: usize) {
+        self.code_frame = frame;
+        self.code_written = false;
+    }
+
+    /// Record a write of RAM offsets `first..=last` against `code_frame`.
+    #[inline]
+    fn note_code_write(&mut self, first: usize, last: usize) {
+        if first >> PAGE_SHIFT <= self.code_frame && self.code_frame <= last >> PAGE_SHIFT {
+            self.code_written = true;
         }
     }
 
