@@ -193,7 +193,7 @@ impl Fetcher {
             used += ins.len();
             let next_ip = ins.next_ip32();
             let wraps = bitness == 16 && next_ip > 0xFFFF;
-            let handler = table.lookup(&ins);
+            let handler = super::fast::select(&ins, table.lookup(&ins));
             let last = handler.is_none() || wraps || ends_block(&ins);
             b.insns.push(Decoded {
                 ins,

@@ -14,6 +14,7 @@ pub mod bit;
 pub mod control;
 pub mod cpuid;
 pub mod data;
+pub mod fast;
 pub mod fetch;
 pub mod flags;
 pub mod interrupt;
