@@ -7,8 +7,9 @@
 //! form with a LOCK prefix (which must raise #UD), keeps its generic
 //! handler. The tests compare both on the same inputs.
 
-use iced_x86::{Code, Instruction, Mnemonic, OpKind, Register};
+use iced_x86::{Code, ConditionCode, Instruction, Mnemonic, OpKind, Register};
 
+use super::control::cond;
 use super::flags::{
     add_flags, dec_flags, inc_flags, logic_flags, set_status, sub_flags, ARITH, INC_DEC,
 };
@@ -128,6 +129,51 @@ fn mov_mi(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
     ctx.write_mem(seg, off, 4, ins.immediate32())
 }
 
+/// Condition codes by their encoding (the low nibble of 0x7x / 0x0F 8x).
+const CCS: [ConditionCode; 16] = [
+    ConditionCode::o,
+    ConditionCode::no,
+    ConditionCode::b,
+    ConditionCode::ae,
+    ConditionCode::e,
+    ConditionCode::ne,
+    ConditionCode::be,
+    ConditionCode::a,
+    ConditionCode::s,
+    ConditionCode::ns,
+    ConditionCode::p,
+    ConditionCode::np,
+    ConditionCode::l,
+    ConditionCode::ge,
+    ConditionCode::le,
+    ConditionCode::g,
+];
+
+/// Jcc rel8/rel32 with a 32-bit operand size, as `control::jcc`: when
+/// taken, the target is checked against the CS limit (#GP(0)).
+fn jcc32<const CC: usize>(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
+    if cond(ctx.vm.cpu.eflags, CCS[CC]) {
+        let target = ins.near_branch32();
+        if target > ctx.vm.cpu.seg(crate::cpu::SegReg::Cs).limit {
+            return Err(Fault::gp(0));
+        }
+        ctx.next_eip = target;
+    }
+    Ok(())
+}
+
+fn jcc_handler(cc: ConditionCode) -> Option<Handler> {
+    macro_rules! pick {
+        ($($n:literal)*) => {
+            $(if CCS[$n] == cc {
+                return Some(jcc32::<$n> as Handler);
+            })*
+        };
+    }
+    pick!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
+    None
+}
+
 fn is_r32(ins: &Instruction, n: u32) -> bool {
     ins.op_kind(n) == OpKind::Register && ins.op_register(n).is_gpr32()
 }
@@ -170,10 +216,18 @@ pub fn select(ins: &Instruction, generic: Option<Handler>) -> Option<Handler> {
             (false, true) if ins.op0_kind() == OpKind::Memory => Some(mov_mr as Handler),
             _ => None,
         },
+        Code::Mov_EAX_moffs32 => Some(mov_rm as Handler),
+        Code::Mov_moffs32_EAX => Some(mov_mr as Handler),
         Code::Mov_r32_imm32 | Code::Mov_rm32_imm32 if is_r32(ins, 0) => Some(mov_ri as Handler),
         Code::Mov_rm32_imm32 if ins.op0_kind() == OpKind::Memory => Some(mov_mi as Handler),
         Code::Inc_r32 | Code::Inc_rm32 if is_r32(ins, 0) => Some(incdec_r::<false> as Handler),
         Code::Dec_r32 | Code::Dec_rm32 if is_r32(ins, 0) => Some(incdec_r::<true> as Handler),
+        _ if ins.op_count() == 1
+            && ins.op0_kind() == OpKind::NearBranch32
+            && ins.is_jcc_short_or_near() =>
+        {
+            jcc_handler(ins.condition_code())
+        }
         _ if ins.op_count() == 2 && is_r32(ins, 0) => {
             if is_r32(ins, 1) {
                 alu_handler(ins.mnemonic(), true)
@@ -264,6 +318,8 @@ mod tests {
             |a| a.mov(esi, dword_ptr(ebx + 0x10)),
             |a| a.mov(dword_ptr(ecx * 4 + 0x8000), edi),
             |a| a.mov(dword_ptr(ecx), 0x1234_5678u32),
+            |a| a.mov(dword_ptr(0x8004), eax),
+            |a| a.mov(eax, dword_ptr(0x8008)),
         ];
         let table = Table::build();
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
@@ -312,6 +368,54 @@ mod tests {
         }
         // All but INC m32 have a fast form.
         assert_eq!(specialised, forms.len() - 1);
+    }
+
+    #[test]
+    fn fast_jcc_matches_the_generic_one() {
+        let table = Table::build();
+        let mut rng = Rng(0x1234_5678_9ABC_DEF1);
+        for cc in 0..16u8 {
+            // 7x 40: jcc short +0x40; 0F 8x: jcc near -0x2000.
+            let forms: [&[u8]; 2] = [
+                &[0x70 + cc, 0x40],
+                &[0x0F, 0x80 + cc, 0x00, 0xE0, 0xFF, 0xFF],
+            ];
+            for bytes in forms {
+                let ins = Decoder::with_ip(32, bytes, 0x3000, DecoderOptions::NONE).decode();
+                let generic = table.lookup(&ins).expect("jcc handler");
+                let fast = select(&ins, Some(generic)).expect("handler");
+                assert_ne!(fast as usize, generic as usize, "{ins}");
+                for _ in 0..64 {
+                    let mut a = vm32();
+                    a.cpu.eflags = (a.cpu.eflags & !0x8D5) | (rng.next() & 0x8D5);
+                    if rng.next() % 4 == 0 {
+                        a.cpu.seg_mut(crate::cpu::SegReg::Cs).limit = 0x1FFF;
+                    }
+                    let mut b = vm32();
+                    b.cpu = a.cpu.clone();
+                    let mut ca = Ctx {
+                        vm: &mut a,
+                        eip: 0x3000,
+                        next_eip: ins.next_ip32(),
+                        shadow: false,
+                        rep_batch: 1,
+                    };
+                    let ra = generic(&mut ca, &ins);
+                    let na = ca.next_eip;
+                    let mut cb = Ctx {
+                        vm: &mut b,
+                        eip: 0x3000,
+                        next_eip: ins.next_ip32(),
+                        shadow: false,
+                        rep_batch: 1,
+                    };
+                    let rb = fast(&mut cb, &ins);
+                    let nb = cb.next_eip;
+                    assert_eq!((ra, na), (rb, nb), "{ins}");
+                    assert_eq!(a.cpu, b.cpu);
+                }
+            }
+        }
     }
 
     #[test]

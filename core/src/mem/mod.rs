@@ -69,6 +69,9 @@ pub struct GuestMemory {
     code_frame: usize,
     /// Set when RAM in `code_frame` was written since it was chosen.
     pub code_written: bool,
+    /// A frame whose dirty bit is known set (`usize::MAX`: none), so that
+    /// repeated writes to one frame skip the bitmap.
+    last_dirty: usize,
     pub stats: MemStats,
 }
 
@@ -89,6 +92,7 @@ impl GuestMemory {
             watch_hits: Vec::new(),
             code_frame: usize::MAX,
             code_written: false,
+            last_dirty: usize::MAX,
             stats: MemStats::default(),
         })
     }
@@ -279,7 +283,12 @@ impl GuestMemory {
         if end > self.ram.len() {
             return None;
         }
-        self.dirty.set(off >> PAGE_SHIFT, true);
+        let f = off >> PAGE_SHIFT;
+        if f != self.last_dirty || end.saturating_sub(1) >> PAGE_SHIFT != f {
+            self.dirty.set(f, true);
+            self.dirty.set((end.saturating_sub(1)) >> PAGE_SHIFT, true);
+            self.last_dirty = f;
+        }
         self.note_code_write(off, end.saturating_sub(1));
         self.ram.get_mut(off..end)
     }
@@ -321,6 +330,7 @@ impl GuestMemory {
     pub fn take_dirty(&mut self) -> Vec<u64> {
         let v = self.dirty.iter_ones().map(|f| f as u64).collect();
         self.dirty.fill(false);
+        self.last_dirty = usize::MAX;
         v
     }
 
