@@ -1,3 +1,154 @@
-fn main() {
-    println!("umbra");
+//! `umbra`: the command-line entry. Parses the command line (`cli`), runs
+//! the subcommand and turns host-side errors into one message and a
+//! non-zero exit status, never a backtrace.
+
+mod cli;
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+
+use cli::{Cli, Command, DiffArgs, ModeArg};
+use umbra::diff::{self, Campaign, DiffError, GenConfig, Program, Session};
+
+/// Exit status when a comparison found divergences.
+const EXIT_DIVERGED: u8 = 1;
+/// Exit status of a host-side error (bad option, engine unavailable).
+const EXIT_ERROR: u8 = 2;
+
+/// Host-side failures of a subcommand.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error("--engines takes two engines, A,B (got {0})")]
+    Engines(usize),
+    #[error("give --random N or --code HEX")]
+    NothingToRun,
+    #[error("--code needs one mode, not --mode all")]
+    CodeNeedsMode,
+    #[error("--code: {0}")]
+    BadHex(String),
+    #[error("--min-items must not exceed --max-items")]
+    ItemRange,
+    #[error(transparent)]
+    Diff(#[from] DiffError),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Command::Diff(args) => run_diff(&args),
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("umbra: {e}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+fn run_diff(args: &DiffArgs) -> Result<ExitCode, CliError> {
+    let [a, b] = args.engines.as_slice() else {
+        return Err(CliError::Engines(args.engines.len()));
+    };
+    diff::engine_available(a)?;
+    diff::engine_available(b)?;
+    let mut session = Session::new(a, b, args.lockstep);
+    session.max_steps = args.max_steps;
+    if let Some(hex) = &args.code {
+        return run_one(&session, args.mode, hex, args.gate16);
+    }
+    let Some(n) = args.random else {
+        return Err(CliError::NothingToRun);
+    };
+    if args.min_items > args.max_items {
+        return Err(CliError::ItemRange);
+    }
+    let campaign = Campaign {
+        programs: n,
+        seed: args.seed,
+        modes: args.mode.modes(),
+        session,
+        gen: GenConfig {
+            min_items: args.min_items,
+            max_items: args.max_items,
+            // Lockstep masks undefined flags per instruction instead.
+            sanitize: !args.lockstep,
+        },
+        max_shrink: args.shrink,
+        exclude: args.exclude.clone(),
+    };
+    let start = Instant::now();
+    let summary = campaign.run(
+        |d| {
+            println!("{d}");
+            let _ = std::io::stdout().flush();
+        },
+        |s| {
+            eprintln!(
+                "[{:>5.1}s] {}/{n} programs, {} instructions, {} divergences",
+                start.elapsed().as_secs_f64(),
+                s.programs,
+                s.instructions,
+                s.divergences.len()
+            );
+        },
+    )?;
+    for (why, count) in &summary.skipped {
+        eprintln!("skipped {count} programs: {why}");
+    }
+    println!("{}", summary.line());
+    Ok(if summary.divergences.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_DIVERGED)
+    })
+}
+
+/// Compare one hand-given program.
+fn run_one(
+    session: &Session,
+    mode: ModeArg,
+    hex: &str,
+    gate16: bool,
+) -> Result<ExitCode, CliError> {
+    let [mode] = mode.modes()[..] else {
+        return Err(CliError::CodeNeedsMode);
+    };
+    let code = parse_hex(hex)?;
+    let mut program = Program::new(mode, code);
+    program.gate16 = gate16;
+    let out = session.check(&program)?;
+    let k = usize::from(out.divergence.is_some());
+    if let Some(why) = &out.skipped {
+        eprintln!("skipped: {why}");
+    }
+    if let Some(d) = &out.divergence {
+        println!("{d}");
+    }
+    println!(
+        "1 programs, {} instructions, {k} divergences",
+        out.instructions
+    );
+    Ok(if k == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_DIVERGED)
+    })
+}
+
+fn parse_hex(s: &str) -> Result<Vec<u8>, CliError> {
+    let digits: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    if digits.len() % 2 != 0 {
+        return Err(CliError::BadHex("odd number of hex digits".into()));
+    }
+    (0..digits.len())
+        .step_by(2)
+        .map(|i| {
+            u8::from_str_radix(&digits[i..i + 2], 16)
+                .map_err(|_| CliError::BadHex(format!("`{}` is not hex", &digits[i..i + 2])))
+        })
+        .collect()
 }

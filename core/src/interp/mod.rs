@@ -176,6 +176,8 @@ impl Interpreter {
         }
         let had_shadow = vm.cpu.interrupt_shadow;
         let tf = vm.cpu.eflags & crate::cpu::TF != 0;
+        let rf = vm.cpu.eflags & crate::cpu::RF != 0;
+        let tr = vm.cpu.tr.selector;
         let ins = match self.fetcher.fetch(vm) {
             Ok(i) => i,
             Err(f) => return self.fault(vm, f),
@@ -215,6 +217,15 @@ impl Interpreter {
                 // A shadow lasts exactly one instruction and two in a row do
                 // not chain (SDM Vol. 3 6.8.3).
                 vm.cpu.interrupt_shadow = shadow && !had_shadow;
+                // RF is cleared once an instruction completes, unless that
+                // instruction loaded EFLAGS whole: IRET or a task switch
+                // (SDM Vol. 3 17.3.1.1).
+                if rf
+                    && !matches!(ins.mnemonic(), Mnemonic::Iret | Mnemonic::Iretd)
+                    && vm.cpu.tr.selector == tr
+                {
+                    vm.cpu.eflags &= !crate::cpu::RF;
+                }
                 if tf && !interrupt::delivered_software_interrupt(&ins, &vm.cpu) {
                     if let Err(r) = interrupt::single_step_trap(vm) {
                         return Step::Shutdown(r);

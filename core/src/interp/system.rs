@@ -161,7 +161,12 @@ pub fn write_cr(vm: &mut Vm, r: Register, v: u32) -> Result<(), Fault> {
         }
         Register::CR3 => {
             // In 32-bit paging and PAE paging the low bits of CR3 are
-            // ignored, never faulted on (SDM Vol. 3 4.3, 4.4.1).
+            // ignored, never faulted on (SDM Vol. 3 4.3, 4.4.1). Under PAE
+            // paging the load reads the PDPTEs, and a reserved bit in one
+            // is #GP(0) with nothing committed.
+            if vm.cpu.paging() && vm.cpu.cr4 & cr4::PAE != 0 {
+                vm.mmu.load_pdptes(&mut vm.mem, v)?;
+            }
             vm.cpu.cr3 = v;
             vm.mmu.set_cr3(&vm.cpu);
             Ok(())
@@ -184,6 +189,11 @@ pub fn write_cr0(vm: &mut Vm, v: u32) -> Result<(), Fault> {
         return Err(Fault::gp(0));
     }
     let old = vm.cpu.cr0;
+    // Turning paging on with CR4.PAE loads the PDPTEs first; a reserved
+    // bit faults before anything changes (SDM Vol. 3 4.4.1).
+    if new & !old & cr0::PG != 0 && vm.cpu.cr4 & cr4::PAE != 0 {
+        vm.mmu.load_pdptes(&mut vm.mem, vm.cpu.cr3)?;
+    }
     vm.cpu.cr0 = new;
     if (old ^ new) & CR0_PAGING != 0 {
         vm.mmu.flush_all(&vm.cpu);
@@ -203,6 +213,9 @@ pub fn write_cr4(vm: &mut Vm, v: u32) -> Result<(), Fault> {
         return Err(Fault::gp(0));
     }
     let old = vm.cpu.cr4;
+    if (old ^ v) & CR4_PAGING != 0 && v & cr4::PAE != 0 && vm.cpu.paging() {
+        vm.mmu.load_pdptes(&mut vm.mem, vm.cpu.cr3)?;
+    }
     vm.cpu.cr4 = v;
     if (old ^ v) & CR4_PAGING != 0 {
         vm.mmu.flush_all(&vm.cpu);

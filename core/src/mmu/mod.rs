@@ -10,9 +10,11 @@
 //! - MOV CR3 (and a task switch that loads CR3): with PAE paging on,
 //!   `load_pdptes(mem, new_cr3)?` first (its `Err` is the #GP(0) of SDM
 //!   Vol. 3 4.4.1; commit nothing then), then store CR3 and `set_cr3`.
-//! - MOV CR0/CR4 that changes PG, WP, PSE, PAE or PGE, and WRMSR EFER that
-//!   changes NXE: when PAE paging is on afterwards, `load_pdptes(mem,
-//!   cpu.cr3)?` before committing (SDM 4.4.1), then `flush_all`.
+//! - MOV CR0/CR4 that changes PG, WP, PSE, PAE or PGE: when PAE paging is
+//!   on afterwards, `load_pdptes(mem, cpu.cr3)?` before committing (SDM
+//!   4.4.1), then `flush_all`. WRMSR EFER changing NXE: `flush_all`.
+//!   (Without `load_pdptes` the PDPTEs are read at the next walk: right
+//!   unless the guest edits its PDPT in between, and no #GP(0).)
 //! - INVLPG: `invlpg`. A20 gate changes: `set_a20`. ROM/MMIO/PAM layout
 //!   changes: `flush_all`.
 //! - Anyone else who write-watches a frame (translated code): `watch_frame`,
@@ -187,6 +189,14 @@ impl Mmu {
         self.pdptes
     }
 
+    /// The active context's lookup table, for engines that probe it
+    /// inline: index with `shadow::slot(lin)`, test with `Entry::hit`'s
+    /// formula (layout in `shadow`). The table moves on a context switch
+    /// (`set_cr3`, `flush_all`), so re-read it after those.
+    pub fn active_table(&self) -> &[shadow::Entry; shadow::SLOTS] {
+        &self.shadow.cur
+    }
+
     /// Fast path: RAM offset of `lin` if a shadow entry allows `acc`.
     #[inline]
     pub fn lookup_ram(&mut self, lin: u32, acc: Access) -> Option<usize> {
@@ -265,6 +275,34 @@ impl Mmu {
             self.stats.shadow_fills += 1;
         }
         Ok(w.phys)
+    }
+
+    /// Translate `lin` for `acc` the way `translate` would, without any
+    /// side effect: no accessed/dirty bits, no shadow fill, no counters
+    /// (debuggers, the differential harness). `Err` is the #PF error code.
+    pub fn peek(
+        &self,
+        cpu: &CpuState,
+        mem: &mut GuestMemory,
+        lin: u32,
+        acc: Access,
+    ) -> Result<u64, u32> {
+        if !cpu.paging() {
+            return Ok(self.a20_mask(lin as u64));
+        }
+        let mut ctl = WalkCtl::from_regs(cpu.cr0, cpu.cr4, cpu.efer, self.a20);
+        ctl.set_ad = false;
+        let key = self.cr3_key(cpu);
+        let pdptes = if cpu.cr4 & cr4::PAE != 0 && self.pdptes_src != Some(key) {
+            let mut p = [0u64; 4];
+            for (i, e) in p.iter_mut().enumerate() {
+                *e = mem.read_u64(self.a20_mask(key as u64 + 8 * i as u64));
+            }
+            p
+        } else {
+            self.pdptes
+        };
+        walk::walk(&ctl, &pdptes, cpu.cr3, mem, lin, acc).map(|w| w.phys)
     }
 
     /// Write-watch `frame` for another owner (the translator's code
@@ -781,5 +819,166 @@ mod tests {
         vm.mmu.watch_frame(&mut vm.mem, 2);
         vm.mmu.unwatch_frame(&mut vm.mem, 2);
         assert!(vm.mem.is_watched(2));
+    }
+
+    #[test]
+    fn non_ram_targets_are_translated_but_not_cached() {
+        let mut vm = paged_vm();
+        vm.mem.add_mmio(0xFEC0_0000, 0x1000);
+        vm.mem.write_u32(PT as u64 + 16, 0xFEC0_0000 | RW_USER);
+        // A page table outside RAM reads as all ones: a present, writable
+        // user PTE naming frame 0xFFFFF. Nothing panics, nothing is cached.
+        vm.mem.write_u32(PD as u64 + 12, 0xFFFF_F000 | RW_USER);
+        for _ in 0..2 {
+            assert_eq!(vm.translate(0x40_4010, Access::WRITE), Ok(0xFEC0_0010));
+            assert_eq!(vm.mmu.lookup_ram(0x40_4010, Access::READ), None);
+            assert_eq!(vm.translate(0xC0_0123, Access(pf::U)), Ok(0xFFFF_F123));
+            assert_eq!(vm.mmu.lookup_ram(0xC0_0123, Access(pf::U)), None);
+        }
+        assert_eq!(vm.mmu.stats.shadow_fills, 0);
+        // The PTE of the MMIO page still got A and D.
+        assert_eq!(
+            pte_at(&mut vm, 4) as u64 & (pte::A | pte::D),
+            pte::A | pte::D
+        );
+    }
+
+    #[test]
+    fn peek_has_no_side_effects() {
+        let mut vm = paged_vm();
+        let before = (pte_at(&mut vm, 0), vm.mem.read_u32(PD as u64 + 4));
+        assert_eq!(
+            vm.mmu.peek(&vm.cpu, &mut vm.mem, 0x40_0123, Access::WRITE),
+            Ok(0x5123)
+        );
+        assert_eq!(
+            vm.mmu.peek(&vm.cpu, &mut vm.mem, 0x80_0000, Access::READ),
+            Err(0)
+        );
+        assert_eq!((pte_at(&mut vm, 0), vm.mem.read_u32(PD as u64 + 4)), before);
+        assert_eq!(vm.mmu.stats, MmuStats::default());
+        assert_eq!(vm.mmu.lookup_ram(0x40_0123, Access::READ), None);
+        assert!(!vm.mem.is_watched(2));
+    }
+
+    /// Coherence under random guest activity: every access through the
+    /// shadow must agree with a fresh walk of the tables as they are now
+    /// (`peek`), whatever was written to them, through which path.
+    #[test]
+    fn shadow_agrees_with_fresh_walks_under_random_edits() {
+        let mut vm = Vm::new(GuestMemory::new(4 << 20).unwrap());
+        // Two page directories sharing page tables 0x3000 and 0x4000
+        // (linear 0x40_0000..0xC0_0000); PD 0x5000 maps them the other
+        // way round. PDE 0 of both identity-maps 0..4 MiB through PT
+        // 0x2000 so that the tables are reachable at their own addresses.
+        for pd in [0x1000u64, 0x5000] {
+            vm.mem.write_u32(pd, 0x2000 | RW_USER);
+        }
+        for i in 0..1024u32 {
+            vm.mem.write_u32(0x2000 + 4 * i as u64, (i << 12) | RW_USER);
+        }
+        vm.mem.write_u32(0x1004, 0x3000 | RW_USER);
+        vm.mem.write_u32(0x1008, 0x4000 | RW_USER);
+        vm.mem.write_u32(0x5004, 0x4000 | RW_USER);
+        vm.mem.write_u32(0x5008, 0x3000 | RW_USER);
+        vm.cpu.cr0 |= cr0::PE | cr0::PG;
+        vm.cpu.cr3 = 0x1000;
+        vm.mmu.flush_all(&vm.cpu);
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rnd = |n: u32| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 32) as u32 % n
+        };
+        // Targets: data frames 0x10..0x20, and the tables themselves.
+        // Frame 6 is a data page that PDE edits sometimes make a table.
+        let frames = [0x10, 0x11, 0x12, 0x13, 0x1F, 0x1, 0x3, 0x4, 0x5, 0x6, 0x6];
+        let (mut hits_ok, mut faults) = (0, 0);
+        for step in 0..40_000 {
+            match rnd(32) {
+                0 | 1 => {
+                    // A PTE edit (flags at random, A/D included), through
+                    // the identity map or physically.
+                    let pt = [0x3000u32, 0x4000][rnd(2) as usize];
+                    let at = pt + 4 * rnd(8);
+                    let f = frames[rnd(frames.len() as u32) as usize];
+                    let p = (rnd(4) != 0) as u32;
+                    let v = (f << 12) | (rnd(0x80) & 0x66) | p;
+                    if rnd(2) == 0 {
+                        vm.write_lin(at, 4, v as u64, Access::WRITE).unwrap_or(());
+                    } else {
+                        vm.write_phys(at as u64, 4, v as u64);
+                    }
+                }
+                2 => {
+                    // A PDE edit: present or not, either table, R/W, U/S.
+                    let pd = [0x1000u32, 0x5000][rnd(2) as usize];
+                    let pt = [0x3000u32, 0x4000, 0x6000][rnd(3) as usize];
+                    let v = pt | 1 | rnd(8) << 1;
+                    let v = if rnd(4) == 0 { v & !1 } else { v };
+                    vm.write_phys((pd + 4 + 4 * rnd(2)) as u64, 4, v as u64);
+                }
+                3 => {
+                    vm.cpu.cr3 = [0x1000, 0x5000][rnd(2) as usize];
+                    vm.mmu.set_cr3(&vm.cpu);
+                }
+                4 => {
+                    vm.cpu.cr0 ^= cr0::WP;
+                    vm.mmu.flush_all(&vm.cpu);
+                }
+                5 => vm.mmu.invlpg(&vm.cpu, 0x40_0000 + (rnd(2048) << 12)),
+                _ => {
+                    let lin = 0x40_0000 + (rnd(2) << 22) + (rnd(8) << 12) + 4 * rnd(1024);
+                    let acc = Access((rnd(2) * pf::W) | (rnd(2) * pf::U));
+                    let want = vm.mmu.peek(&vm.cpu, &mut vm.mem, lin, acc);
+                    let hit = vm.mmu.lookup_ram(lin, acc);
+                    if acc.is_write() {
+                        let val = step as u64;
+                        let got = vm.write_lin(lin, 4, val, acc);
+                        match want {
+                            Ok(p) => {
+                                assert_eq!(got, Ok(()), "step {step}");
+                                assert_eq!(vm.mem.read_u32(p), val as u32, "step {step}");
+                            }
+                            Err(code) => {
+                                assert_eq!(got, Err(Fault::pf(lin, code)), "step {step}");
+                                faults += 1;
+                            }
+                        }
+                    } else {
+                        let got = vm.read_lin(lin, 4, acc);
+                        match want {
+                            Ok(p) => {
+                                let v = vm.mem.read_u32(p) as u64;
+                                assert_eq!(got, Ok(v), "step {step}");
+                            }
+                            Err(code) => {
+                                assert_eq!(got, Err(Fault::pf(lin, code)), "step {step}");
+                                faults += 1;
+                            }
+                        }
+                    }
+                    if let Some(off) = hit {
+                        assert_eq!(want.map(|p| p as usize), Ok(off), "step {step}");
+                        hits_ok += 1;
+                    }
+                }
+            }
+            // Never a writable shadow entry on a page table.
+            if step % 100 == 0 {
+                for f in [1, 2, 3, 4, 5, 6] {
+                    assert!(
+                        !vm.mem.is_watched(f) || !vm.mmu.shadow.grants_write(f as u32),
+                        "step {step}: frame {f}"
+                    );
+                }
+            }
+        }
+        // The run exercised both outcomes and the fast path.
+        assert!(
+            hits_ok > 500 && faults > 1000,
+            "{hits_ok} hits, {faults} faults"
+        );
     }
 }

@@ -76,6 +76,9 @@ pub struct WalkCtl {
     pub pge: bool,
     /// A20 gate: when false, bit 20 of every physical address is 0.
     pub a20: bool,
+    /// Set accessed/dirty bits (false: a debugger's side-effect-free
+    /// look).
+    pub set_ad: bool,
 }
 
 impl WalkCtl {
@@ -95,6 +98,7 @@ impl WalkCtl {
             wp: cr0v & cr0::WP != 0,
             pge: cr4v & cr4::PGE != 0,
             a20,
+            set_ad: true,
         }
     }
 
@@ -307,7 +311,7 @@ pub fn walk(
         if i == leaf && acc.is_write() {
             v |= pte::D;
         }
-        if v != u.val {
+        if v != u.val && ctl.set_ad {
             mem.write_u32_unlogged(u.addr, v as u32);
         }
         if i == leaf {
@@ -359,6 +363,10 @@ mod tests {
         entries: Vec<(String, u64)>,
         result: String,
         after: Vec<(String, u64)>,
+        /// CR4.PGE (mode suffix `+pge`).
+        pge: bool,
+        /// The translation is global (result token `global`).
+        global: bool,
     }
 
     fn parse(line: usize, text: &str) -> Case {
@@ -387,10 +395,22 @@ mod tests {
                 c => panic!("line {line}: bad flag {c}"),
             })
         };
-        let after = r[1..].iter().map(kv).map(|(k, v)| (k, flags(&v))).collect();
+        let global = r.contains(&"global");
+        let after = r[1..]
+            .iter()
+            .filter(|t| **t != "global")
+            .map(kv)
+            .map(|(k, v)| (k, flags(&v)))
+            .collect();
+        let (mode, pge) = match l[0].strip_suffix("+pge") {
+            Some(m) => (m, true),
+            None => (l[0], false),
+        };
         Case {
             line,
-            mode: l[0].to_string(),
+            mode: mode.to_string(),
+            pge,
+            global,
             wp: match l[1] {
                 "wp0" => false,
                 "wp1" => true,
@@ -416,6 +436,9 @@ mod tests {
         };
         if c.mode == "pae-nx" {
             cpu.efer = efer::NXE;
+        }
+        if c.pge {
+            cpu.cr4 |= cr4::PGE;
         }
         cpu
     }
@@ -498,8 +521,11 @@ mod tests {
             [0; 4]
         };
         let want = expected(c).unwrap_or_else(|| panic!("line {}: no #GP", c.line));
-        let got = walk(&ctl, &pdptes, CR3, &mut mem, c.lin, c.acc).map(|w| w.phys);
-        assert_eq!(got, want, "line {}: walk", c.line);
+        let got = walk(&ctl, &pdptes, CR3, &mut mem, c.lin, c.acc);
+        assert_eq!(got.map(|w| w.phys), want, "line {}: walk", c.line);
+        if let Ok(w) = got {
+            assert_eq!(w.global, c.global, "line {}: global", c.line);
+        }
         check_after(c, &mut mem, &at, "walk");
     }
 

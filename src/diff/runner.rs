@@ -1,0 +1,515 @@
+//! Running one program on two engines and comparing them, to completion
+//! or in lockstep, and the random campaign: seeded generation, a check per
+//! program, shrinking of every divergent case to a minimal reproducer.
+
+use std::time::{Duration, Instant};
+
+use proptest::strategy::{Strategy, ValueTree};
+use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+use umbra_core::cpu::ECX;
+use umbra_core::{Budget, Engine, Vm};
+
+use super::compare::{self, At, Divergence, End, Regs};
+use super::forms::{undefined_flags, Class};
+use super::gen::{Case, FormTable, GenConfig, Item};
+use super::program::{Mode, Program};
+use super::{make_engine, DiffError};
+
+/// How to run the two engines.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub engines: (String, String),
+    /// Compare after every instruction instead of at the end.
+    pub lockstep: bool,
+    /// Most instructions (steps) one program may run.
+    pub max_steps: u64,
+    /// Makes an engine by name (`make_engine`; tests plug in others).
+    pub factory: EngineFactory,
+}
+
+/// Makes an engine by name for a `Vm`, for lockstep or not.
+pub type EngineFactory = fn(&str, &mut Vm, bool) -> Result<Box<dyn Engine>, DiffError>;
+
+/// The result of checking one program.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Instructions retired (the larger count of the two engines; steps
+    /// in lockstep).
+    pub instructions: u64,
+    pub divergence: Option<Box<Divergence>>,
+    /// An engine could not run the program (a host-side limit such as a
+    /// KVM emulation failure, not a guest event): nothing was compared
+    /// past that point. The reason, without per-run details.
+    pub skipped: Option<String>,
+}
+
+/// The reason an engine failed, with the run-specific details cut off so
+/// that equal causes count together.
+fn skip_reason(name: &str, e: &End) -> Option<String> {
+    match e {
+        End::Error(msg) => {
+            let short = msg.split(" data [").next().unwrap_or(msg);
+            Some(format!("{name}: {short}"))
+        }
+        _ => None,
+    }
+}
+
+/// Everything but the arithmetic flags: those are masked per instruction.
+const ALL_FLAGS: u32 = !0;
+
+impl Session {
+    pub fn new(a: &str, b: &str, lockstep: bool) -> Self {
+        Session {
+            engines: (a.to_string(), b.to_string()),
+            lockstep,
+            max_steps: 200_000,
+            factory: make_engine,
+        }
+    }
+
+    fn setup(&self, p: &Program) -> Result<[(Vm, Box<dyn Engine>); 2], DiffError> {
+        let mut va = p.build_vm()?;
+        let ea = (self.factory)(&self.engines.0, &mut va, self.lockstep)?;
+        let mut vb = p.build_vm()?;
+        let eb = (self.factory)(&self.engines.1, &mut vb, self.lockstep)?;
+        Ok([(va, ea), (vb, eb)])
+    }
+
+    /// Run `p` on both engines and compare; a divergence at the end of a
+    /// run is then located by a lockstep rerun.
+    pub fn check(&self, p: &Program) -> Result<Outcome, DiffError> {
+        let mut out = self.check_quick(p)?;
+        if let Some(d) = &mut out.divergence {
+            self.locate(d);
+        }
+        Ok(out)
+    }
+
+    /// Find the first differing step of a run-to-completion divergence,
+    /// where both engines can step.
+    pub fn locate(&self, d: &mut Divergence) {
+        if d.step.is_none() && d.located.is_none() {
+            d.located = self
+                .clone_lockstep()
+                .check_lockstep(&d.program)
+                .ok()
+                .and_then(|o| o.divergence);
+        }
+    }
+
+    /// `check` without the lockstep localisation.
+    pub fn check_quick(&self, p: &Program) -> Result<Outcome, DiffError> {
+        if self.lockstep {
+            return self.check_lockstep(p);
+        }
+        let [(mut va, mut ea), (mut vb, mut eb)] = self.setup(p)?;
+        let budget = Budget::insns(self.max_steps);
+        let xa = ea.run(&mut va, budget);
+        let xb = eb.run(&mut vb, budget);
+        let end_a = End::of(&xa, va.cpu.halted, false);
+        let end_b = End::of(&xb, vb.cpu.halted, false);
+        let instructions = va.clock.retired.max(vb.clock.retired);
+        let skipped = skip_reason(&self.engines.0, &end_a).or(skip_reason(&self.engines.1, &end_b));
+        if skipped.is_some() {
+            return Ok(Outcome {
+                instructions: 0,
+                divergence: None,
+                skipped,
+            });
+        }
+        let (ra, rb) = (Regs::of(&va), Regs::of(&vb));
+        let ranges = compare::compared_ranges(p);
+        let mut mismatches = compare::diff_regs(&ra, &rb, ALL_FLAGS, &end_a, &end_b);
+        mismatches.extend(compare::diff_mem(&va, &vb, &ranges, 16));
+        let divergence = if mismatches.is_empty() {
+            None
+        } else {
+            Some(Box::new(Divergence {
+                engines: self.engines.clone(),
+                mode: p.mode,
+                step: None,
+                at: None,
+                regs: (ra, rb),
+                ends: (end_a, end_b),
+                mismatches,
+                program: p.clone(),
+                located: None,
+            }))
+        };
+        Ok(Outcome {
+            instructions,
+            divergence,
+            skipped: None,
+        })
+    }
+
+    fn clone_lockstep(&self) -> Session {
+        Session {
+            lockstep: true,
+            ..self.clone()
+        }
+    }
+
+    /// Step both engines one instruction at a time; compare after each.
+    fn check_lockstep(&self, p: &Program) -> Result<Outcome, DiffError> {
+        let [(mut va, mut ea), (mut vb, mut eb)] = self.setup(p)?;
+        let ranges = compare::compared_ranges(p);
+        let mut end_a = End::Running;
+        let mut end_b = End::Running;
+        for step in 0..self.max_steps {
+            let at = At::decode(&mut va);
+            let cl = va.cpu.gpr[ECX] as u8;
+            if !end_a.done() {
+                let x = ea.run(&mut va, Budget::ONE);
+                end_a = End::of(&x, va.cpu.halted, true);
+            }
+            if !end_b.done() {
+                let x = eb.run(&mut vb, Budget::ONE);
+                end_b = End::of(&x, vb.cpu.halted, true);
+            }
+            // Flags the instruction left undefined: mask them in the
+            // comparison, then give A B's values so they cannot leak into
+            // later comparisons (PUSHF, ADC, SETcc...).
+            let skipped = skip_reason(&self.engines.0, &end_a)
+                .or(skip_reason(&self.engines.1, &end_b))
+                .map(|why| format!("{why} at {:?}", at.ins.mnemonic()));
+            if skipped.is_some() {
+                return Ok(Outcome {
+                    instructions: step,
+                    divergence: None,
+                    skipped,
+                });
+            }
+            let undef = undefined_flags(&at.ins, cl);
+            va.cpu.eflags = (va.cpu.eflags & !undef) | (vb.cpu.eflags & undef);
+            let (ra, rb) = (Regs::of(&va), Regs::of(&vb));
+            let mut mismatches = compare::diff_regs(&ra, &rb, ALL_FLAGS, &end_a, &end_b);
+            if !compare::mem_equal(&va, &vb, &ranges) {
+                mismatches.extend(compare::diff_mem(&va, &vb, &ranges, 16));
+            }
+            if !mismatches.is_empty() {
+                return Ok(Outcome {
+                    instructions: step + 1,
+                    divergence: Some(Box::new(Divergence {
+                        engines: self.engines.clone(),
+                        mode: p.mode,
+                        step: Some(step),
+                        at: Some(at),
+                        regs: (ra, rb),
+                        ends: (end_a, end_b),
+                        mismatches,
+                        program: p.clone(),
+                        located: None,
+                    })),
+                    skipped: None,
+                });
+            }
+            if end_a.done() && end_b.done() {
+                return Ok(Outcome {
+                    instructions: step + 1,
+                    divergence: None,
+                    skipped: None,
+                });
+            }
+        }
+        Ok(Outcome {
+            instructions: self.max_steps,
+            divergence: None,
+            skipped: None,
+        })
+    }
+}
+
+/// A random differential campaign.
+#[derive(Clone, Debug)]
+pub struct Campaign {
+    pub programs: u64,
+    pub seed: u64,
+    pub modes: Vec<Mode>,
+    pub session: Session,
+    pub gen: GenConfig,
+    /// Most shrink steps per divergent case (0: no shrinking).
+    pub max_shrink: u32,
+    /// Instruction classes left out of the programs.
+    pub exclude: Vec<Class>,
+}
+
+/// What a campaign did.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub programs: u64,
+    pub instructions: u64,
+    /// Programs per mode, for the record.
+    pub per_mode: [u64; 4],
+    pub divergences: Vec<Box<Divergence>>,
+    /// Programs an engine could not run, by reason (not divergences).
+    pub skipped: std::collections::BTreeMap<String, u64>,
+}
+
+impl Summary {
+    /// The one-line summary the CLI prints.
+    pub fn line(&self) -> String {
+        format!(
+            "{} programs, {} instructions, {} divergences",
+            self.programs,
+            self.instructions,
+            self.divergences.len()
+        )
+    }
+}
+
+/// A proptest runner whose random stream depends only on `seed`.
+pub fn seeded_runner(seed: u64) -> TestRunner {
+    let mut bytes = [0u8; 32];
+    for (i, chunk) in bytes.chunks_mut(8).enumerate() {
+        let v = seed
+            .wrapping_add(i as u64)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        chunk.copy_from_slice(&v.to_le_bytes());
+    }
+    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &bytes);
+    TestRunner::new_with_rng(
+        Config {
+            failure_persistence: None,
+            ..Config::default()
+        },
+        rng,
+    )
+}
+
+impl Campaign {
+    /// Run the campaign. `report` sees each (shrunk) divergence as it is
+    /// found; `progress` gets the running summary every couple of seconds.
+    pub fn run(
+        &self,
+        mut report: impl FnMut(&Divergence),
+        mut progress: impl FnMut(&Summary),
+    ) -> Result<Summary, DiffError> {
+        let table = FormTable::new(&self.exclude);
+        let strategies: Vec<_> = self
+            .modes
+            .iter()
+            .map(|&m| table.case(m, &self.gen))
+            .collect();
+        let mut runner = seeded_runner(self.seed);
+        let mut sum = Summary::default();
+        let mut last = Instant::now();
+        for i in 0..self.programs {
+            let k = (i % self.modes.len().max(1) as u64) as usize;
+            let Some(strategy) = strategies.get(k) else {
+                break;
+            };
+            let mut tree = strategy
+                .new_tree(&mut runner)
+                .map_err(|e| DiffError::Generate(e.to_string()))?;
+            let case = tree.current();
+            let program = case.assemble(&self.gen)?;
+            let out = self.session.check_quick(&program)?;
+            sum.programs += 1;
+            if let Some(why) = out.skipped {
+                *sum.skipped.entry(why).or_default() += 1;
+            }
+            sum.instructions += out.instructions;
+            sum.per_mode[Mode::ALL.iter().position(|&m| m == case.mode).unwrap_or(0)] += 1;
+            if let Some(d) = out.divergence {
+                let mut d = self.shrink(&mut tree, case, d);
+                self.session.locate(&mut d);
+                report(&d);
+                sum.divergences.push(d);
+            }
+            if last.elapsed() > Duration::from_secs(2) {
+                progress(&sum);
+                last = Instant::now();
+            }
+        }
+        Ok(sum)
+    }
+
+    /// The divergence of `case`, if it still has one.
+    fn diverges(&self, case: &Case) -> Option<Box<Divergence>> {
+        let p = case.assemble(&self.gen).ok()?;
+        self.session.check_quick(&p).ok()?.divergence
+    }
+
+    /// Proptest's shrinking loop (simplify while the case still diverges,
+    /// complicate back when it stops), then a greedy pass that drops
+    /// whole items and body instructions: proptest keeps at least
+    /// `min_items` items.
+    fn shrink(
+        &self,
+        tree: &mut impl ValueTree<Value = Case>,
+        case: Case,
+        first: Box<Divergence>,
+    ) -> Box<Divergence> {
+        let mut best = (case, first);
+        if self.max_shrink == 0 {
+            return best.1;
+        }
+        if tree.simplify() {
+            for _ in 0..self.max_shrink {
+                let cur = tree.current();
+                let more = match self.diverges(&cur) {
+                    Some(d) => {
+                        best = (cur, d);
+                        tree.simplify()
+                    }
+                    None => tree.complicate(),
+                };
+                if !more {
+                    break;
+                }
+            }
+        }
+        let (mut case, mut div) = best;
+        let mut i = case.items.len();
+        while i > 0 {
+            i -= 1;
+            let mut fewer = case.clone();
+            fewer.items.remove(i);
+            if let Some(d) = self.diverges(&fewer) {
+                (case, div) = (fewer, d);
+                continue;
+            }
+            // Then the body of a loop, call, PUSHA or ENTER.
+            let mut j = body_len(&case.items[i]);
+            while j > 0 {
+                j -= 1;
+                let mut fewer = case.clone();
+                if let Some(body) = body_mut(&mut fewer.items[i]) {
+                    body.remove(j);
+                }
+                if let Some(d) = self.diverges(&fewer) {
+                    (case, div) = (fewer, d);
+                }
+            }
+        }
+        div
+    }
+}
+
+fn body_mut(item: &mut Item) -> Option<&mut Vec<iced_x86::Instruction>> {
+    match item {
+        Item::Loop { body, .. }
+        | Item::Call { body, .. }
+        | Item::Pusha { body }
+        | Item::Enter { body, .. } => Some(body),
+        _ => None,
+    }
+}
+
+fn body_len(item: &Item) -> usize {
+    let mut it = item.clone();
+    body_mut(&mut it).map_or(0, |b| b.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diff::program::HLT;
+    use umbra_core::interp::Interpreter;
+
+    #[test]
+    fn same_seed_same_programs() {
+        let table = FormTable::default();
+        let s = table.case(Mode::Prot32, &GenConfig::default());
+        let gen = |seed| {
+            let mut r = seeded_runner(seed);
+            let c = s.new_tree(&mut r).unwrap().current();
+            c.assemble(&GenConfig::default()).unwrap().code
+        };
+        assert_eq!(gen(7), gen(7));
+        assert_ne!(gen(7), gen(8));
+    }
+
+    #[test]
+    fn interp_against_itself_never_diverges() {
+        for lockstep in [false, true] {
+            let c = Campaign {
+                programs: 8,
+                seed: 1,
+                modes: Mode::ALL.to_vec(),
+                session: Session::new("interp", "interp", lockstep),
+                gen: GenConfig {
+                    sanitize: !lockstep,
+                    ..GenConfig::default()
+                },
+                max_shrink: 0,
+                exclude: Vec::new(),
+            };
+            let s = c.run(|d| panic!("{d}"), |_| {}).unwrap();
+            assert_eq!(s.programs, 8);
+            assert!(s.divergences.is_empty());
+        }
+    }
+
+    /// The interpreter with a planted bug: every executed XOR also flips
+    /// bit 0 of EAX.
+    struct NotBug(Interpreter);
+
+    impl Engine for NotBug {
+        fn name(&self) -> &'static str {
+            "notbug"
+        }
+        fn run(&mut self, vm: &mut Vm, budget: Budget) -> umbra_core::Exit {
+            for _ in 0..budget.instructions {
+                let is_not = At::decode(vm).ins.mnemonic() == iced_x86::Mnemonic::Xor;
+                let x = self.0.run(vm, Budget::ONE);
+                if is_not {
+                    vm.cpu.gpr[0] ^= 1;
+                }
+                if x != umbra_core::Exit::BudgetSpent || vm.cpu.halted {
+                    return x;
+                }
+            }
+            umbra_core::Exit::BudgetSpent
+        }
+    }
+
+    fn with_bug(name: &str, vm: &mut Vm, lockstep: bool) -> Result<Box<dyn Engine>, DiffError> {
+        match name {
+            "notbug" => Ok(Box::new(NotBug(Interpreter::new()))),
+            _ => make_engine(name, vm, lockstep),
+        }
+    }
+
+    #[test]
+    fn a_planted_bug_is_found_located_and_shrunk_to_one_item() {
+        let mut session = Session::new("interp", "notbug", false);
+        session.factory = with_bug;
+        let c = Campaign {
+            programs: 40,
+            seed: 3,
+            modes: vec![Mode::Prot32],
+            session,
+            gen: GenConfig::default(),
+            max_shrink: 2000,
+            exclude: Vec::new(),
+        };
+        let s = c.run(|_| {}, |_| {}).unwrap();
+        assert!(!s.divergences.is_empty(), "no program executed an XOR");
+        for d in &s.divergences {
+            let text = d.to_string();
+            // Minimal: one item holding the one XOR (with at most a loop
+            // or a division around it, sanitisers after), then HLT.
+            let listing = d.program.listing();
+            assert_eq!(listing.matches("xor ").count(), 1, "{text}");
+            assert!(listing.lines().count() <= 10, "{text}");
+            assert!(listing.trim_end().ends_with("hlt"), "{text}");
+            // Lockstep localisation names the NOT as the diverging step.
+            let located = d.located.as_ref().expect("lockstep localisation");
+            assert!(
+                located.at.as_ref().unwrap().text.starts_with("xor "),
+                "{text}"
+            );
+            assert!(d.mismatches.iter().any(|m| m.what == "eax"), "{text}");
+        }
+    }
+
+    #[test]
+    fn unknown_engine_is_a_typed_error() {
+        let s = Session::new("interp", "bochs", false);
+        let p = Program::new(Mode::Real, vec![HLT]);
+        assert!(matches!(s.check(&p), Err(DiffError::UnknownEngine(_))));
+    }
+}
