@@ -53,11 +53,7 @@ fn random_programs_in_all_modes_agree() {
     while total < 100_000 && seed < 40 {
         for (lockstep, programs) in [(false, 240), (true, 40)] {
             for mode in Mode::ALL {
-                let exclude = if kvm {
-                    vec![Class::Bcd]
-                } else {
-                    Vec::new()
-                };
+                let exclude = if kvm { vec![Class::Bcd] } else { Vec::new() };
                 let c = Campaign {
                     programs: programs / 4,
                     seed: seed * 16 + mode as u64,
@@ -70,9 +66,7 @@ fn random_programs_in_all_modes_agree() {
                     max_shrink: 300,
                     exclude,
                 };
-                let s = c
-                    .run(|d| eprintln!("{d}"), |_| {})
-                    .expect("campaign runs");
+                let s = c.run(|d| eprintln!("{d}"), |_| {}).expect("campaign runs");
                 for (why, n) in &s.skipped {
                     eprintln!("{mode}: skipped {n} programs: {why}");
                 }

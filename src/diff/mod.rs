@@ -68,8 +68,9 @@ pub fn make_engine(name: &str, vm: &mut Vm, lockstep: bool) -> Result<Box<dyn En
 pub fn engine_available(name: &str) -> Result<(), DiffError> {
     match name {
         "interp" => Ok(()),
-        "kvm" => crate::kvm::KvmEngine::available()
-            .map_err(|e| DiffError::KvmUnavailable(e.to_string())),
+        "kvm" => {
+            crate::kvm::KvmEngine::available().map_err(|e| DiffError::KvmUnavailable(e.to_string()))
+        }
         other => Err(DiffError::UnknownEngine(other.to_string())),
     }
 }

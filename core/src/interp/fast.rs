@@ -419,6 +419,15 @@ mod tests {
     }
 
     #[test]
+    fn parity_agrees_with_counting_bits() {
+        use super::super::flags::parity;
+        for v in 0..0x400u32 {
+            let even = (v as u8).count_ones() % 2 == 0;
+            assert_eq!(parity(v) != 0, even, "{v:#x}");
+        }
+    }
+
+    #[test]
     fn lock_prefix_keeps_the_generic_handler() {
         // F0 01 D8: lock add eax, ebx (#UD, register destination).
         let ins = Decoder::with_ip(32, &[0xF0, 0x01, 0xD8], 0, DecoderOptions::NONE).decode();

@@ -61,6 +61,11 @@ struct Block {
     lin: u32,
     eip: u32,
     bitness: u32,
+    /// RAM offset of the first byte when last validated.
+    off: usize,
+    /// `GuestMemory::code_gen` when last validated: while it is
+    /// unchanged no code frame was written and the bytes need no compare.
+    gen: u64,
     /// The bytes the block was decoded from.
     bytes: Vec<u8>,
     insns: Vec<Decoded>,
@@ -111,6 +116,8 @@ impl Fetcher {
                     lin: u32::MAX,
                     eip: 0,
                     bitness: 0,
+                    off: usize::MAX,
+                    gen: 0,
                     bytes: Vec::new(),
                     insns: Vec::new(),
                 })
@@ -136,14 +143,20 @@ impl Fetcher {
         let acc = Access::FETCH.at_cpl(cpu.cpl());
         let off = vm.mmu.lookup_ram(lin, acc)?;
         let slot = block_slot(lin);
-        let b = &self.blocks[slot];
+        let b = &mut self.blocks[slot];
         let len = b.bytes.len();
+        let gen = vm.mem.code_gen;
         let hit = b.lin == lin
             && b.eip == eip
             && b.bitness == bitness
             && len != 0
             && eip as u64 + len as u64 - 1 <= limit as u64
-            && vm.mem.ram_slice(off, len) == Some(&b.bytes[..]);
+            && ((b.gen == gen && b.off == off)
+                || (vm.mem.ram_slice(off, len) == Some(&b.bytes[..]) && {
+                    b.gen = gen;
+                    b.off = off;
+                    true
+                }));
         if hit {
             self.stats.block_hits += 1;
         } else {
@@ -162,7 +175,7 @@ impl Fetcher {
     #[cold]
     fn build(
         &mut self,
-        vm: &Vm,
+        vm: &mut Vm,
         table: &Table,
         slot: usize,
         off: usize,
@@ -215,6 +228,9 @@ impl Fetcher {
         b.lin = lin;
         b.eip = eip;
         b.bitness = bitness;
+        b.off = off;
+        vm.mem.mark_code_frame(off >> PAGE_SHIFT);
+        b.gen = vm.mem.code_gen;
         true
     }
 

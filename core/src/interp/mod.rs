@@ -252,17 +252,18 @@ impl Interpreter {
     /// their block (`fetch::ends_block`); what the block cannot see
     /// statically is checked after each instruction: a control transfer
     /// or REP continuation (EIP not the fall-through), an interrupt shadow,
-    /// a store into the block's frame, an event that became deliverable.
+    /// a store into the block's frame or a device access.
     #[inline]
     fn run_block(&mut self, vm: &mut Vm, left: u64) -> (u64, Option<ShutdownReason>) {
         let Some(insns) = self.fetcher.block(vm, &self.table) else {
             return (0, None);
         };
         let rep_batch = self.rep_batch.max(1);
+        let n = insns.len().min(usize::try_from(left).unwrap_or(usize::MAX));
         let mut done = 0u64;
         let mut retired = 0u64;
         let mut end = None;
-        for d in insns {
+        for d in &insns[..n] {
             let mut ctx = Ctx {
                 vm,
                 eip: d.ins.ip32(),
@@ -290,14 +291,14 @@ impl Interpreter {
                     retired += 1;
                     vm.clock.retired += 1;
                     vm.cpu.eip = next_eip;
-                    // No shadow at block entry, so this one starts one.
-                    vm.cpu.interrupt_shadow = shadow;
-                    if next_eip != d.next_eip
-                        || shadow
-                        || vm.mem.code_written
-                        || done == left
-                        || event_deliverable(&vm.cpu)
-                    {
+                    // Events cannot become deliverable inside a block: IF
+                    // changes and I/O end blocks, and an MMIO access (the
+                    // only other way to reach a device) sets
+                    // `code_written` (`Vm::read_phys`/`write_phys`).
+                    if next_eip != d.next_eip || shadow || vm.mem.code_written {
+                        // No shadow at block entry, so this one starts one
+                        // (SDM Vol. 3 6.8.3).
+                        vm.cpu.interrupt_shadow = shadow;
                         break;
                     }
                 }

@@ -69,6 +69,11 @@ pub struct GuestMemory {
     code_frame: usize,
     /// Set when RAM in `code_frame` was written since it was chosen.
     pub code_written: bool,
+    /// Frames the interpreter has decoded code from (one byte a frame).
+    code_frames: Vec<bool>,
+    /// Bumped by every write into a frame of `code_frames`: decoded code
+    /// from before the last bump must be checked against memory again.
+    pub code_gen: u64,
     /// A frame whose dirty bit is known set (`usize::MAX`: none), so that
     /// repeated writes to one frame skip the bitmap.
     last_dirty: usize,
@@ -93,6 +98,8 @@ impl GuestMemory {
             code_frame: usize::MAX,
             code_written: false,
             last_dirty: usize::MAX,
+            code_frames: vec![false; frames],
+            code_gen: 0,
             stats: MemStats::default(),
         })
     }
@@ -109,12 +116,14 @@ impl GuestMemory {
     pub fn ram_mut(&mut self) -> &mut [u8] {
         // Anything may be written through this: treat it as a code write.
         self.code_written = true;
+        self.code_gen += 1;
         &mut self.ram
     }
     /// Host address of RAM offset 0 (for KVM's user memory region and the
     /// translator's fast path; every use bounds-checks against `ram_size`).
     pub fn ram_host_ptr(&mut self) -> *mut u8 {
         self.code_written = true;
+        self.code_gen += 1;
         self.ram.as_mut_ptr()
     }
 
@@ -313,11 +322,25 @@ impl GuestMemory {
         self.code_written = false;
     }
 
-    /// Record a write of RAM offsets `first..=last` against `code_frame`.
+    /// Record that the interpreter decoded code from RAM frame `frame`:
+    /// writes into it bump `code_gen` from now on.
+    pub fn mark_code_frame(&mut self, frame: usize) {
+        if let Some(c) = self.code_frames.get_mut(frame) {
+            *c = true;
+        }
+    }
+
+    /// Record a write of RAM offsets `first..=last` (at most two frames)
+    /// against the code frames.
     #[inline]
     fn note_code_write(&mut self, first: usize, last: usize) {
-        if first >> PAGE_SHIFT <= self.code_frame && self.code_frame <= last >> PAGE_SHIFT {
-            self.code_written = true;
+        for f in [first >> PAGE_SHIFT, last >> PAGE_SHIFT] {
+            if self.code_frames.get(f).copied().unwrap_or(false) {
+                self.code_gen += 1;
+                if f == self.code_frame {
+                    self.code_written = true;
+                }
+            }
         }
     }
 
