@@ -129,6 +129,45 @@ fn mov_mi(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
     ctx.write_mem(seg, off, 4, ins.immediate32())
 }
 
+/// PUSH r32 (PUSH ESP pushes the value before the decrement).
+fn push_r(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
+    let v = ctx.vm.cpu.gpr[gpr(ins.op0_register())] as u32;
+    ctx.push(v, 4)
+}
+
+/// POP r32 (POP ESP leaves the popped value in ESP).
+fn pop_r(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
+    let v = ctx.pop(4)?;
+    ctx.vm.cpu.set_reg32(gpr(ins.op0_register()), v);
+    Ok(())
+}
+
+/// CALL rel32 in 32-bit code, as `control::call`: target limit check,
+/// then push the return EIP.
+fn call_rel32(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
+    let target = ins.near_branch32();
+    if target > ctx.vm.cpu.seg(crate::cpu::SegReg::Cs).limit {
+        return Err(Fault::gp(0));
+    }
+    let ret = ctx.next_eip;
+    ctx.push(ret, 4)?;
+    ctx.next_eip = target;
+    Ok(())
+}
+
+/// RET (no immediate) with a 32-bit operand in 32-bit code, as
+/// `control::ret`.
+fn ret32(ctx: &mut Ctx, _ins: &Instruction) -> Result<(), Fault> {
+    let target = ctx.peek(0, 4)?;
+    if target > ctx.vm.cpu.seg(crate::cpu::SegReg::Cs).limit {
+        return Err(Fault::gp(0));
+    }
+    let sp = ctx.vm.cpu.sp().wrapping_add(4);
+    ctx.vm.cpu.set_sp(sp);
+    ctx.next_eip = target;
+    Ok(())
+}
+
 /// Condition codes by their encoding (the low nibble of 0x7x / 0x0F 8x).
 const CCS: [ConditionCode; 16] = [
     ConditionCode::o,
@@ -209,6 +248,7 @@ pub fn select(ins: &Instruction, generic: Option<Handler>) -> Option<Handler> {
     if ins.has_lock_prefix() || ins.has_xacquire_prefix() || ins.has_xrelease_prefix() {
         return generic;
     }
+    let code32 = ins.code_size() == iced_x86::CodeSize::Code32;
     let fast = match ins.code() {
         Code::Mov_r32_rm32 | Code::Mov_rm32_r32 => match (is_r32(ins, 0), is_r32(ins, 1)) {
             (true, true) => Some(mov_rr as Handler),
@@ -216,6 +256,12 @@ pub fn select(ins: &Instruction, generic: Option<Handler>) -> Option<Handler> {
             (false, true) if ins.op0_kind() == OpKind::Memory => Some(mov_mr as Handler),
             _ => None,
         },
+        Code::Push_r32 | Code::Push_rm32 if is_r32(ins, 0) => Some(push_r as Handler),
+        Code::Pop_r32 | Code::Pop_rm32 if is_r32(ins, 0) => Some(pop_r as Handler),
+        Code::Call_rel32_32 if code32 && ins.op0_kind() == OpKind::NearBranch32 => {
+            Some(call_rel32 as Handler)
+        }
+        Code::Retnd if code32 && ins.op_count() == 0 => Some(ret32 as Handler),
         Code::Mov_EAX_moffs32 => Some(mov_rm as Handler),
         Code::Mov_moffs32_EAX => Some(mov_mr as Handler),
         Code::Mov_r32_imm32 | Code::Mov_rm32_imm32 if is_r32(ins, 0) => Some(mov_ri as Handler),
@@ -320,6 +366,12 @@ mod tests {
             |a| a.mov(dword_ptr(ecx), 0x1234_5678u32),
             |a| a.mov(dword_ptr(0x8004), eax),
             |a| a.mov(eax, dword_ptr(0x8008)),
+            |a| a.push(ebx),
+            |a| a.push(esp),
+            |a| a.pop(ecx),
+            |a| a.pop(esp),
+            |a| a.ret(),
+            |a| a.call(0x1_0000u64),
         ];
         let table = Table::build();
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
@@ -340,7 +392,7 @@ mod tests {
                 for r in 0..8 {
                     // Keep addresses inside the 1 MiB of RAM most of the
                     // time; sometimes let them fault.
-                    let v = if rng.next() % 8 == 0 {
+                    let v = if rng.next().is_multiple_of(8) {
                         rng.operand()
                     } else {
                         rng.operand() & 0x3FFF
@@ -388,7 +440,7 @@ mod tests {
                 for _ in 0..64 {
                     let mut a = vm32();
                     a.cpu.eflags = (a.cpu.eflags & !0x8D5) | (rng.next() & 0x8D5);
-                    if rng.next() % 4 == 0 {
+                    if rng.next().is_multiple_of(4) {
                         a.cpu.seg_mut(crate::cpu::SegReg::Cs).limit = 0x1FFF;
                     }
                     let mut b = vm32();
@@ -422,7 +474,7 @@ mod tests {
     fn parity_agrees_with_counting_bits() {
         use super::super::flags::parity;
         for v in 0..0x400u32 {
-            let even = (v as u8).count_ones() % 2 == 0;
+            let even = (v as u8).count_ones().is_multiple_of(2);
             assert_eq!(parity(v) != 0, even, "{v:#x}");
         }
     }

@@ -238,7 +238,10 @@ impl Ctx<'_> {
         let acc = self.data_access(true);
         self.vm.translate(lin, acc)?;
         if (lin & 0xFFF) as usize + size > 0x1000 {
-            self.vm.translate(lin.wrapping_add(size as u32 - 1), acc)?;
+            // The second page from its first byte: a #PF there reports
+            // that address in CR2, as hardware (KVM) does.
+            self.vm
+                .translate(lin.wrapping_add(size as u32 - 1) & !0xFFF, acc)?;
         }
         Ok(())
     }
