@@ -53,6 +53,9 @@ pub struct Decoded {
     pub handler: Option<Handler>,
     /// EIP of the next instruction (wrapped to 16 bits in 16-bit code).
     pub next_eip: u32,
+    /// A direct near JMP/Jcc back to the start of its own block (the last
+    /// instruction of a tight loop).
+    pub loops: bool,
 }
 
 /// A straight-line run of instructions inside one page.
@@ -208,9 +211,15 @@ impl Fetcher {
             let wraps = bitness == 16 && next_ip > 0xFFFF;
             let handler = super::fast::select(&ins, table.lookup(&ins));
             let last = handler.is_none() || wraps || ends_block(&ins);
+            let loops = matches!(
+                ins.flow_control(),
+                FlowControl::ConditionalBranch | FlowControl::UnconditionalBranch
+            ) && matches!(ins.op0_kind(), OpKind::NearBranch16 | OpKind::NearBranch32)
+                && ins.near_branch_target() == eip as u64;
             b.insns.push(Decoded {
                 ins,
                 handler,
+                loops,
                 next_eip: if bitness == 16 {
                     next_ip & 0xFFFF
                 } else {

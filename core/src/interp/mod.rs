@@ -259,56 +259,70 @@ impl Interpreter {
             return (0, None);
         };
         let rep_batch = self.rep_batch.max(1);
-        let n = insns.len().min(usize::try_from(left).unwrap_or(usize::MAX));
         let mut done = 0u64;
         let mut retired = 0u64;
         let mut end = None;
-        for d in &insns[..n] {
-            let mut ctx = Ctx {
-                vm,
-                eip: d.ins.ip32(),
-                next_eip: d.next_eip,
-                shadow: false,
-                rep_batch,
-            };
-            let r = match d.handler {
-                Some(h) => h(&mut ctx, &d.ins),
-                None => {
-                    *self
-                        .stats
-                        .unimplemented
-                        .entry(format!("{:?}", d.ins.code()))
-                        .or_default() += 1;
-                    Err(Fault::ud())
-                }
-            };
-            let Ctx {
-                next_eip, shadow, ..
-            } = ctx;
-            done += 1;
-            match r {
-                Ok(()) => {
-                    retired += 1;
-                    vm.clock.retired += 1;
-                    vm.cpu.eip = next_eip;
-                    // Events cannot become deliverable inside a block: IF
-                    // changes and I/O end blocks, and an MMIO access (the
-                    // only other way to reach a device) sets
-                    // `code_written` (`Vm::read_phys`/`write_phys`).
-                    if next_eip != d.next_eip || shadow || vm.mem.code_written {
-                        // No shadow at block entry, so this one starts one
-                        // (SDM Vol. 3 6.8.3).
-                        vm.cpu.interrupt_shadow = shadow;
-                        break;
+        'block: loop {
+            let n = insns
+                .len()
+                .min(usize::try_from(left - done).unwrap_or(usize::MAX));
+            for d in &insns[..n] {
+                let eip = vm.cpu.eip;
+                let mut ctx = Ctx {
+                    vm,
+                    eip,
+                    next_eip: d.next_eip,
+                    shadow: false,
+                    rep_batch,
+                };
+                let r = match d.handler {
+                    Some(h) => h(&mut ctx, &d.ins),
+                    None => {
+                        *self
+                            .stats
+                            .unimplemented
+                            .entry(format!("{:?}", d.ins.code()))
+                            .or_default() += 1;
+                        Err(Fault::ud())
                     }
-                }
-                Err(f) => {
-                    if let Step::Shutdown(r) = fault(&mut self.stats, vm, f) {
-                        end = Some(r);
+                };
+                let Ctx {
+                    next_eip, shadow, ..
+                } = ctx;
+                done += 1;
+                match r {
+                    Ok(()) => {
+                        retired += 1;
+                        vm.clock.retired += 1;
+                        vm.cpu.eip = next_eip;
+                        // Events cannot become deliverable inside a block:
+                        // IF changes and I/O end blocks, and an MMIO access
+                        // (the only other way to reach a device) sets
+                        // `code_written` (`Vm::read_phys`/`write_phys`).
+                        if next_eip != d.next_eip || shadow || vm.mem.code_written {
+                            // No shadow at block entry, so this one starts
+                            // one (SDM Vol. 3 6.8.3).
+                            vm.cpu.interrupt_shadow = shadow;
+                            // A tight loop branching back to its own start
+                            // with nothing written to its frame: the block
+                            // is still valid (same CS, mode and mapping,
+                            // since nothing in it may change them), so run
+                            // it again.
+                            if d.loops && !shadow && !vm.mem.code_written && done < left {
+                                continue 'block;
+                            }
+                            break 'block;
+                        }
                     }
-                    break;
+                    Err(f) => {
+                        if let Step::Shutdown(r) = fault(&mut self.stats, vm, f) {
+                            end = Some(r);
+                        }
+                        break 'block;
+                    }
                 }
             }
+            break;
         }
         self.stats.instructions += retired;
         (done, end)
@@ -579,6 +593,27 @@ mod tests {
         assert_eq!(vm.clock.retired, 7);
         assert_eq!(it.run(&mut vm, Budget::insns(2)), Exit::BudgetSpent);
         assert_eq!(vm.cpu.reg32(EAX), 9);
+    }
+
+    #[test]
+    fn budget_is_exact_in_a_tight_loop() {
+        let mut vm = vm32();
+        let mut top = CodeLabel::default();
+        load(&mut vm, 32, |a| {
+            top = a.create_label();
+            a.set_label(&mut top)?;
+            a.inc(eax)?;
+            a.inc(ebx)?;
+            a.jmp(top)
+        });
+        warm(&mut vm);
+        let mut it = Interpreter::new();
+        // 3 instructions an iteration: 10 passes and one more INC.
+        assert_eq!(it.run(&mut vm, Budget::insns(31)), Exit::BudgetSpent);
+        assert_eq!(vm.cpu.reg32(EAX), 11);
+        assert_eq!(vm.cpu.reg32(EBX), 10);
+        assert_eq!(vm.cpu.eip, CODE + 1);
+        assert_eq!(it.stats.instructions, 31);
     }
 
     #[test]

@@ -334,12 +334,19 @@ impl GuestMemory {
     /// against the code frames.
     #[inline]
     fn note_code_write(&mut self, first: usize, last: usize) {
-        for f in [first >> PAGE_SHIFT, last >> PAGE_SHIFT] {
-            if self.code_frames.get(f).copied().unwrap_or(false) {
-                self.code_gen += 1;
-                if f == self.code_frame {
-                    self.code_written = true;
-                }
+        let (f0, f1) = (first >> PAGE_SHIFT, last >> PAGE_SHIFT);
+        self.note_code_frame(f0);
+        if f1 != f0 {
+            self.note_code_frame(f1);
+        }
+    }
+
+    #[inline]
+    fn note_code_frame(&mut self, f: usize) {
+        if self.code_frames.get(f).copied().unwrap_or(false) {
+            self.code_gen += 1;
+            if f == self.code_frame {
+                self.code_written = true;
             }
         }
     }
