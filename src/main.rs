@@ -10,7 +10,10 @@ use std::time::Instant;
 
 use clap::Parser;
 
-use cli::{Cli, Command, DiffArgs, ModeArg};
+#[cfg(test)]
+use cli::ModeArg;
+use cli::{Cli, Command, DiffArgs};
+use umbra::diff::forms::Class;
 use umbra::diff::{self, Campaign, DiffError, GenConfig, Program, Session};
 
 /// Exit status when a comparison found divergences.
@@ -58,7 +61,7 @@ fn run_diff(args: &DiffArgs) -> Result<ExitCode, CliError> {
     let mut session = Session::new(a, b, args.lockstep);
     session.max_steps = args.max_steps;
     if let Some(hex) = &args.code {
-        return run_one(&session, args.mode, hex, args.gate16);
+        return run_one(&session, args, hex);
     }
     let Some(n) = args.random else {
         return Err(CliError::NothingToRun);
@@ -78,14 +81,11 @@ fn run_diff(args: &DiffArgs) -> Result<ExitCode, CliError> {
             sanitize: !args.lockstep,
         },
         max_shrink: args.shrink,
-        exclude: args.exclude.clone(),
+        exclude: excluded_classes(args),
     };
     let start = Instant::now();
     let summary = campaign.run(
-        |d| {
-            println!("{d}");
-            let _ = std::io::stdout().flush();
-        },
+        |d| say(&d.to_string()),
         |s| {
             eprintln!(
                 "[{:>5.1}s] {}/{n} programs, {} instructions, {} divergences",
@@ -99,7 +99,7 @@ fn run_diff(args: &DiffArgs) -> Result<ExitCode, CliError> {
     for (why, count) in &summary.skipped {
         eprintln!("skipped {count} programs: {why}");
     }
-    println!("{}", summary.line());
+    say(&summary.line());
     Ok(if summary.divergences.is_empty() {
         ExitCode::SUCCESS
     } else {
@@ -107,19 +107,40 @@ fn run_diff(args: &DiffArgs) -> Result<ExitCode, CliError> {
     })
 }
 
+/// The classes to leave out: as given, or bcd by default against kvm.
+fn excluded_classes(args: &DiffArgs) -> Vec<Class> {
+    let kvm = args.engines.iter().any(|e| e == "kvm");
+    if args.exclude.is_empty() && kvm && !args.all_classes {
+        eprintln!(
+            "note: bcd left out against kvm (see --help on --exclude; --all-classes keeps it)"
+        );
+        vec![Class::Bcd]
+    } else {
+        args.exclude.clone()
+    }
+}
+
 /// Compare one hand-given program.
-fn run_one(
-    session: &Session,
-    mode: ModeArg,
-    hex: &str,
-    gate16: bool,
-) -> Result<ExitCode, CliError> {
-    let [mode] = mode.modes()[..] else {
+fn run_one(session: &Session, args: &DiffArgs, hex: &str) -> Result<ExitCode, CliError> {
+    let [mode] = args.mode.modes()[..] else {
         return Err(CliError::CodeNeedsMode);
     };
     let code = parse_hex(hex)?;
     let mut program = Program::new(mode, code);
-    program.gate16 = gate16;
+    program.gate16 = args.gate16;
+    for (r, v) in program.gpr.iter_mut().zip(args.regs.iter()) {
+        *r = *v;
+    }
+    if let Some(fl) = args.eflags {
+        program.eflags = fl;
+    }
+    if let Some(seed) = args.data_seed {
+        program.fill_data(seed);
+    }
+    for (p, v) in program.data_pages.iter_mut().zip(args.data_pages.iter()) {
+        *p = *v;
+    }
+    program.wp = !args.no_wp;
     let out = session.check(&program)?;
     let k = usize::from(out.divergence.is_some());
     if let Some(why) = &out.skipped {
@@ -139,9 +160,17 @@ fn run_one(
     })
 }
 
+/// Print a report line on stdout; a closed pipe (`| head`) is not an
+/// error worth a panic.
+fn say(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", text.trim_end_matches('\n'));
+    let _ = out.flush();
+}
+
 fn parse_hex(s: &str) -> Result<Vec<u8>, CliError> {
     let digits: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return Err(CliError::BadHex("odd number of hex digits".into()));
     }
     (0..digits.len())
@@ -151,4 +180,40 @@ fn parse_hex(s: &str) -> Result<Vec<u8>, CliError> {
                 .map_err(|_| CliError::BadHex(format!("`{}` is not hex", &digits[i..i + 2])))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_parses_with_spaces_and_rejects_junk() {
+        assert_eq!(parse_hex("f6 f0 F4").unwrap(), [0xF6, 0xF0, 0xF4]);
+        assert!(matches!(parse_hex("f6 f"), Err(CliError::BadHex(_))));
+        assert!(matches!(parse_hex("zz"), Err(CliError::BadHex(_))));
+    }
+
+    #[test]
+    fn cli_parses_the_documented_invocation() {
+        let cli = Cli::try_parse_from([
+            "umbra",
+            "diff",
+            "--random",
+            "10",
+            "--seed",
+            "3",
+            "--engines",
+            "interp,kvm",
+            "--mode",
+            "paging",
+            "--lockstep",
+        ])
+        .unwrap();
+        let Command::Diff(a) = cli.command;
+        assert_eq!(a.random, Some(10));
+        assert_eq!(a.seed, 3);
+        assert_eq!(a.engines, ["interp", "kvm"]);
+        assert_eq!(a.mode, ModeArg::Paging);
+        assert!(a.lockstep);
+    }
 }

@@ -125,9 +125,9 @@ pub fn diff_regs(a: &Regs, b: &Regs, flag_mask: u32, ea: &End, eb: &End) -> Vec<
     if ea != eb {
         push("end", ea.to_string(), eb.to_string());
     }
-    for i in 0..8 {
+    for (i, name) in GPR_NAMES.iter().enumerate() {
         if a.gpr[i] != b.gpr[i] {
-            push(GPR_NAMES[i], hex32(a.gpr[i]), hex32(b.gpr[i]));
+            push(name, hex32(a.gpr[i]), hex32(b.gpr[i]));
         }
     }
     if a.eip != b.eip {
@@ -140,14 +140,14 @@ pub fn diff_regs(a: &Regs, b: &Regs, flag_mask: u32, ea: &End, eb: &End) -> Vec<
             format!("{} {}", hex32(b.eflags), flag_names(b.eflags)),
         );
     }
-    for i in 0..6 {
+    for (i, name) in SEG_NAMES.iter().enumerate() {
         if a.seg[i] != b.seg[i] {
-            push(SEG_NAMES[i], seg_str(&a.seg[i]), seg_str(&b.seg[i]));
+            push(name, seg_str(&a.seg[i]), seg_str(&b.seg[i]));
         }
     }
-    for i in 0..4 {
+    for (i, name) in CR_NAMES.iter().enumerate() {
         if a.cr[i] != b.cr[i] {
-            push(CR_NAMES[i], hex32(a.cr[i]), hex32(b.cr[i]));
+            push(name, hex32(a.cr[i]), hex32(b.cr[i]));
         }
     }
     out
@@ -306,13 +306,9 @@ impl fmt::Display for Divergence {
         }
         writeln!(f, "  state:")?;
         let (a, b) = &self.regs;
-        for i in 0..8 {
+        for (i, name) in GPR_NAMES.iter().enumerate() {
             let mark = if a.gpr[i] != b.gpr[i] { " <-" } else { "" };
-            writeln!(
-                f,
-                "    {:<6} {:08x}   {:08x}{mark}",
-                GPR_NAMES[i], a.gpr[i], b.gpr[i]
-            )?;
+            writeln!(f, "    {name:<6} {:08x}   {:08x}{mark}", a.gpr[i], b.gpr[i])?;
         }
         writeln!(f, "    {:<6} {:08x}   {:08x}", "eip", a.eip, b.eip)?;
         writeln!(
@@ -358,7 +354,11 @@ impl fmt::Display for Divergence {
             self.program.eflags,
             self.program.data_pages,
             self.program.wp
-        )
+        )?;
+        if let Some(args) = self.program.rerun_args() {
+            writeln!(f, "  rerun: umbra diff --engines {na},{nb} {args}")?;
+        }
+        Ok(())
     }
 }
 

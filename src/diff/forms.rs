@@ -226,13 +226,13 @@ pub fn build(form: Form, bitness: u32, set: RegSet, ch: &Choices) -> Option<Inst
             _ => return None,
         }
     }
-    let _ = bitness;
     Some(ins)
 }
 
-/// An 8-bit immediate, kept where the SDM defines the result: 16-bit
-/// SHLD/SHRD counts (mod 32) above 16 are undefined, so they are folded.
-fn imm8(code: Code, imm: u32) -> u8 {
+/// An 8-bit immediate or CL count, kept where the SDM defines the result:
+/// 16-bit SHLD/SHRD counts (mod 32) above 16 are undefined, so they are
+/// folded.
+pub fn imm8(code: Code, imm: u32) -> u8 {
     let v = imm as u8;
     let m = code.mnemonic();
     if matches!(m, Mnemonic::Shld | Mnemonic::Shrd)

@@ -127,31 +127,20 @@ impl Case {
         em.push(bare(Code::Hlt));
         let insns = em.out.len();
         let code = em.encode(self.mode.entry_eip() as u64)?;
-        let mut data = vec![0u8; layout::DATA_SIZE as usize];
-        fill_random(&mut data, self.data_seed);
-        Ok(Program {
+        let mut p = Program {
             mode: self.mode,
             code,
             gpr: self.gpr,
             eflags: self.eflags,
-            data,
+            data: Vec::new(),
             data_pages: self.data_pages,
             wp: self.wp,
             gate16: false,
+            data_seed: None,
             insns,
-        })
-    }
-}
-
-/// Fill `buf` from a xorshift64* stream seeded with `seed`.
-fn fill_random(buf: &mut [u8], seed: u64) {
-    let mut s = seed ^ 0x9E37_79B9_7F4A_7C15;
-    for chunk in buf.chunks_mut(8) {
-        s ^= s >> 12;
-        s ^= s << 25;
-        s ^= s >> 27;
-        let v = s.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
-        chunk.copy_from_slice(&v[..chunk.len()]);
+        };
+        p.fill_data(self.data_seed);
+        Ok(p)
     }
 }
 
@@ -610,7 +599,10 @@ impl FormTable {
             Self::insn_from(self.by_cl.clone(), bits, RegSet::General),
             prop_oneof![3 => 0u8..34, 1 => any::<u8>()],
         )
-            .prop_map(|(ins, count)| Item::ShiftCl { count, ins });
+            .prop_map(|(ins, count)| Item::ShiftCl {
+                count: forms::imm8(ins.code(), count as u32),
+                ins,
+            });
         let div = (
             Self::insn_from(self.div.clone(), bits, RegSet::General),
             prop_oneof![1 => Just(None), 9 => any::<bool>().prop_map(Some)],
@@ -808,6 +800,26 @@ mod tests {
                 assert_eq!(insns.last().unwrap().code(), Code::Hlt);
             }
         }
+    }
+
+    #[test]
+    fn shld16_by_cl_counts_stay_defined() {
+        let table = FormTable::default();
+        let mut runner = TestRunner::deterministic();
+        let s = table.item(Mode::Real);
+        let mut seen = 0;
+        for _ in 0..4000 {
+            if let Item::ShiftCl { count, ins } = s.new_tree(&mut runner).unwrap().current() {
+                let m = ins.mnemonic();
+                if matches!(m, Mnemonic::Shld | Mnemonic::Shrd)
+                    && ins.op_code().operand_size() == 16
+                {
+                    seen += 1;
+                    assert!(count & 0x1F <= 16, "{m:?} count {count}");
+                }
+            }
+        }
+        assert!(seen > 0);
     }
 
     #[test]

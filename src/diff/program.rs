@@ -17,7 +17,7 @@
 use std::fmt;
 
 use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
-use umbra_core::cpu::{attr, cr0, DescTable, SegReg, Segment, EBX, ESP};
+use umbra_core::cpu::{attr, cr0, DescTable, Segment, EBX, ESP};
 use umbra_core::mem::GuestMemory;
 use umbra_core::Vm;
 
@@ -182,6 +182,8 @@ pub struct Program {
     /// prot16: deliver exceptions through 16-bit interrupt gates (16-bit
     /// frames) instead of 32-bit ones.
     pub gate16: bool,
+    /// The seed `data` was filled from (`fill_data`), if it was.
+    pub data_seed: Option<u64>,
     /// Instructions the generator emitted (for statistics only).
     pub insns: usize,
 }
@@ -207,6 +209,7 @@ impl Program {
             data_pages: [pte::P | pte::RW; 3],
             wp: true,
             gate16: false,
+            data_seed: None,
             insns: 0,
         }
     }
@@ -346,12 +349,57 @@ impl Program {
             };
         }
         cpu.seg = segs;
-        debug_assert_eq!(cpu.seg[SegReg::Cs as usize], segs[1]);
         cpu.eip = self.mode.entry_eip();
         cpu.halted = false;
         let cpu_snapshot = cpu.clone();
         vm.mmu.set_cr3(&cpu_snapshot);
         vm.mmu.flush_all(&cpu_snapshot);
+    }
+
+    /// Fill the data area from `seed` (a xorshift64* stream), as random
+    /// programs do.
+    pub fn fill_data(&mut self, seed: u64) {
+        let mut data = vec![0u8; layout::DATA_SIZE as usize];
+        let mut s = seed ^ 0x9E37_79B9_7F4A_7C15;
+        for chunk in data.chunks_mut(8) {
+            s ^= s >> 12;
+            s ^= s << 25;
+            s ^= s >> 27;
+            let v = s.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+        self.data = data;
+        self.data_seed = Some(seed);
+    }
+
+    /// The `umbra diff` options that rebuild this program (with --code),
+    /// when its data is empty or came from a seed.
+    pub fn rerun_args(&self) -> Option<String> {
+        if self.data_seed.is_none() && self.data.iter().any(|&b| b != 0) {
+            return None;
+        }
+        let regs: Vec<String> = self.gpr.iter().map(|r| format!("{r:x}")).collect();
+        let mut s = format!(
+            "--mode {} --code {} --regs {} --eflags {:x}",
+            self.mode,
+            hex(&self.code).replace(' ', ""),
+            regs.join(","),
+            self.eflags
+        );
+        if let Some(seed) = self.data_seed {
+            s.push_str(&format!(" --data-seed {seed}"));
+        }
+        if self.mode == Mode::Paging {
+            let p: Vec<String> = self.data_pages.iter().map(|v| v.to_string()).collect();
+            s.push_str(&format!(" --data-pages {}", p.join(",")));
+            if !self.wp {
+                s.push_str(" --no-wp");
+            }
+        }
+        if self.gate16 {
+            s.push_str(" --gate16");
+        }
+        Some(s)
     }
 
     /// Disassembly of the code, one instruction a line with address and
@@ -438,6 +486,7 @@ pub fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use umbra_core::cpu::SegReg;
 
     #[test]
     fn descriptor_round_trips_through_the_segment_cache() {

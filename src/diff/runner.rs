@@ -27,6 +27,9 @@ pub struct Session {
     pub factory: EngineFactory,
 }
 
+/// A loaded guest and the engine that runs it.
+type Machine = (Vm, Box<dyn Engine>);
+
 /// Makes an engine by name for a `Vm`, for lockstep or not.
 pub type EngineFactory = fn(&str, &mut Vm, bool) -> Result<Box<dyn Engine>, DiffError>;
 
@@ -68,7 +71,7 @@ impl Session {
         }
     }
 
-    fn setup(&self, p: &Program) -> Result<[(Vm, Box<dyn Engine>); 2], DiffError> {
+    fn setup(&self, p: &Program) -> Result<[Machine; 2], DiffError> {
         let mut va = p.build_vm()?;
         let ea = (self.factory)(&self.engines.0, &mut va, self.lockstep)?;
         let mut vb = p.build_vm()?;
