@@ -10,10 +10,14 @@
 //!
 //! The fast path caches whole blocks: a straight-line run of decoded
 //! instructions with their handlers resolved, inside one page and the CS
-//! limit, keyed by linear EIP, EIP and code size. A block is validated once
-//! at entry (shadow fetch lookup, bytes compared with memory); while it
-//! runs, `GuestMemory` watches its frame so that a store into it ends the
-//! block before the next instruction (`GuestMemory::watch_code_frame`).
+//! limit, keyed by linear EIP, EIP and code size, handlers specialised by
+//! `fast::select`. A block is validated once at entry: shadow fetch lookup
+//! (permissions, mapping), then its bytes are compared with memory unless
+//! no code frame was written since the last check (`GuestMemory::code_gen`
+//! unchanged and the same RAM offset). While it runs, `GuestMemory`
+//! watches its frame so that a store into it ends the block before the
+//! next instruction (`GuestMemory::watch_code_frame`). Instructions that
+//! may change what fetching depends on end their block (`ends_block`).
 
 use iced_x86::{Decoder, DecoderError, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind};
 
