@@ -486,6 +486,36 @@ mod tests {
     }
 
     #[test]
+    fn store_into_a_data_page_that_later_holds_a_block_is_seen() {
+        let mut vm = vm32();
+        // 1000: A3 00 31 00 00        mov [0x3100], eax  (frame 3 written
+        //                             as plain data first)
+        // 1005: E9 F6 1F 00 00        jmp 0x3000
+        vm.mem.write(
+            CODE as u64,
+            &[0xA3, 0x00, 0x31, 0x00, 0x00, 0xE9, 0xF6, 0x1F, 0x00, 0x00],
+        );
+        // 3000: C6 05 08 30 00 00 42  mov byte [0x3008], 0x42
+        // 3007: B8 11 11 11 11        mov eax, 0x11111111 (imm at 3008)
+        // 300C: F4                    hlt
+        vm.mem.write(
+            0x3000,
+            &[
+                0xC6, 0x05, 0x08, 0x30, 0x00, 0x00, 0x42, 0xB8, 0x11, 0x11, 0x11, 0x11, 0xF4,
+            ],
+        );
+        vm.cpu.eip = CODE;
+        warm(&mut vm);
+        vm.translate(0x3000, crate::mmu::Access::FETCH)
+            .expect("mapped");
+        vm.translate(0x3100, crate::mmu::Access::WRITE)
+            .expect("mapped");
+        let (_, e) = run_n(&mut vm, 100);
+        assert_eq!(e, Exit::Halted);
+        assert_eq!(vm.cpu.reg32(EAX), 0x1111_1142);
+    }
+
+    #[test]
     fn code_changed_between_runs_is_redecoded() {
         let mut vm = vm32();
         load(&mut vm, 32, |a| {

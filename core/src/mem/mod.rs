@@ -74,8 +74,9 @@ pub struct GuestMemory {
     /// Bumped by every write into a frame of `code_frames`: decoded code
     /// from before the last bump must be checked against memory again.
     pub code_gen: u64,
-    /// A frame whose dirty bit is known set (`usize::MAX`: none), so that
-    /// repeated writes to one frame skip the bitmap.
+    /// A frame whose dirty bit is known set and that holds no decoded code
+    /// (`usize::MAX`: none), so that repeated writes to it skip the bitmap
+    /// and the code checks.
     last_dirty: usize,
     pub stats: MemStats,
 }
@@ -293,12 +294,17 @@ impl GuestMemory {
             return None;
         }
         let f = off >> PAGE_SHIFT;
-        if f != self.last_dirty || end.saturating_sub(1) >> PAGE_SHIFT != f {
+        let last = end.saturating_sub(1);
+        if f != self.last_dirty || last >> PAGE_SHIFT != f {
             self.dirty.set(f, true);
-            self.dirty.set((end.saturating_sub(1)) >> PAGE_SHIFT, true);
-            self.last_dirty = f;
+            self.dirty.set(last >> PAGE_SHIFT, true);
+            self.note_code_write(off, last);
+            // Remember a plain (non-code) frame: writes to it again need
+            // neither the bitmap nor the code checks.
+            let plain =
+                last >> PAGE_SHIFT == f && !self.code_frames.get(f).copied().unwrap_or(true);
+            self.last_dirty = if plain { f } else { usize::MAX };
         }
-        self.note_code_write(off, end.saturating_sub(1));
         self.ram.get_mut(off..end)
     }
 
@@ -327,6 +333,9 @@ impl GuestMemory {
     pub fn mark_code_frame(&mut self, frame: usize) {
         if let Some(c) = self.code_frames.get_mut(frame) {
             *c = true;
+        }
+        if self.last_dirty == frame {
+            self.last_dirty = usize::MAX;
         }
     }
 
