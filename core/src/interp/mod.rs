@@ -355,6 +355,10 @@ impl Engine for Interpreter {
     }
 
     fn run(&mut self, vm: &mut Vm, budget: Budget) -> Exit {
+        // Between runs another engine (the translator's code, KVM) may have
+        // written RAM through the host pointer, which `GuestMemory` cannot
+        // see: make every cached block compare its bytes once more.
+        vm.mem.code_gen += 1;
         let mut left = budget.instructions;
         while left > 0 {
             let cpu = &vm.cpu;
@@ -529,6 +533,28 @@ mod tests {
             a.mov(eax, 2u32)?;
             a.hlt()
         });
+        vm.cpu.halted = false;
+        assert_eq!(it.run(&mut vm, Budget::insns(10)), Exit::Halted);
+        assert_eq!(vm.cpu.reg32(EAX), 2);
+    }
+
+    #[test]
+    fn ram_written_behind_the_interpreters_back_between_runs_is_seen() {
+        let mut vm = vm32();
+        load(&mut vm, 32, |a| {
+            a.mov(eax, 1u32)?;
+            a.hlt()
+        });
+        warm(&mut vm);
+        // Taken once and kept, as generated code or KVM would.
+        let ram = vm.mem.ram_host_ptr();
+        let mut it = Interpreter::new();
+        assert_eq!(it.run(&mut vm, Budget::insns(10)), Exit::Halted);
+        // Written with no tracking (the MOV's immediate is at CODE + 1).
+        // SAFETY: CODE + 1 is inside the 1 MiB of guest RAM and nothing
+        // else borrows the RAM while this byte is written.
+        unsafe { *ram.add(CODE as usize + 1) = 2 };
+        vm.cpu.eip = CODE;
         vm.cpu.halted = false;
         assert_eq!(it.run(&mut vm, Budget::insns(10)), Exit::Halted);
         assert_eq!(vm.cpu.reg32(EAX), 2);
