@@ -109,15 +109,7 @@ fn run_diff(args: &DiffArgs) -> Result<ExitCode, CliError> {
 
 /// The classes to leave out: as given, or bcd by default against kvm.
 fn excluded_classes(args: &DiffArgs) -> Vec<Class> {
-    let kvm = args.engines.iter().any(|e| e == "kvm");
-    if args.exclude.is_empty() && kvm && !args.all_classes {
-        eprintln!(
-            "note: bcd left out against kvm (see --help on --exclude; --all-classes keeps it)"
-        );
-        vec![Class::Bcd]
-    } else {
-        args.exclude.clone()
-    }
+    args.exclude.clone()
 }
 
 /// Compare one hand-given program.

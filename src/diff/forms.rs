@@ -285,13 +285,30 @@ pub fn eflags_of(bits: u32) -> u32 {
         .fold(0, |acc, (_, e)| acc | e)
 }
 
+/// EFLAGS bits that the KVM oracle of these machines gets wrong for `ins`,
+/// so that they are not compared (they are treated like undefined ones).
+///
+/// AAM and AAD: the SDM defines SF, ZF and PF from the resulting AL. KVM's
+/// instruction emulator, which runs real and legacy protected mode on this
+/// nested (PVM) host, computes them from AX. The host CPU itself, run in a
+/// compatibility-mode segment, agrees with the SDM and with the
+/// interpreter (AAM 0AFh on AL=0AEh gives SF=1; AAD 0E3h on AL=9Ch gives
+/// SF=1, PF=1), and the interpreter's unit tests pin those values.
+pub fn oracle_blind_flags(ins: &Instruction) -> u32 {
+    use umbra_core::cpu::{PF, SF, ZF};
+    match ins.mnemonic() {
+        Mnemonic::Aam | Mnemonic::Aad => SF | ZF | PF,
+        _ => 0,
+    }
+}
+
 /// EFLAGS bits that `ins` leaves undefined (SDM Vol. 1 Appendix A and each
 /// instruction's "Flags Affected"), given CL when it is the count: iced's
 /// table, plus CF of SHL/SHR when the count is at least the operand width
 /// (SDM Vol. 2B SAL/SAR/SHL/SHR: "undefined for SHL and SHR instructions
 /// where the count is greater than or equal to the size").
 pub fn undefined_flags(ins: &Instruction, cl: u8) -> u32 {
-    let mut undef = eflags_of(ins.rflags_undefined());
+    let mut undef = eflags_of(ins.rflags_undefined()) | oracle_blind_flags(ins);
     if matches!(
         ins.mnemonic(),
         Mnemonic::Shl | Mnemonic::Shr | Mnemonic::Sal

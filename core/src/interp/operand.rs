@@ -238,10 +238,9 @@ impl Ctx<'_> {
         let acc = self.data_access(true);
         self.vm.translate(lin, acc)?;
         if (lin & 0xFFF) as usize + size > 0x1000 {
-            // The second page from its first byte: a #PF there reports
-            // that address in CR2, as hardware (KVM) does.
-            self.vm
-                .translate(lin.wrapping_add(size as u32 - 1) & !0xFFF, acc)?;
+            // The second page is faulted at its first byte (that is the
+            // address the CPU reports in CR2), not at the access's end.
+            self.vm.translate((lin | 0xFFF).wrapping_add(1), acc)?;
         }
         Ok(())
     }
