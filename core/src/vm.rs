@@ -43,9 +43,7 @@ impl Vm {
         if in_page {
             if let Some(off) = self.mmu.lookup_ram(lin, acc) {
                 if let Some(s) = self.mem.ram_slice(off, size) {
-                    let mut b = [0u8; 8];
-                    b[..size].copy_from_slice(s);
-                    return Ok(u64::from_le_bytes(b));
+                    return Ok(le_load(s));
                 }
             }
             let p = self.translate(lin, acc)?;
@@ -64,7 +62,7 @@ impl Vm {
         if in_page {
             if let Some(off) = self.mmu.lookup_ram(lin, acc) {
                 if let Some(s) = self.mem.ram_slice_mut(off, size) {
-                    s.copy_from_slice(&val.to_le_bytes()[..size]);
+                    le_store(s, val);
                     return Ok(());
                 }
             }
@@ -127,10 +125,14 @@ impl Vm {
     /// bus, or all ones.
     pub fn read_phys(&mut self, p: u64, size: usize) -> u64 {
         match self.mem.region(p) {
-            Region::Mmio => self
-                .bus
-                .mmio_read(p, size as u8)
-                .unwrap_or(u64::MAX >> (64 - 8 * size as u32)),
+            Region::Mmio => {
+                // A device access may change anything (DMA, remapping):
+                // the interpreter must re-validate the code it runs.
+                self.mem.code_written = true;
+                self.bus
+                    .mmio_read(p, size as u8)
+                    .unwrap_or(u64::MAX >> (64 - 8 * size as u32))
+            }
             _ => {
                 let mut b = [0u8; 8];
                 self.mem.read(p, &mut b[..size]);
@@ -144,6 +146,7 @@ impl Vm {
     pub fn write_phys(&mut self, p: u64, size: usize, val: u64) {
         match self.mem.region(p) {
             Region::Mmio => {
+                self.mem.code_written = true;
                 self.bus.mmio_write(p, size as u8, val);
             }
             _ => {
@@ -157,9 +160,42 @@ impl Vm {
 
     /// Hand the frames written under watch to the MMU.
     pub fn flush_watch_hits(&mut self) {
+        // Page tables changed: the code being run may be mapped elsewhere.
+        self.mem.code_written = true;
         for f in self.mem.take_watch_hits() {
             self.mmu.stats.write_watch_faults += 1;
             self.mmu.on_watched_write(&mut self.mem, f);
+        }
+    }
+}
+
+/// `s` (1, 2, 4 or 8 bytes) as a little-endian value, with fixed-size
+/// loads for the common sizes.
+#[inline(always)]
+fn le_load(s: &[u8]) -> u64 {
+    match *s {
+        [a] => a as u64,
+        [a, b] => u16::from_le_bytes([a, b]) as u64,
+        [a, b, c, d] => u32::from_le_bytes([a, b, c, d]) as u64,
+        _ => {
+            let mut b = [0u8; 8];
+            let n = s.len().min(8);
+            b[..n].copy_from_slice(&s[..n]);
+            u64::from_le_bytes(b)
+        }
+    }
+}
+
+/// Store the low `s.len()` bytes of `val` into `s`, little-endian.
+#[inline(always)]
+fn le_store(s: &mut [u8], val: u64) {
+    match s.len() {
+        1 => s[0] = val as u8,
+        2 => s.copy_from_slice(&(val as u16).to_le_bytes()),
+        4 => s.copy_from_slice(&(val as u32).to_le_bytes()),
+        n => {
+            let n = n.min(8);
+            s[..n].copy_from_slice(&val.to_le_bytes()[..n]);
         }
     }
 }

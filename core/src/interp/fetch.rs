@@ -7,12 +7,24 @@
 //! cached in a small direct-mapped table. An entry is used only if the
 //! bytes now in guest memory equal the bytes it was decoded from, so the
 //! cache needs no invalidation and self-modifying code is always exact.
+//!
+//! The fast path caches whole blocks: a straight-line run of decoded
+//! instructions with their handlers resolved, inside one page and the CS
+//! limit, keyed by linear EIP, EIP and code size, handlers specialised by
+//! `fast::select`. A block is validated once at entry: shadow fetch lookup
+//! (permissions, mapping), then its bytes are compared with memory unless
+//! no code frame was written since the last check (`GuestMemory::code_gen`
+//! unchanged and the same RAM offset). While it runs, `GuestMemory`
+//! watches its frame so that a store into it ends the block before the
+//! next instruction (`GuestMemory::watch_code_frame`). Instructions that
+//! may change what fetching depends on end their block (`ends_block`).
 
-use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction};
+use iced_x86::{Decoder, DecoderError, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind};
 
+use super::{Handler, Table};
 use crate::cpu::SegReg;
 use crate::exception::Fault;
-use crate::mem::PAGE_SIZE;
+use crate::mem::{PAGE_SHIFT, PAGE_SIZE};
 use crate::mmu::Access;
 use crate::vm::Vm;
 
@@ -33,16 +45,52 @@ struct Entry {
     ins: Instruction,
 }
 
-/// Counters of the decode cache.
+/// Blocks in the block cache (a power of two).
+const BLOCK_ENTRIES: usize = 2048;
+/// Most instructions in one block.
+const MAX_BLOCK_INSNS: usize = 64;
+
+/// One decoded instruction of a block, its handler already looked up.
+pub struct Decoded {
+    pub ins: Instruction,
+    /// `None`: no handler (or undecodable): #UD.
+    pub handler: Option<Handler>,
+    /// EIP of the next instruction (wrapped to 16 bits in 16-bit code).
+    pub next_eip: u32,
+    /// A direct near JMP/Jcc back to the start of its own block (the last
+    /// instruction of a tight loop).
+    pub loops: bool,
+}
+
+/// A straight-line run of instructions inside one page.
+struct Block {
+    /// Linear address of the first byte; `u32::MAX` with no bytes = empty.
+    lin: u32,
+    eip: u32,
+    bitness: u32,
+    /// RAM offset of the first byte when last validated.
+    off: usize,
+    /// `GuestMemory::code_gen` when last validated: while it is
+    /// unchanged no code frame was written and the bytes need no compare.
+    gen: u64,
+    /// The bytes the block was decoded from.
+    bytes: Vec<u8>,
+    insns: Vec<Decoded>,
+}
+
+/// Counters of the decode caches.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FetchStats {
     pub hits: u64,
     pub misses: u64,
+    pub block_hits: u64,
+    pub block_misses: u64,
 }
 
 pub struct Fetcher {
     buf: [u8; MAX_INSN_LEN],
     cache: Vec<Entry>,
+    blocks: Vec<Block>,
     pub stats: FetchStats,
 }
 
@@ -70,8 +118,133 @@ impl Fetcher {
         Fetcher {
             buf: [0; MAX_INSN_LEN],
             cache: vec![empty; CACHE_ENTRIES],
+            blocks: (0..BLOCK_ENTRIES)
+                .map(|_| Block {
+                    lin: u32::MAX,
+                    eip: 0,
+                    bitness: 0,
+                    off: usize::MAX,
+                    gen: 0,
+                    bytes: Vec::new(),
+                    insns: Vec::new(),
+                })
+                .collect(),
             stats: FetchStats::default(),
         }
+    }
+
+    /// The decoded instructions of the block starting at CS:EIP, validated
+    /// against guest memory now, with `vm.mem` watching its frame. `None`
+    /// when the fast path does not apply (no RAM shadow entry for the
+    /// fetch, the first instruction crosses the page or the CS limit):
+    /// the caller then steps one instruction through `fetch`, which takes
+    /// the architectural faults.
+    #[inline]
+    pub fn block(&mut self, vm: &mut Vm, table: &Table) -> Option<&[Decoded]> {
+        let cpu = &vm.cpu;
+        let cs = cpu.seg(SegReg::Cs);
+        let eip = cpu.eip;
+        let bitness = if cpu.code32() { 32 } else { 16 };
+        let limit = cs.limit;
+        let lin = cs.base.wrapping_add(eip);
+        let acc = Access::FETCH.at_cpl(cpu.cpl());
+        let off = vm.mmu.lookup_ram(lin, acc)?;
+        let slot = block_slot(lin);
+        let b = &mut self.blocks[slot];
+        let len = b.bytes.len();
+        let gen = vm.mem.code_gen;
+        let hit = b.lin == lin
+            && b.eip == eip
+            && b.bitness == bitness
+            && len != 0
+            && eip as u64 + len as u64 - 1 <= limit as u64
+            && ((b.gen == gen && b.off == off)
+                || (vm.mem.ram_slice(off, len) == Some(&b.bytes[..]) && {
+                    b.gen = gen;
+                    b.off = off;
+                    true
+                }));
+        if hit {
+            self.stats.block_hits += 1;
+        } else {
+            self.stats.block_misses += 1;
+            if !self.build(vm, table, slot, off, lin, eip, bitness, limit) {
+                return None;
+            }
+        }
+        vm.mem.watch_code_frame(off >> PAGE_SHIFT);
+        Some(&self.blocks[slot].insns)
+    }
+
+    /// Decode the block at `lin` (RAM offset `off`) into `slot`. False if
+    /// not even its first instruction fits in the page and the CS limit.
+    #[allow(clippy::too_many_arguments)]
+    #[cold]
+    fn build(
+        &mut self,
+        vm: &mut Vm,
+        table: &Table,
+        slot: usize,
+        off: usize,
+        lin: u32,
+        eip: u32,
+        bitness: u32,
+        limit: u32,
+    ) -> bool {
+        let to_page = (PAGE_SIZE - (lin as u64 & (PAGE_SIZE - 1))) as usize;
+        let to_limit = (limit as u64 + 1).saturating_sub(eip as u64) as usize;
+        let avail = to_page.min(to_limit).min(MAX_BLOCK_INSNS * MAX_INSN_LEN);
+        let Some(bytes) = vm.mem.ram_slice(off, avail) else {
+            return false;
+        };
+        let b = &mut self.blocks[slot];
+        b.lin = u32::MAX;
+        b.bytes.clear();
+        b.insns.clear();
+        let mut d = Decoder::with_ip(bitness, bytes, eip as u64, DecoderOptions::NONE);
+        let mut used = 0;
+        while b.insns.len() < MAX_BLOCK_INSNS {
+            let ins = d.decode();
+            if d.last_error() != DecoderError::None || ins.code() == iced_x86::Code::INVALID {
+                // Runs past the page or the limit, or is invalid: the slow
+                // path fetches it and raises what the architecture says.
+                break;
+            }
+            used += ins.len();
+            let next_ip = ins.next_ip32();
+            let wraps = bitness == 16 && next_ip > 0xFFFF;
+            let handler = super::fast::select(&ins, table.lookup(&ins));
+            let last = handler.is_none() || wraps || ends_block(&ins);
+            let loops = matches!(
+                ins.flow_control(),
+                FlowControl::ConditionalBranch | FlowControl::UnconditionalBranch
+            ) && matches!(ins.op0_kind(), OpKind::NearBranch16 | OpKind::NearBranch32)
+                && ins.near_branch_target() == eip as u64;
+            b.insns.push(Decoded {
+                ins,
+                handler,
+                loops,
+                next_eip: if bitness == 16 {
+                    next_ip & 0xFFFF
+                } else {
+                    next_ip
+                },
+            });
+            if last {
+                break;
+            }
+        }
+        if b.insns.is_empty() {
+            return false;
+        }
+        b.bytes.extend_from_slice(&bytes[..used]);
+        b.lin = lin;
+        b.eip = eip;
+        b.bitness = bitness;
+        b.off = off;
+        vm.mem.mark_code_frame(off >> PAGE_SHIFT);
+        b.gen = vm.mem.code_gen;
+        true
     }
 
     /// Decode the instruction at CS:EIP. An undecodable byte sequence comes
@@ -146,6 +319,78 @@ impl Fetcher {
         let ins = decode(bitness, &self.buf[..by_limit], eip);
         finish(ins, by_limit, by_limit)
     }
+}
+
+#[inline]
+fn block_slot(lin: u32) -> usize {
+    ((lin ^ (lin >> 11)) as usize) & (BLOCK_ENTRIES - 1)
+}
+
+/// Whether a block must end after `ins`: control transfers, and any
+/// instruction that may change what the next fetch depends on (CS, CPL,
+/// CR0/CR3/CR4 and paging, EFLAGS.TF, the interrupt shadow, A20 and
+/// devices through I/O) or that stops the CPU. The run loop re-checks
+/// events and re-validates the next block after it.
+fn ends_block(ins: &Instruction) -> bool {
+    if ins.flow_control() != FlowControl::Next {
+        return true;
+    }
+    if ins.op0_kind() == OpKind::Register {
+        let r = ins.op0_register();
+        if r.is_segment_register() || r.is_cr() || r.is_dr() || r.is_tr() {
+            return true;
+        }
+    }
+    matches!(
+        ins.mnemonic(),
+        Mnemonic::Hlt
+            | Mnemonic::Sti
+            | Mnemonic::Cli
+            | Mnemonic::Popf
+            | Mnemonic::Popfd
+            | Mnemonic::Popfq
+            | Mnemonic::Lmsw
+            | Mnemonic::Clts
+            | Mnemonic::Invlpg
+            | Mnemonic::Invd
+            | Mnemonic::Wbinvd
+            | Mnemonic::Wrmsr
+            | Mnemonic::Rdmsr
+            | Mnemonic::Lgdt
+            | Mnemonic::Lidt
+            | Mnemonic::Lldt
+            | Mnemonic::Ltr
+            | Mnemonic::Lss
+            | Mnemonic::Lds
+            | Mnemonic::Les
+            | Mnemonic::Lfs
+            | Mnemonic::Lgs
+            | Mnemonic::Rsm
+            | Mnemonic::In
+            | Mnemonic::Out
+            | Mnemonic::Insb
+            | Mnemonic::Insw
+            | Mnemonic::Insd
+            | Mnemonic::Outsb
+            | Mnemonic::Outsw
+            | Mnemonic::Outsd
+            | Mnemonic::Monitor
+            | Mnemonic::Mwait
+            | Mnemonic::Xsetbv
+            | Mnemonic::Sysenter
+            | Mnemonic::Sysexit
+            | Mnemonic::Syscall
+            | Mnemonic::Sysret
+            | Mnemonic::Iret
+            | Mnemonic::Iretd
+            | Mnemonic::Int
+            | Mnemonic::Int1
+            | Mnemonic::Int3
+            | Mnemonic::Into
+            | Mnemonic::Ud0
+            | Mnemonic::Ud1
+            | Mnemonic::Ud2
+    )
 }
 
 fn decode(bitness: u32, bytes: &[u8], eip: u32) -> Instruction {

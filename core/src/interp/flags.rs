@@ -20,7 +20,10 @@ pub const SZP: u32 = SF | ZF | PF;
 /// PF: set when the low byte of `v` has an even number of 1 bits.
 #[inline]
 pub fn parity(v: u32) -> u32 {
-    if (v as u8).count_ones() & 1 == 0 {
+    // Fold the byte to a nibble; 0x6996 has bit n set when n has odd
+    // parity.
+    let n = (v ^ (v >> 4)) & 0xF;
+    if (0x6996u32 >> n) & 1 == 0 {
         PF
     } else {
         0

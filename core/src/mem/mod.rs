@@ -64,6 +64,20 @@ pub struct GuestMemory {
     dirty: BitVec,
     watched: BitVec,
     watch_hits: Vec<u64>,
+    /// RAM frame holding the code block the interpreter is executing
+    /// (`usize::MAX`: none); see `watch_code_frame`.
+    code_frame: usize,
+    /// Set when RAM in `code_frame` was written since it was chosen.
+    pub code_written: bool,
+    /// Frames the interpreter has decoded code from (one byte a frame).
+    code_frames: Vec<bool>,
+    /// Bumped by every write into a frame of `code_frames`: decoded code
+    /// from before the last bump must be checked against memory again.
+    pub code_gen: u64,
+    /// A frame whose dirty bit is known set and that holds no decoded code
+    /// (`usize::MAX`: none), so that repeated writes to it skip the bitmap
+    /// and the code checks.
+    last_dirty: usize,
     pub stats: MemStats,
 }
 
@@ -82,6 +96,11 @@ impl GuestMemory {
             dirty: BitVec::repeat(false, frames),
             watched: BitVec::repeat(false, frames),
             watch_hits: Vec::new(),
+            code_frame: usize::MAX,
+            code_written: false,
+            last_dirty: usize::MAX,
+            code_frames: vec![false; frames],
+            code_gen: 0,
             stats: MemStats::default(),
         })
     }
@@ -96,11 +115,16 @@ impl GuestMemory {
         &self.ram
     }
     pub fn ram_mut(&mut self) -> &mut [u8] {
+        // Anything may be written through this: treat it as a code write.
+        self.code_written = true;
+        self.code_gen += 1;
         &mut self.ram
     }
     /// Host address of RAM offset 0 (for KVM's user memory region and the
     /// translator's fast path; every use bounds-checks against `ram_size`).
     pub fn ram_host_ptr(&mut self) -> *mut u8 {
+        self.code_written = true;
+        self.code_gen += 1;
         self.ram.as_mut_ptr()
     }
 
@@ -249,6 +273,7 @@ impl GuestMemory {
                 self.ram[o..o + 4].copy_from_slice(&v.to_le_bytes());
                 self.dirty.set(o >> PAGE_SHIFT, true);
                 self.dirty.set((o + 3) >> PAGE_SHIFT, true);
+                self.note_code_write(o, o + 3);
             }
             _ => self.write_u32(paddr, v),
         }
@@ -268,7 +293,18 @@ impl GuestMemory {
         if end > self.ram.len() {
             return None;
         }
-        self.dirty.set(off >> PAGE_SHIFT, true);
+        let f = off >> PAGE_SHIFT;
+        let last = end.saturating_sub(1);
+        if f != self.last_dirty || last >> PAGE_SHIFT != f {
+            self.dirty.set(f, true);
+            self.dirty.set(last >> PAGE_SHIFT, true);
+            self.note_code_write(off, last);
+            // Remember a plain (non-code) frame: writes to it again need
+            // neither the bitmap nor the code checks.
+            let plain =
+                last >> PAGE_SHIFT == f && !self.code_frames.get(f).copied().unwrap_or(true);
+            self.last_dirty = if plain { f } else { usize::MAX };
+        }
         self.ram.get_mut(off..end)
     }
 
@@ -276,8 +312,51 @@ impl GuestMemory {
     fn mark_written(&mut self, off: usize) {
         let f = off >> PAGE_SHIFT;
         self.dirty.set(f, true);
+        self.note_code_write(off, off);
         if self.watched[f] {
             self.watch_hits.push(f as u64);
+        }
+    }
+
+    /// Watch RAM frame `frame` for writes (self-modifying code): any write
+    /// into it from now on sets `code_written`. The interpreter points this
+    /// at the frame of the decoded block it runs, and ends the block when a
+    /// store hits it. `usize::MAX` watches nothing.
+    #[inline]
+    pub fn watch_code_frame(&mut self, frame: usize) {
+        self.code_frame = frame;
+        self.code_written = false;
+    }
+
+    /// Record that the interpreter decoded code from RAM frame `frame`:
+    /// writes into it bump `code_gen` from now on.
+    pub fn mark_code_frame(&mut self, frame: usize) {
+        if let Some(c) = self.code_frames.get_mut(frame) {
+            *c = true;
+        }
+        if self.last_dirty == frame {
+            self.last_dirty = usize::MAX;
+        }
+    }
+
+    /// Record a write of RAM offsets `first..=last` (at most two frames)
+    /// against the code frames.
+    #[inline]
+    fn note_code_write(&mut self, first: usize, last: usize) {
+        let (f0, f1) = (first >> PAGE_SHIFT, last >> PAGE_SHIFT);
+        self.note_code_frame(f0);
+        if f1 != f0 {
+            self.note_code_frame(f1);
+        }
+    }
+
+    #[inline]
+    fn note_code_frame(&mut self, f: usize) {
+        if self.code_frames.get(f).copied().unwrap_or(false) {
+            self.code_gen += 1;
+            if f == self.code_frame {
+                self.code_written = true;
+            }
         }
     }
 
@@ -290,6 +369,7 @@ impl GuestMemory {
     pub fn take_dirty(&mut self) -> Vec<u64> {
         let v = self.dirty.iter_ones().map(|f| f as u64).collect();
         self.dirty.fill(false);
+        self.last_dirty = usize::MAX;
         v
     }
 
