@@ -451,3 +451,31 @@ fn a_page_split_store_that_faults_writes_nothing() {
         }
     }
 }
+
+/// A write that crosses from a read-only page into a not-present one
+/// faults on the first page: CR2 is the access's start (the host CPU does
+/// this; this host's KVM emulator reports the second page instead, which
+/// the harness must report as a skip with that reason, never as a match).
+#[test]
+fn a_page_split_write_faulting_on_both_pages_reports_the_first() {
+    let code = asm(Mode::Paging, |a| a.mov(dword_ptr(ebx + 0x17FE), eax));
+    let mut p = Program::new(Mode::Paging, code);
+    // Data page 1 (0x21000) read-only, page 2 (0x22000) not present.
+    p.data_pages = [pte::P | pte::US, pte::RW | pte::US, pte::VARIABLE];
+    p.wp = true;
+    let mut vm = p.build_vm().unwrap();
+    let mut e = diff::make_engine("interp", &mut vm, false).unwrap();
+    e.run(&mut vm, Budget::insns(1000));
+    assert_eq!(vm.cpu.cr2, 0x21FFE, "CR2 is the access's start");
+    assert_eq!(hlt_at(&vm), layout::STUB_BASE + 14, "#PF stub");
+    // The pushed error code: present, write, supervisor.
+    let frame = vm.cpu.gpr[4] as u64;
+    assert_eq!(vm.mem.read_u32(frame), 0b011);
+    if kvm_available() {
+        let out = Session::new("interp", "kvm", false).check(&p).unwrap();
+        assert!(out.divergence.is_none(), "{}", out.divergence.unwrap());
+        if let Some(why) = out.skipped {
+            assert_eq!(why, diff::runner::SPLIT_FAULT_ORDER);
+        }
+    }
+}

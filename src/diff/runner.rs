@@ -57,6 +57,36 @@ pub struct Outcome {
 pub const SPLIT_STORE: &str =
     "kvm wrote the first page of a page-split store that faulted on the second (KVM emulator deviation; the CPU writes nothing)";
 
+/// Skip reason for the second known deviation on page-split writes: when
+/// both pages would fault, the CPU reports the first page's fault (checked
+/// on the host CPU for CMPXCHG8B, MOV, ROL and XADD across a read-only page
+/// into a PROT_NONE one: the fault address is the access's start), KVM's
+/// emulator the second page's.
+pub const SPLIT_FAULT_ORDER: &str =
+    "kvm reported the second page's #PF of a page-split write whose first page faults too (KVM emulator deviation; the CPU reports the first page)";
+
+/// Whether A and B differ in memory only by the #PF error code at SS:ESP
+/// (A's frame) and by B's bytes in [lin, page2): copies both from B into A
+/// and compares again. Flat programs: SS base 0.
+fn error_code_only(va: &mut Vm, vb: &Vm, lin: u32, page2: u32, ranges: &[(u32, u32)]) -> bool {
+    let esp = va.cpu.gpr[umbra_core::cpu::ESP] as u32;
+    if esp != vb.cpu.gpr[umbra_core::cpu::ESP] as u32 {
+        return false;
+    }
+    let code = vb
+        .mem
+        .ram()
+        .get(esp as usize..esp as usize + 4)
+        .map(<[u8]>::to_vec);
+    match code {
+        Some(c) if esp as usize + 4 <= va.mem.ram().len() => {
+            va.mem.ram_mut()[esp as usize..esp as usize + 4].copy_from_slice(&c);
+            first_page_only(va, vb, lin, page2, ranges)
+        }
+        _ => false,
+    }
+}
+
 /// Linear address and second-page start of `at`'s memory destination when
 /// it crosses a page boundary (flat, identity-mapped programs only).
 fn split_store(at: &At, vm: &Vm) -> Option<(u32, u32)> {
@@ -170,7 +200,10 @@ impl Session {
         let out = self.check_run(p)?;
         if out.divergence.is_some() && !self.lockstep {
             if let Ok(rerun) = self.clone_lockstep().check_lockstep(p) {
-                if rerun.divergence.is_none() && rerun.skipped.as_deref() == Some(SPLIT_STORE) {
+                let known = [SPLIT_STORE, SPLIT_FAULT_ORDER];
+                if rerun.divergence.is_none()
+                    && rerun.skipped.as_deref().is_some_and(|w| known.contains(&w))
+                {
                     return Ok(Outcome {
                         instructions: out.instructions,
                         divergence: None,
@@ -283,6 +316,23 @@ impl Session {
             let mut mismatches = compare::diff_regs(&ra, &rb, ALL_FLAGS, &end_a, &end_b);
             if let Some((lin, page2, Some(before))) = split {
                 let untouched = va.mem.ram().get(lin as usize..page2 as usize) == Some(&before[..]);
+                // Both pages fault: the CPU reports the first page's fault
+                // (CR2 = the access's start), KVM's emulator the second's.
+                // Only CR2 and the pushed #PF error code may differ.
+                if untouched
+                    && va.cpu.cr2 == lin
+                    && vb.cpu.cr2 == page2
+                    && va.cpu.eip == vb.cpu.eip
+                    && va.cpu.eip != at.ins.next_ip32()
+                    && mismatches.iter().all(|m| m.what == "cr2")
+                    && error_code_only(&mut va, &vb, lin, page2, &ranges)
+                {
+                    return Ok(Outcome {
+                        instructions: step + 1,
+                        divergence: None,
+                        skipped: Some(SPLIT_FAULT_ORDER.to_string()),
+                    });
+                }
                 if mismatches.is_empty()
                     && untouched
                     && va.cpu.cr2 == page2
