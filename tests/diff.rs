@@ -469,7 +469,7 @@ fn a_page_split_write_faulting_on_both_pages_reports_the_first() {
     assert_eq!(vm.cpu.cr2, 0x21FFE, "CR2 is the access's start");
     assert_eq!(hlt_at(&vm), layout::STUB_BASE + 14, "#PF stub");
     // The pushed error code: present, write, supervisor.
-    let frame = vm.cpu.gpr[4] as u64;
+    let frame = vm.cpu.gpr[4];
     assert_eq!(vm.mem.read_u32(frame), 0b011);
     if kvm_available() {
         let out = Session::new("interp", "kvm", false).check(&p).unwrap();
