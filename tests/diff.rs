@@ -7,7 +7,6 @@
 //! a smoke check and says `skipped: no /dev/kvm` on stderr.
 
 use iced_x86::code_asm::*;
-use umbra::diff::forms::Class;
 use umbra::diff::program::{layout, pte};
 use umbra::diff::{self, Campaign, GenConfig, Mode, Program, Session};
 use umbra_core::cpu::{SegReg, CF, OF, ZF};
@@ -42,18 +41,17 @@ fn engines() -> Vec<&'static str> {
 fn random_programs_in_all_modes_agree() {
     let kvm = kvm_available();
     let b = if kvm { "kvm" } else { "interp" };
-    // This host's KVM cannot run the BCD instructions in protected mode
-    // (emulation failure on AAA/AAS/DAA/DAS) and its emulator sets SF/ZF
-    // of AAM/AAD from AX, not AL (SDM Vol. 2A AAD: "according to the
-    // resulting binary value in the AL register"): against KVM they are
-    // left to the hand-written test below, which checks registers only.
+    // Every class, BCD included: the AAM/AAD flags that this host's KVM
+    // emulator computes from AX instead of AL are not compared
+    // (`forms::oracle_blind_flags`), and the known page-split deviations
+    // come back as skips with their reason, printed below.
     let mut total = 0u64;
     let mut per_mode = [0u64; 4];
     let mut seed = 1;
-    while total < 100_000 && seed < 40 {
+    while total < 250_000 && seed < 100 {
         for (lockstep, programs) in [(false, 240), (true, 40)] {
             for mode in Mode::ALL {
-                let exclude = if kvm { vec![Class::Bcd] } else { Vec::new() };
+                let exclude = Vec::new();
                 let c = Campaign {
                     programs: programs / 4,
                     seed: seed * 16 + mode as u64,
@@ -83,7 +81,7 @@ fn random_programs_in_all_modes_agree() {
         seed += 1;
     }
     eprintln!("interp vs {b}: {total} instructions, per mode {per_mode:?}");
-    assert!(total >= 100_000, "only {total} instructions ran");
+    assert!(total >= 250_000, "only {total} instructions ran");
     assert!(per_mode.iter().all(|&n| n > 5_000), "{per_mode:?}");
 }
 
