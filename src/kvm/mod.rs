@@ -591,9 +591,14 @@ impl KvmEngine {
                             .io_write(port, chunk.len() as u8, u32::from_le_bytes(b));
                     }
                     self.last_exit = format!("io out port {port:#x}");
-                    if !stepping {
-                        *done += 1;
+                    if stepping {
+                        // The access completes on the next entry, and this
+                        // host does not always raise the single-step exit
+                        // after an emulated I/O instruction: complete it
+                        // without running further; that ends the step.
+                        self.complete_pending_io();
                     }
+                    *done += 1;
                 }
                 Ok(VcpuExit::IoIn(port, data)) => {
                     self.io_pending = true;
@@ -607,9 +612,14 @@ impl KvmEngine {
                         chunk.copy_from_slice(&v.to_le_bytes()[..n]);
                     }
                     self.last_exit = format!("io in port {port:#x}");
-                    if !stepping {
-                        *done += 1;
+                    if stepping {
+                        // The access completes on the next entry, and this
+                        // host does not always raise the single-step exit
+                        // after an emulated I/O instruction: complete it
+                        // without running further; that ends the step.
+                        self.complete_pending_io();
                     }
+                    *done += 1;
                 }
                 Ok(VcpuExit::MmioRead(addr, data)) => {
                     self.io_pending = true;
@@ -618,9 +628,14 @@ impl KvmEngine {
                     let v = if n > 0 { vm.read_phys(addr, n) } else { 0 };
                     data[..n].copy_from_slice(&v.to_le_bytes()[..n]);
                     self.last_exit = format!("mmio read {addr:#x}");
-                    if !stepping {
-                        *done += 1;
+                    if stepping {
+                        // The access completes on the next entry, and this
+                        // host does not always raise the single-step exit
+                        // after an emulated I/O instruction: complete it
+                        // without running further; that ends the step.
+                        self.complete_pending_io();
                     }
+                    *done += 1;
                 }
                 Ok(VcpuExit::MmioWrite(addr, data)) => {
                     self.io_pending = true;
@@ -632,9 +647,14 @@ impl KvmEngine {
                         vm.write_phys(addr, n, u64::from_le_bytes(b));
                     }
                     self.last_exit = format!("mmio write {addr:#x}");
-                    if !stepping {
-                        *done += 1;
+                    if stepping {
+                        // The access completes on the next entry, and this
+                        // host does not always raise the single-step exit
+                        // after an emulated I/O instruction: complete it
+                        // without running further; that ends the step.
+                        self.complete_pending_io();
                     }
+                    *done += 1;
                 }
                 Ok(VcpuExit::Hlt) => {
                     if self.paging.active() && self.rip_is_private() {
@@ -664,7 +684,15 @@ impl KvmEngine {
                         "debug exception {} at {:#x} dr6 {:#x}",
                         d.exception, d.pc, d.dr6
                     );
-                    if catching && d.dr6 & realstep::DR6_B0 != 0 && d.dr6 & realstep::DR6_BS == 0 {
+                    // The catch breakpoint fired (B0), or, after a software
+                    // INT n that this host's emulator completes with a
+                    // single-step exit (BS), the step ended on the catch
+                    // address itself; `caught_vector` then checks CS.
+                    let at_catch = d.pc == realstep::CATCH;
+                    if catching
+                        && ((d.dr6 & realstep::DR6_B0 != 0 && d.dr6 & realstep::DR6_BS == 0)
+                            || (at_catch && d.dr6 & (realstep::DR6_B0 | realstep::DR6_BS) != 0))
+                    {
                         *done += 1;
                         return End::Caught;
                     }
