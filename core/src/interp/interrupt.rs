@@ -13,7 +13,7 @@ use iced_x86::{Code, Instruction, Mnemonic};
 use super::segment::{
     check_return_cs, check_return_ss, check_tss_ss, fetch_desc, null_inaccessible, null_segment,
     push_frame, real_segment, sel_err, set_accessed, set_sp_sized, sys, tss_stack, v86_segment,
-    Desc, SEL_RPL, SEL_TI,
+    Desc, SEL_RPL,
 };
 use super::task::{self, TaskSource};
 use super::{Ctx, Table};
@@ -386,17 +386,7 @@ fn deliver_protected(vm: &mut Vm, ev: &Event) -> Result<(), Fault> {
 fn through_task_gate(vm: &mut Vm, ev: &Event, gate: Desc) -> Result<(), Fault> {
     let ext = ev.ext();
     let tsel = gate.gate_selector();
-    let tcode = sel_err(tsel, ext);
-    if tsel & SEL_TI != 0 {
-        return Err(Fault::gp(tcode));
-    }
-    let td = fetch_desc(vm, tsel, Fault::gp(tcode))?;
-    if !td.system() || !matches!(td.typ(), sys::TSS16_AVAIL | sys::TSS32_AVAIL) {
-        return Err(Fault::gp(tcode));
-    }
-    if !td.present() {
-        return Err(Fault::np(tcode));
-    }
+    let td = task::target_tss(vm, tsel, sel_err(tsel, ext), false, Fault::gp)?;
     task::task_switch(vm, tsel, td, TaskSource::Int, ev.ret_eip, ext)?;
     if let Some(code) = ev.error_code {
         let size = if td.typ() & 8 != 0 { 4 } else { 2 };
@@ -703,17 +693,7 @@ fn return_to_v86(ctx: &mut Ctx, eip: u32, cs: u16, fl: u32) -> Result<(), Fault>
 fn task_return(ctx: &mut Ctx) -> Result<(), Fault> {
     let tr = ctx.vm.cpu.tr;
     let back = ctx.vm.read_lin(tr.base, 2, Access::READ)? as u16;
-    let code = sel_err(back, false);
-    if back & SEL_TI != 0 {
-        return Err(Fault::ts(code));
-    }
-    let d = fetch_desc(ctx.vm, back, Fault::ts(code))?;
-    if !d.system() || !matches!(d.typ(), sys::TSS16_BUSY | sys::TSS32_BUSY) {
-        return Err(Fault::ts(code));
-    }
-    if !d.present() {
-        return Err(Fault::np(code));
-    }
+    let d = task::target_tss(ctx.vm, back, sel_err(back, false), true, Fault::ts)?;
     let r = task::task_switch(ctx.vm, back, d, TaskSource::Iret, ctx.next_eip, false);
     ctx.next_eip = ctx.vm.cpu.eip;
     r

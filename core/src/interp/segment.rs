@@ -529,17 +529,7 @@ fn far_transfer(ctx: &mut Ctx, kind: Far, sel: u16, off: u32, osz: u32) -> Resul
                 return Err(Fault::np(code));
             }
             let tsel = d.gate_selector();
-            let tcode = sel_err(tsel, false);
-            if tsel & SEL_TI != 0 {
-                return Err(Fault::gp(tcode));
-            }
-            let td = fetch_desc(ctx.vm, tsel, Fault::gp(tcode))?;
-            if !td.system() || !matches!(td.typ(), sys::TSS16_AVAIL | sys::TSS32_AVAIL) {
-                return Err(Fault::gp(tcode));
-            }
-            if !td.present() {
-                return Err(Fault::np(tcode));
-            }
+            let td = task::target_tss(ctx.vm, tsel, sel_err(tsel, false), false, Fault::gp)?;
             switch_from(ctx, kind, tsel, td)
         }
         sys::TSS16_AVAIL | sys::TSS32_AVAIL => {

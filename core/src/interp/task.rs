@@ -138,6 +138,36 @@ fn set_busy(vm: &mut Vm, sel: u16, busy: bool) -> Result<(), Fault> {
     vm.write_lin(lin, 4, hi as u64, Access::WRITE)
 }
 
+/// The TSS descriptor a task switch goes to, with the checks every source
+/// makes before switching (SDM Vol. 3 7.3 steps 1-2): a GDT selector
+/// (TI = 0), a TSS type that is busy for an IRET task return and available
+/// otherwise (else `bad(code)`, #GP or #TS by source), present (else
+/// #NP(code)). `code` is the selector's error code.
+pub fn target_tss(
+    vm: &mut Vm,
+    sel: u16,
+    code: u32,
+    busy: bool,
+    bad: fn(u32) -> Fault,
+) -> Result<Desc, Fault> {
+    if sel & SEL_TI != 0 {
+        return Err(bad(code));
+    }
+    let d = fetch_desc(vm, sel, bad(code))?;
+    let ok = if busy {
+        matches!(d.typ(), sys::TSS16_BUSY | sys::TSS32_BUSY)
+    } else {
+        matches!(d.typ(), sys::TSS16_AVAIL | sys::TSS32_AVAIL)
+    };
+    if !d.system() || !ok {
+        return Err(bad(code));
+    }
+    if !d.present() {
+        return Err(Fault::np(code));
+    }
+    Ok(d)
+}
+
 /// Switch to the task whose TSS descriptor is `d` (selector `sel`).
 /// `ret_eip` is the EIP saved for the outgoing task; `ext` sets EXT in
 /// the error codes of faults raised here (delivery of an external event).
