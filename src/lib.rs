@@ -2,3 +2,5 @@
 //! harness that runs guest programs on several engines and compares them.
 
 pub use umbra_core as core;
+
+pub mod kvm;

@@ -13,8 +13,8 @@
 //! and underflow deliver the result with the exponent adjusted by 24576
 //! (SDM Vol. 1 8.5.4-8.5.5).
 //!
-//! FCOM, FSQRT, FPREM, FSCALE, the transcendentals and the rest are not
-//! here and raise #UD.
+//! Also FSQRT (correctly rounded) and FRNDINT. FPREM, FSCALE, FXTRACT,
+//! the transcendentals and BCD are not implemented and raise #UD.
 
 use iced_x86::{Code, Instruction, Mnemonic, OpKind};
 
@@ -58,6 +58,7 @@ pub(super) fn register(t: &mut Table) {
         ],
         farith,
     );
+    t.set_codes(&[Code::Fsqrt, Code::Frndint], funary);
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -431,6 +432,130 @@ fn compute(op: Op, a: &Reg, b: &Reg, fcw: u16) -> Outcome {
     }
 }
 
+/// Integer square root of `m` and its remainder m - r^2.
+fn isqrt(m: u128) -> (u128, u128) {
+    let mut r: u128 = 0;
+    let mut rem = m;
+    let mut bit: u128 = 1 << 126;
+    while bit > m {
+        bit >>= 2;
+    }
+    while bit != 0 {
+        if rem >= r + bit {
+            rem -= r + bit;
+            r = (r >> 1) + bit;
+        } else {
+            r >>= 1;
+        }
+        bit >>= 2;
+    }
+    (r, rem)
+}
+
+/// FSQRT of one operand (SDM Vol. 2A FSQRT): negative nonzero values
+/// (and -infinity) are invalid; -0 stays -0; correctly rounded.
+fn sqrt(a: &Reg, fcw: u16) -> Outcome {
+    let (v, den) = unpack(a);
+    let plain = |value: Reg, flags: u16| Outcome {
+        value,
+        flags,
+        up: false,
+    };
+    let d = if den { DE } else { 0 };
+    match v {
+        Val::Unsupported => plain(INDEFINITE, IE),
+        Val::NaN(r, s) => plain(quiet(r), if s { IE } else { 0 }),
+        Val::Zero(s) => plain(make(s, 0, 0), 0),
+        Val::Inf(false) => plain(*a, 0),
+        Val::Inf(true) | Val::Fin(true, _, _) => plain(INDEFINITE, IE),
+        Val::Fin(false, e, m) => {
+            // value = M * 2^(2k) with M in [2^126, 2^128).
+            let (mm, k) = if e.rem_euclid(2) == 1 {
+                ((m as u128) << 64, (e - 127) / 2)
+            } else {
+                ((m as u128) << 63, (e - 126) / 2)
+            };
+            let (r, rem) = isqrt(mm);
+            // Encode the discarded fraction for rounding: 0, below half
+            // (0.25) or above half (0.75); exactly half cannot occur.
+            let frac: u128 = if rem == 0 {
+                0
+            } else if rem > r {
+                3 << 62
+            } else {
+                1 << 62
+            };
+            let o = round_pack(false, k + 63, r << 64 | frac, false, fcw);
+            Outcome {
+                flags: o.flags | d,
+                ..o
+            }
+        }
+    }
+}
+
+/// FRNDINT (SDM Vol. 2A): round ST(0) to an integer by RC; PE when
+/// inexact. NaN, infinity and zero pass (an SNaN is quietened with IE).
+fn rndint(a: &Reg, fcw: u16) -> Outcome {
+    let (v, den) = unpack(a);
+    let plain = |value: Reg, flags: u16| Outcome {
+        value,
+        flags,
+        up: false,
+    };
+    let d = if den { DE } else { 0 };
+    match v {
+        Val::Unsupported => plain(INDEFINITE, IE),
+        Val::NaN(r, s) => plain(quiet(r), if s { IE } else { 0 }),
+        Val::Zero(_) | Val::Inf(_) => plain(*a, 0),
+        Val::Fin(_, e, _) if e >= 63 => plain(*a, d),
+        Val::Fin(sign, e, m) => {
+            let sh = (63 - e) as u32;
+            let (q, rem, half) = if sh >= 128 {
+                (0u128, m as u128, u128::MAX)
+            } else {
+                let m = m as u128;
+                (m >> sh, m & ((1u128 << sh) - 1), 1u128 << (sh - 1))
+            };
+            let rc = (fcw >> 10) & 3;
+            let up = rem != 0
+                && match rc {
+                    0 => rem > half || (rem == half && q & 1 == 1),
+                    1 => sign,
+                    2 => !sign,
+                    _ => false,
+                };
+            let q = (q + up as u128) as u64;
+            let flags = d | if rem != 0 { PE } else { 0 };
+            let value = if q == 0 {
+                make(sign, 0, 0)
+            } else {
+                let lz = q.leading_zeros();
+                make(sign, (BIAS + 63 - lz as i32) as u16, q << lz)
+            };
+            Outcome { value, flags, up }
+        }
+    }
+}
+
+/// FSQRT, FRNDINT on ST(0).
+fn funary(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
+    let last = begin(ctx, ins)?;
+    let f = &mut ctx.vm.cpu.fpu;
+    last.apply(f);
+    let s0 = st(f, 0);
+    if empty(f, s0) {
+        return stack_fault(f, s0, false);
+    }
+    let o = if ins.code() == Code::Fsqrt {
+        sqrt(&f.regs[s0], f.fcw)
+    } else {
+        rndint(&f.regs[s0], f.fcw)
+    };
+    deliver(f, s0, false, o);
+    Ok(())
+}
+
 /// The operation and whether it is reversed / pops, from the mnemonic.
 fn decode(m: Mnemonic) -> (Op, bool, bool) {
     use Mnemonic as M;
@@ -715,6 +840,49 @@ mod tests {
                 let (bits, _, _) = super::super::load_store::to_ieee(&o.value, pc24, 23, 8);
                 assert_eq!(bits as u32, want.to_bits(), "{fa:e} {op:?} {fb:e}");
             }
+        }
+    }
+
+    #[test]
+    fn sqrt_and_rndint() {
+        let near = NEAREST;
+        assert_eq!(sqrt(&r(16), near).value, r(4));
+        assert_eq!(sqrt(&r(16), near).flags, 0);
+        assert_eq!(sqrt(&r(2), near).flags, PE);
+        assert_eq!(sqrt(&r(-4), near).flags, IE);
+        assert_eq!(sqrt(&make(true, 0, 0), near).value, make(true, 0, 0));
+        // 0.25 -> 0.5 (even exponent path).
+        assert_eq!(
+            sqrt(&ext(false, -2, 1 << 63), near).value,
+            ext(false, -1, 1 << 63)
+        );
+        // rndint: 2.5 -> 2 (nearest even), 3 (up); -2.5 -> -3 (down).
+        let v = ext(false, 1, 0xA000_0000_0000_0000);
+        assert_eq!(rndint(&v, near).value, r(2));
+        assert_eq!(rndint(&v, 0x0B7F).value, r(3));
+        let nv = ext(true, 1, 0xA000_0000_0000_0000);
+        assert_eq!(rndint(&nv, 0x077F).value, r(-3));
+        assert_eq!(rndint(&nv, 0x0F7F).value, r(-2));
+        // -0.3 chops to -0.
+        let small = ext(true, -2, 0x9999_9999_9999_999A);
+        assert_eq!(rndint(&small, 0x0F7F).value, make(true, 0, 0));
+        assert_eq!(rndint(&r(7), near).flags, 0);
+    }
+
+    /// FSQRT at PC = 53 matches the host's correctly rounded f64 sqrt.
+    #[test]
+    fn sqrt_matches_host() {
+        let mut seed = 0x1234_5678_9ABC_DEF1u64;
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let e = 1023 - 300 + (seed >> 52) % 600;
+            let a = f64::from_bits((seed & 0x000F_FFFF_FFFF_FFFF) | e << 52);
+            let (x, _) = from_ieee(a.to_bits(), 52, 11);
+            let o = sqrt(&x, 0x027F);
+            let (bits, _, _) = super::super::load_store::to_ieee(&o.value, 0x027F, 52, 11);
+            assert_eq!(bits, a.sqrt().to_bits(), "sqrt {a:e}");
         }
     }
 

@@ -4,8 +4,7 @@
 //! FCHS, FABS, FFREE/FFREEP, FINCSTP, FDECSTP, FNOP, and the undocumented
 //! aliases of FXCH and FSTP.
 //!
-//! The transcendental constants (which depend on the rounding control)
-//! and all arithmetic are not here and raise #UD.
+//! Arithmetic is in `arith` and comparisons in `compare`.
 //!
 //! Stack faults follow SDM Vol. 1 8.5.1.1: with IE masked the result is
 //! the QNaN floating-point indefinite (or the integer indefinite); with
@@ -48,7 +47,18 @@ pub(super) fn register(t: &mut Table) {
         fld_mem,
     );
     t.set_codes(&[Code::Fld_sti], fld_sti);
-    t.set_codes(&[Code::Fldz, Code::Fld1], fld_const);
+    t.set_codes(
+        &[
+            Code::Fldz,
+            Code::Fld1,
+            Code::Fldpi,
+            Code::Fldl2t,
+            Code::Fldl2e,
+            Code::Fldlg2,
+            Code::Fldln2,
+        ],
+        fld_const,
+    );
     t.set_codes(
         &[Code::Fild_m16int, Code::Fild_m32int, Code::Fild_m64int],
         fild,
@@ -490,7 +500,34 @@ pub(super) fn sti_index(ins: &Instruction) -> usize {
 /// FLDZ, FLD1.
 fn fld_const(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
     let last = begin(ctx, ins)?;
-    let v = if ins.code() == Code::Fldz { ZERO } else { ONE };
+    let rc = (ctx.vm.cpu.fpu.fcw >> 10) & 3;
+    // The transcendental constants: biased exponent, truncated 64-bit
+    // significand, and whether the exact value's next bits exceed half
+    // an ulp. All are inexact and positive, so round-up adds one ulp and
+    // down/chop truncate; no precision exception is raised (SDM Vol. 2A
+    // FLD1/FLDL2T/...: "rounded per RC").
+    let konst = |exp: u16, trunc: u64, above_half: bool| {
+        let up = match rc {
+            0 => above_half,
+            2 => true,
+            _ => false,
+        };
+        make(false, exp, trunc + up as u64)
+    };
+    let v = match ins.code() {
+        Code::Fldz => ZERO,
+        Code::Fld1 => ONE,
+        // pi = 0xC90FDAA22168C234_C4C6... * 2^(1-63)
+        Code::Fldpi => konst(0x4000, 0xC90F_DAA2_2168_C234, true),
+        // log2(10) = 0xD49A784BCD1B8AFE_492B... * 2^(1-63)
+        Code::Fldl2t => konst(0x4000, 0xD49A_784B_CD1B_8AFE, false),
+        // log2(e) = 0xB8AA3B295C17F0BB_BE87... * 2^(0-63)
+        Code::Fldl2e => konst(0x3FFF, 0xB8AA_3B29_5C17_F0BB, true),
+        // log10(2) = 0x9A209A84FBCFF798_8F89... * 2^(-2-63)
+        Code::Fldlg2 => konst(0x3FFD, 0x9A20_9A84_FBCF_F798, true),
+        // ln(2) = 0xB17217F7D1CF79AB_C9E3... * 2^(-1-63)
+        _ => konst(0x3FFE, 0xB172_17F7_D1CF_79AB, true),
+    };
     let f = &mut ctx.vm.cpu.fpu;
     last.apply(f);
     push(f, v);
@@ -942,6 +979,29 @@ mod tests {
         assert_eq!(vm.mem.read_u32(0x700), 0x1234_5678);
         assert_eq!(vm.cpu.fpu.ftw & 0xC000, 0);
         assert_ne!(vm.cpu.fpu.fsw & fsw::ES, 0);
+    }
+
+    #[test]
+    fn constants_follow_rounding_control() {
+        let mut vm = flat0();
+        assert_eq!(run(&mut vm, 32, |a| a.fninit()), Ok(()));
+        assert_eq!(run(&mut vm, 32, |a| a.fldpi()), Ok(()));
+        assert_eq!(reg_of(&vm, 0), make(false, 0x4000, 0xC90F_DAA2_2168_C235));
+        assert_eq!(run(&mut vm, 32, |a| a.fldl2t()), Ok(()));
+        assert_eq!(reg_of(&vm, 0), make(false, 0x4000, 0xD49A_784B_CD1B_8AFE));
+        // Round up: every constant gains an ulp over the truncation.
+        vm.cpu.fpu.fcw = 0x0B7F;
+        assert_eq!(run(&mut vm, 32, |a| a.fldl2t()), Ok(()));
+        assert_eq!(reg_of(&vm, 0), make(false, 0x4000, 0xD49A_784B_CD1B_8AFF));
+        assert_eq!(run(&mut vm, 32, |a| a.fldln2()), Ok(()));
+        assert_eq!(reg_of(&vm, 0), make(false, 0x3FFE, 0xB172_17F7_D1CF_79AC));
+        // Chop: truncated.
+        vm.cpu.fpu.fcw = 0x0F7F;
+        assert_eq!(run(&mut vm, 32, |a| a.fldpi()), Ok(()));
+        assert_eq!(reg_of(&vm, 0), make(false, 0x4000, 0xC90F_DAA2_2168_C234));
+        assert_eq!(run(&mut vm, 32, |a| a.fldl2e()), Ok(()));
+        assert_eq!(reg_of(&vm, 0), make(false, 0x3FFF, 0xB8AA_3B29_5C17_F0BB));
+        assert_eq!(vm.cpu.fpu.fsw & 0x3F, 0);
     }
 
     #[test]
