@@ -864,36 +864,75 @@ mod tests {
     /// Coherence under random guest activity: every access through the
     /// shadow must agree with a fresh walk of the tables as they are now
     /// (`peek`), whatever was written to them, through which path.
-    #[test]
-    fn shadow_agrees_with_fresh_walks_under_random_edits() {
+    ///
+    /// Layout: two address spaces A and B share page tables 0x3000 and
+    /// 0x4000 for linear 0x40_0000.. (in opposite order), and identity-map
+    /// the low memory so the tables are reachable at their own addresses.
+    /// 2-level: PDs 0x1000 (A) / 0x5000 (B), identity PT 0x2000. PAE: PDPTs
+    /// 0x1000 / 0x5000 -> PDs 0x7000 / 0x8000, identity by a 2 MiB page.
+    fn fuzz_coherence(pae: bool, nx: bool) {
         let mut vm = Vm::new(GuestMemory::new(4 << 20).unwrap());
-        // Two page directories sharing page tables 0x3000 and 0x4000
-        // (linear 0x40_0000..0xC0_0000); PD 0x5000 maps them the other
-        // way round. PDE 0 of both identity-maps 0..4 MiB through PT
-        // 0x2000 so that the tables are reachable at their own addresses.
-        for pd in [0x1000u64, 0x5000] {
-            vm.mem.write_u32(pd, 0x2000 | RW_USER);
+        let (w, span): (usize, u32) = if pae { (8, 21) } else { (4, 22) };
+        let pds: [u32; 2] = if pae {
+            [0x7000, 0x8000]
+        } else {
+            [0x1000, 0x5000]
+        };
+        let put = |vm: &mut Vm, at: u32, v: u64| vm.write_phys(at as u64, w, v);
+        let ident = if pae { 0x87 } else { 0x2000 | RW_USER as u64 };
+        for (i, &pd) in pds.iter().enumerate() {
+            if pae {
+                put(&mut vm, [0x1000, 0x5000][i], pd as u64 | 1);
+                // (PDPTEs are 8 bytes wide like the rest.)
+            }
+            put(&mut vm, pd, ident);
+            let (x, y) = if i == 0 {
+                (0x3000, 0x4000)
+            } else {
+                (0x4000, 0x3000)
+            };
+            let first = (0x40_0000u32 >> span) * w as u32;
+            put(&mut vm, pd + first, x | RW_USER as u64);
+            put(&mut vm, pd + first + w as u32, y | RW_USER as u64);
         }
-        for i in 0..1024u32 {
-            vm.mem.write_u32(0x2000 + 4 * i as u64, (i << 12) | RW_USER);
+        if !pae {
+            for i in 0..1024u32 {
+                put(&mut vm, 0x2000 + 4 * i, ((i << 12) | RW_USER) as u64);
+            }
         }
-        vm.mem.write_u32(0x1004, 0x3000 | RW_USER);
-        vm.mem.write_u32(0x1008, 0x4000 | RW_USER);
-        vm.mem.write_u32(0x5004, 0x4000 | RW_USER);
-        vm.mem.write_u32(0x5008, 0x3000 | RW_USER);
         vm.cpu.cr0 |= cr0::PE | cr0::PG;
+        if pae {
+            vm.cpu.cr4 |= cr4::PAE;
+        }
+        if nx {
+            vm.cpu.efer |= efer::NXE;
+        }
         vm.cpu.cr3 = 0x1000;
         vm.mmu.flush_all(&vm.cpu);
-        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ (pae as u64) << 7 ^ (nx as u64);
         let mut rnd = |n: u32| {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
             (seed >> 32) as u32 % n
         };
-        // Targets: data frames 0x10..0x20, and the tables themselves.
-        // Frame 6 is a data page that PDE edits sometimes make a table.
-        let frames = [0x10, 0x11, 0x12, 0x13, 0x1F, 0x1, 0x3, 0x4, 0x5, 0x6, 0x6];
+        // Targets: data frames, the tables themselves, and frame 6, a data
+        // page that PDE edits sometimes turn into a table.
+        let pd_frames = pds.map(|p| p >> 12);
+        let frames = [
+            0x10,
+            0x11,
+            0x12,
+            0x13,
+            0x1F,
+            0x3,
+            0x4,
+            0x6,
+            0x6,
+            pd_frames[0],
+            pd_frames[1],
+        ];
+        let xd = |r: u32| if nx && r == 0 { pte::XD } else { 0 };
         let (mut hits_ok, mut faults) = (0, 0);
         for step in 0..40_000 {
             match rnd(32) {
@@ -901,26 +940,33 @@ mod tests {
                     // A PTE edit (flags at random, A/D included), through
                     // the identity map or physically.
                     let pt = [0x3000u32, 0x4000][rnd(2) as usize];
-                    let at = pt + 4 * rnd(8);
+                    let at = pt + w as u32 * rnd(8);
                     let f = frames[rnd(frames.len() as u32) as usize];
-                    let p = (rnd(4) != 0) as u32;
-                    let v = (f << 12) | (rnd(0x80) & 0x66) | p;
+                    let p = (rnd(4) != 0) as u64;
+                    let v = ((f as u64) << 12) | (rnd(0x80) as u64 & 0x66) | p | xd(rnd(4));
                     if rnd(2) == 0 {
-                        vm.write_lin(at, 4, v as u64, Access::WRITE).unwrap_or(());
+                        vm.write_lin(at, w, v, Access::WRITE).unwrap_or(());
                     } else {
-                        vm.write_phys(at as u64, 4, v as u64);
+                        put(&mut vm, at, v);
                     }
                 }
                 2 => {
-                    // A PDE edit: present or not, either table, R/W, U/S.
-                    let pd = [0x1000u32, 0x5000][rnd(2) as usize];
+                    // A PDE edit: present or not, any table, R/W, U/S.
+                    let pd = pds[rnd(2) as usize];
                     let pt = [0x3000u32, 0x4000, 0x6000][rnd(3) as usize];
-                    let v = pt | 1 | rnd(8) << 1;
-                    let v = if rnd(4) == 0 { v & !1 } else { v };
-                    vm.write_phys((pd + 4 + 4 * rnd(2)) as u64, 4, v as u64);
+                    let mut v = (pt | 1 | rnd(8) << 1) as u64 | xd(rnd(4));
+                    if rnd(4) == 0 {
+                        v &= !1;
+                    }
+                    let first = (0x40_0000u32 >> span) * w as u32;
+                    put(&mut vm, pd + first + w as u32 * rnd(2), v);
                 }
                 3 => {
-                    vm.cpu.cr3 = [0x1000, 0x5000][rnd(2) as usize];
+                    let cr3 = [0x1000, 0x5000][rnd(2) as usize];
+                    if pae && rnd(2) == 0 {
+                        vm.mmu.load_pdptes(&mut vm.mem, cr3).unwrap();
+                    }
+                    vm.cpu.cr3 = cr3;
                     vm.mmu.set_cr3(&vm.cpu);
                 }
                 4 => {
@@ -929,8 +975,9 @@ mod tests {
                 }
                 5 => vm.mmu.invlpg(&vm.cpu, 0x40_0000 + (rnd(2048) << 12)),
                 _ => {
-                    let lin = 0x40_0000 + (rnd(2) << 22) + (rnd(8) << 12) + 4 * rnd(1024);
-                    let acc = Access((rnd(2) * pf::W) | (rnd(2) * pf::U));
+                    let lin = 0x40_0000 + (rnd(2) << span) + (rnd(8) << 12) + 4 * rnd(1024);
+                    let kind = [0, pf::W, pf::ID][rnd(if nx { 3 } else { 2 }) as usize];
+                    let acc = Access(kind | (rnd(2) * pf::U));
                     let want = vm.mmu.peek(&vm.cpu, &mut vm.mem, lin, acc);
                     let hit = vm.mmu.lookup_ram(lin, acc);
                     if acc.is_write() {
@@ -965,9 +1012,9 @@ mod tests {
                     }
                 }
             }
-            // Never a writable shadow entry on a page table.
+            // Never a writable shadow entry on a watched frame.
             if step % 100 == 0 {
-                for f in [1, 2, 3, 4, 5, 6] {
+                for f in 1..8 {
                     assert!(
                         !vm.mem.is_watched(f) || !vm.mmu.shadow.grants_write(f as u32),
                         "step {step}: frame {f}"
@@ -980,5 +1027,20 @@ mod tests {
             hits_ok > 500 && faults > 1000,
             "{hits_ok} hits, {faults} faults"
         );
+    }
+
+    #[test]
+    fn shadow_agrees_with_fresh_walks_2level() {
+        fuzz_coherence(false, false);
+    }
+
+    #[test]
+    fn shadow_agrees_with_fresh_walks_pae() {
+        fuzz_coherence(true, false);
+    }
+
+    #[test]
+    fn shadow_agrees_with_fresh_walks_pae_nx() {
+        fuzz_coherence(true, true);
     }
 }
