@@ -1314,3 +1314,27 @@ fn pending_interrupt_wakes_a_halted_cpu() {
     assert_eq!(k.last_exit_reason(), "halted on entry");
     free_run(&setup);
 }
+
+#[test]
+fn guest_remaps_a_page_by_writing_its_pte() {
+    need_kvm!();
+    let setup = |vm: &mut Vm| {
+        pmode32(vm, 0x1000);
+        paging_2level(vm);
+        vm.mem.write_u32(0x5000, 5);
+        vm.mem.write_u32(0x6000, 6);
+        let code = assemble(32, 0x1000, |a| {
+            a.mov(eax, dword_ptr(0x5000))?; // 5
+                                            // PTE 5 := frame 6 (P, RW, US).
+            a.mov(dword_ptr(0x11000 + 4 * 5), 0x6007u32)?;
+            a.invlpg(dword_ptr(0x5000))?;
+            a.mov(ebx, dword_ptr(0x5000))?; // 6 now
+            a.hlt()?;
+            Ok(())
+        });
+        vm.mem.write(0x1000, &code);
+    };
+    let (a, _) = lockstep(&setup, 100);
+    assert_eq!((a.cpu.gpr[EAX], a.cpu.gpr[EBX]), (5, 6));
+    free_run(&setup);
+}
