@@ -12,8 +12,8 @@ use iced_x86::{Code, Instruction, Mnemonic};
 
 use super::segment::{
     check_return_cs, check_return_ss, check_tss_ss, fetch_desc, null_inaccessible, null_segment,
-    push_frame, real_segment, sel_err, set_accessed, set_sp_sized, sys, tss_stack, v86_segment,
-    Desc, SEL_RPL,
+    push_frame, real_or_v86_cs, real_segment, sel_err, set_accessed, set_sp_sized, sys, tss_stack,
+    v86_segment, Desc, SEL_RPL,
 };
 use super::task::{self, TaskSource};
 use super::{Ctx, Table};
@@ -565,11 +565,7 @@ fn iret(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
     let cpu = &ctx.vm.cpu;
     let old = cpu.eflags;
     if cpu.real() || cpu.v86() {
-        let new_cs = if cpu.real() {
-            real_segment(cpu.seg(SegReg::Cs), sel)
-        } else {
-            v86_segment(sel)
-        };
+        let new_cs = real_or_v86_cs(cpu, sel);
         if eip > new_cs.limit {
             return Err(Fault::gp(0));
         }

@@ -209,6 +209,15 @@ pub fn real_segment(old: &Segment, sel: u16) -> Segment {
     }
 }
 
+/// The CS cache a far transfer to `sel` loads in real or V86 mode.
+pub fn real_or_v86_cs(cpu: &CpuState, sel: u16) -> Segment {
+    if cpu.real() {
+        real_segment(cpu.seg(SegReg::Cs), sel)
+    } else {
+        v86_segment(sel)
+    }
+}
+
 /// The cache a V86-mode load leaves: base sel<<4, 64 KiB, DPL 3 data.
 pub fn v86_segment(sel: u16) -> Segment {
     Segment {
@@ -469,11 +478,7 @@ enum Far {
 fn far_transfer(ctx: &mut Ctx, kind: Far, sel: u16, off: u32, osz: u32) -> Result<(), Fault> {
     let cpu = &ctx.vm.cpu;
     if cpu.real() || cpu.v86() {
-        let new_cs = if cpu.real() {
-            real_segment(cpu.seg(SegReg::Cs), sel)
-        } else {
-            v86_segment(sel)
-        };
+        let new_cs = real_or_v86_cs(cpu, sel);
         if off > new_cs.limit {
             return Err(Fault::gp(0));
         }
@@ -673,11 +678,7 @@ fn retf(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
     let sel = ctx.peek(osz, osz as usize)? as u16;
     let cpu = &ctx.vm.cpu;
     if cpu.real() || cpu.v86() {
-        let new_cs = if cpu.real() {
-            real_segment(cpu.seg(SegReg::Cs), sel)
-        } else {
-            v86_segment(sel)
-        };
+        let new_cs = real_or_v86_cs(cpu, sel);
         if eip > new_cs.limit {
             return Err(Fault::gp(0));
         }
