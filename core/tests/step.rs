@@ -101,3 +101,29 @@ fn mov_cr3_with_a_reserved_pdpte_bit_is_gp0_and_changes_nothing() {
     );
     assert_eq!(vm.cpu.cr3, bad_pdpt as u32);
 }
+
+#[test]
+fn an_unimplemented_instruction_raises_ud_and_is_counted() {
+    // Real mode at 0000:1000: ADDPS xmm0, xmm1 (SSE, not implemented; CPUID
+    // does not advertise SSE), then HLT. IVT vector 6 -> 0000:2000 (HLT).
+    let mut mem = GuestMemory::new(1 << 20).unwrap();
+    mem.write(0x1000, &[0x0F, 0x58, 0xC1, 0xF4]);
+    mem.write(0x2000, &[0xF4]);
+    mem.write_u32(4 * 6, 0x0000_2000);
+    let mut vm = Vm::new(mem);
+    vm.cpu.seg[1] = Segment::real(0);
+    vm.cpu.eip = 0x1000;
+    vm.cpu.gpr[ESP] = 0x8000;
+    let mut i = Interpreter::new();
+    i.step(&mut vm);
+    assert_eq!(vm.cpu.eip, 0x2000, "#UD delivered through IVT vector 6");
+    // The pushed return address is the faulting instruction's.
+    assert_eq!(vm.mem.read_u16(0x8000 - 6), 0x1000);
+    assert_eq!(i.stats.exceptions[6], 1);
+    assert_eq!(i.stats.unimplemented.values().sum::<u64>(), 1);
+    assert!(
+        i.stats.unimplemented.keys().any(|k| k.contains("Addps")),
+        "{:?}",
+        i.stats.unimplemented
+    );
+}
