@@ -6,7 +6,7 @@ use iced_x86::Register;
 use umbra_core::cpu::{attr, cr0, cr4, flags, DescTable, Segment, ESP};
 use umbra_core::interp::{system, Interpreter};
 use umbra_core::mem::GuestMemory;
-use umbra_core::{Fault, Vm};
+use umbra_core::{Budget, Engine, Exit, Fault, Vm};
 
 /// A flat ring-0 32-bit machine with `code` at 0x1000 and ESP = 0x8000.
 fn flat(code: impl FnOnce(&mut CodeAssembler)) -> Vm {
@@ -125,5 +125,29 @@ fn an_unimplemented_instruction_raises_ud_and_is_counted() {
         i.stats.unimplemented.keys().any(|k| k.contains("Addps")),
         "{:?}",
         i.stats.unimplemented
+    );
+}
+
+#[test]
+fn rf_is_cleared_on_the_block_path_too() {
+    // Engine::run (the block fast path) after an IRETD that loads RF: the
+    // instruction after it runs with RF and clears it.
+    let mut vm = flat(|a| {
+        a.iretd().unwrap();
+        a.nop().unwrap();
+        a.nop().unwrap();
+        a.nop().unwrap();
+        a.hlt().unwrap();
+    });
+    let frame = [0x1001u32, 8, flags::FIXED1 | flags::RF];
+    for (k, v) in frame.iter().enumerate() {
+        vm.mem.write_u32(0x8000 + 4 * k as u64, *v);
+    }
+    let mut i = Interpreter::new();
+    assert_eq!(i.run(&mut vm, Budget::insns(100)), Exit::Halted);
+    assert_eq!(
+        vm.cpu.eflags & flags::RF,
+        0,
+        "RF must not survive the block path"
     );
 }

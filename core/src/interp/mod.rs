@@ -247,7 +247,8 @@ impl Interpreter {
     /// ended it if any.
     ///
     /// The caller has checked that no event is deliverable, the CPU is not
-    /// halted, neither TF nor an interrupt shadow is set. Instructions
+    /// halted, neither TF, RF nor an interrupt shadow is set (an
+    /// instruction that runs with RF goes through `step`, which clears it). Instructions
     /// that could change any of that, or what fetching depends on, end
     /// their block (`fetch::ends_block`); what the block cannot see
     /// statically is checked after each instruction: a control transfer
@@ -364,7 +365,7 @@ impl Engine for Interpreter {
             let cpu = &vm.cpu;
             if !cpu.halted
                 && !cpu.interrupt_shadow
-                && cpu.eflags & crate::cpu::TF == 0
+                && cpu.eflags & (crate::cpu::TF | crate::cpu::RF) == 0
                 && !event_deliverable(cpu)
             {
                 let (n, end) = self.run_block(vm, left);
