@@ -661,18 +661,7 @@ pub(crate) mod testkit {
                 return Err(Fault::ud());
             }
             let h = Table::build().lookup(&ins).ok_or(Fault::ud())?;
-            let code32 = self.vm.cpu.code32();
-            let mut ctx = Ctx {
-                eip: self.vm.cpu.eip,
-                next_eip: if code32 {
-                    ins.next_ip32()
-                } else {
-                    ins.next_ip32() & 0xFFFF
-                },
-                vm: &mut self.vm,
-                shadow: false,
-                rep_batch: self.it.rep_batch.max(1),
-            };
+            let mut ctx = Ctx::for_insn(&mut self.vm, &ins, self.it.rep_batch);
             h(&mut ctx, &ins)?;
             let next = ctx.next_eip;
             self.vm.cpu.eip = next;

@@ -128,6 +128,21 @@ pub struct Ctx<'a> {
     pub rep_batch: u32,
 }
 
+impl<'a> Ctx<'a> {
+    /// The context for executing `ins` at the current CS:EIP: the next EIP
+    /// is the instruction's end, wrapped to 16 bits in 16-bit code.
+    pub fn for_insn(vm: &'a mut Vm, ins: &Instruction, rep_batch: u32) -> Self {
+        let next = ins.next_ip32();
+        Ctx {
+            eip: vm.cpu.eip,
+            next_eip: if vm.cpu.code32() { next } else { next & 0xFFFF },
+            vm,
+            shadow: false,
+            rep_batch: rep_batch.max(1),
+        }
+    }
+}
+
 /// What `step` did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
@@ -182,19 +197,7 @@ impl Interpreter {
             Ok(i) => i,
             Err(f) => return self.fault(vm, f),
         };
-        let eip = vm.cpu.eip;
-        let code32 = vm.cpu.code32();
-        let mut ctx = Ctx {
-            vm,
-            eip,
-            next_eip: if code32 {
-                ins.next_ip32()
-            } else {
-                ins.next_ip32() & 0xFFFF
-            },
-            shadow: false,
-            rep_batch: self.rep_batch.max(1),
-        };
+        let mut ctx = Ctx::for_insn(vm, &ins, self.rep_batch);
         let r = match self.table.lookup(&ins) {
             Some(h) if ins.code() != iced_x86::Code::INVALID => h(&mut ctx, &ins),
             _ => {

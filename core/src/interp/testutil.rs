@@ -77,20 +77,8 @@ pub(crate) fn load_bytes(vm: &mut Vm, bytes: &[u8]) -> u32 {
 pub(crate) fn exec(vm: &mut Vm) -> Result<(), Fault> {
     let table = Table::build();
     let ins = Fetcher::new().fetch(vm)?;
-    let code32 = vm.cpu.code32();
-    let eip = vm.cpu.eip;
-    let mut ctx = Ctx {
-        vm,
-        eip,
-        next_eip: if code32 {
-            ins.next_ip32()
-        } else {
-            ins.next_ip32() & 0xFFFF
-        },
-        shadow: false,
-        rep_batch: 1,
-    };
-    let h = match table.get(ins.mnemonic()) {
+    let mut ctx = Ctx::for_insn(vm, &ins, 1);
+    let h = match table.lookup(&ins) {
         Some(h) if ins.code() != iced_x86::Code::INVALID => h,
         _ => return Err(Fault::ud()),
     };

@@ -89,18 +89,7 @@ pub fn run_shadow(
 pub fn exec(vm: &mut Vm) -> Result<bool, Fault> {
     let ins = Fetcher::new().fetch(vm)?;
     let table = Table::build();
-    let eip = vm.cpu.eip;
-    let mut ctx = Ctx {
-        vm,
-        eip,
-        next_eip: if ins.code_size() == iced_x86::CodeSize::Code32 {
-            ins.next_ip32()
-        } else {
-            ins.next_ip32() & 0xFFFF
-        },
-        shadow: false,
-        rep_batch: 256,
-    };
+    let mut ctx = Ctx::for_insn(vm, &ins, 256);
     let r = match table.lookup(&ins) {
         Some(h) if ins.code() != iced_x86::Code::INVALID => h(&mut ctx, &ins),
         _ => Err(Fault::ud()),
