@@ -150,6 +150,15 @@ struct Outcome {
     up: bool,
 }
 
+/// A result that was not rounded up (C1 clear).
+fn plain(value: Reg, flags: u16) -> Outcome {
+    Outcome {
+        value,
+        flags,
+        up: false,
+    }
+}
+
 /// Precision in bits from FCW.PC (SDM Vol. 1 8.1.5.2; 01B is reserved
 /// and treated as 64 here).
 fn precision(fcw: u16) -> i32 {
@@ -456,11 +465,6 @@ fn isqrt(m: u128) -> (u128, u128) {
 /// (and -infinity) are invalid; -0 stays -0; correctly rounded.
 fn sqrt(a: &Reg, fcw: u16) -> Outcome {
     let (v, den) = unpack(a);
-    let plain = |value: Reg, flags: u16| Outcome {
-        value,
-        flags,
-        up: false,
-    };
     let d = if den { DE } else { 0 };
     match v {
         Val::Unsupported => plain(INDEFINITE, IE),
@@ -498,11 +502,6 @@ fn sqrt(a: &Reg, fcw: u16) -> Outcome {
 /// inexact. NaN, infinity and zero pass (an SNaN is quietened with IE).
 fn rndint(a: &Reg, fcw: u16) -> Outcome {
     let (v, den) = unpack(a);
-    let plain = |value: Reg, flags: u16| Outcome {
-        value,
-        flags,
-        up: false,
-    };
     let d = if den { DE } else { 0 };
     match v {
         Val::Unsupported => plain(INDEFINITE, IE),
