@@ -51,10 +51,10 @@ fn real_mode(vm: &mut Vm, csel: u16, ip: u16) {
 #[derive(Clone, Default)]
 struct Sink(Rc<RefCell<Vec<(u16, u8, u32)>>>);
 impl PortIo for Sink {
-    fn read(&mut self, port: u16, _size: u8) -> u32 {
+    fn read(&mut self, port: u16, _size: u8, _now: u64) -> u32 {
         0x40 + port as u32
     }
-    fn write(&mut self, port: u16, size: u8, value: u32) {
+    fn write(&mut self, port: u16, size: u8, value: u32, _now: u64) {
         self.0.borrow_mut().push((port, size, value));
     }
 }
@@ -612,10 +612,10 @@ fn v86_hlt_faults_to_ring0() {
 #[derive(Clone, Default)]
 struct MmioLog(Rc<RefCell<Vec<(u64, u8, u64)>>>);
 impl umbra_core::bus::Mmio for MmioLog {
-    fn read(&mut self, addr: u64, _size: u8) -> u64 {
+    fn read(&mut self, addr: u64, _size: u8, _now: u64) -> u64 {
         0xA5A5_0000 | (addr & 0xFFFF)
     }
-    fn write(&mut self, addr: u64, size: u8, value: u64) {
+    fn write(&mut self, addr: u64, size: u8, value: u64, _now: u64) {
         self.0.borrow_mut().push((addr, size, value));
     }
 }

@@ -3,18 +3,31 @@
 //! inside an instruction. An access nobody claims reads all ones and is
 //! counted, as on a PC's floating bus.
 
-/// A device reachable through IN/OUT.
+/// A device reachable through IN/OUT. `now` is the virtual time of the
+/// access in nanoseconds (`Clock::now_ns`): devices take time from it and
+/// never from the host clock.
 pub trait PortIo {
     /// Read `size` (1, 2 or 4) bytes at `port`.
-    fn read(&mut self, port: u16, size: u8) -> u32;
+    fn read(&mut self, port: u16, size: u8, now: u64) -> u32;
     /// Write `size` bytes at `port`.
-    fn write(&mut self, port: u16, size: u8, value: u32);
+    fn write(&mut self, port: u16, size: u8, value: u32, now: u64);
 }
 
 /// A device reachable through memory-mapped registers.
 pub trait Mmio {
-    fn read(&mut self, addr: u64, size: u8) -> u64;
-    fn write(&mut self, addr: u64, size: u8, value: u64);
+    fn read(&mut self, addr: u64, size: u8, now: u64) -> u64;
+    fn write(&mut self, addr: u64, size: u8, value: u64, now: u64);
+}
+
+/// The CPU's INTR input and interrupt acknowledge (the i8259 pair on a
+/// PC). Engines ask `intr` at instruction boundaries while EFLAGS.IF is
+/// set, and call `ack` to run the INTA cycle that yields the vector.
+pub trait InterruptController {
+    /// INTR is asserted.
+    fn intr(&self) -> bool;
+    /// INTA: the vector of the highest-priority request (marking it in
+    /// service), or the spurious vector if the request went away.
+    fn ack(&mut self) -> u8;
 }
 
 /// Counters for accesses no device claimed.
@@ -47,10 +60,10 @@ impl Bus {
         self.mmio.push((base, len, dev));
     }
 
-    pub fn io_read(&mut self, port: u16, size: u8) -> u32 {
+    pub fn io_read(&mut self, port: u16, size: u8, now: u64) -> u32 {
         for (first, count, dev) in &mut self.ports {
             if port.wrapping_sub(*first) < *count {
-                return dev.read(port, size);
+                return dev.read(port, size, now);
             }
         }
         self.stats.unclaimed_port_reads += 1;
@@ -61,29 +74,29 @@ impl Bus {
         }
     }
 
-    pub fn io_write(&mut self, port: u16, size: u8, value: u32) {
+    pub fn io_write(&mut self, port: u16, size: u8, value: u32, now: u64) {
         for (first, count, dev) in &mut self.ports {
             if port.wrapping_sub(*first) < *count {
-                dev.write(port, size, value);
+                dev.write(port, size, value, now);
                 return;
             }
         }
         self.stats.unclaimed_port_writes += 1;
     }
 
-    pub fn mmio_read(&mut self, addr: u64, size: u8) -> Option<u64> {
+    pub fn mmio_read(&mut self, addr: u64, size: u8, now: u64) -> Option<u64> {
         for (base, len, dev) in &mut self.mmio {
             if addr.wrapping_sub(*base) < *len {
-                return Some(dev.read(addr, size));
+                return Some(dev.read(addr, size, now));
             }
         }
         None
     }
 
-    pub fn mmio_write(&mut self, addr: u64, size: u8, value: u64) -> bool {
+    pub fn mmio_write(&mut self, addr: u64, size: u8, value: u64, now: u64) -> bool {
         for (base, len, dev) in &mut self.mmio {
             if addr.wrapping_sub(*base) < *len {
-                dev.write(addr, size, value);
+                dev.write(addr, size, value, now);
                 return true;
             }
         }
@@ -98,10 +111,10 @@ mod tests {
 
     struct Latch(u32);
     impl PortIo for Latch {
-        fn read(&mut self, _p: u16, _s: u8) -> u32 {
+        fn read(&mut self, _p: u16, _s: u8, _now: u64) -> u32 {
             self.0
         }
-        fn write(&mut self, _p: u16, _s: u8, v: u32) {
+        fn write(&mut self, _p: u16, _s: u8, v: u32, _now: u64) {
             self.0 = v;
         }
     }
@@ -110,9 +123,9 @@ mod tests {
     fn dispatch_and_floating_bus() {
         let mut b = Bus::new();
         b.add_ports(0x80, 1, Box::new(Latch(0)));
-        b.io_write(0x80, 1, 0x42);
-        assert_eq!(b.io_read(0x80, 1), 0x42);
-        assert_eq!(b.io_read(0x81, 2), 0xFFFF);
+        b.io_write(0x80, 1, 0x42, 0);
+        assert_eq!(b.io_read(0x80, 1, 0), 0x42);
+        assert_eq!(b.io_read(0x81, 2, 0), 0xFFFF);
         assert_eq!(b.stats.unclaimed_port_reads, 1);
     }
 }

@@ -4,7 +4,7 @@
 //! split at page boundaries with both pages checked before any byte is
 //! written.
 
-use crate::bus::Bus;
+use crate::bus::{Bus, InterruptController};
 use crate::clock::Clock;
 use crate::cpu::CpuState;
 use crate::exception::Fault;
@@ -17,6 +17,9 @@ pub struct Vm {
     pub mmu: Mmu,
     pub bus: Bus,
     pub clock: Clock,
+    /// The interrupt controller behind the CPU's INTR pin, if the machine
+    /// has one (bare test programs do not).
+    pub intc: Option<Box<dyn InterruptController>>,
 }
 
 impl Vm {
@@ -27,7 +30,28 @@ impl Vm {
             mmu: Mmu::new(),
             bus: Bus::new(),
             clock: Clock::default(),
+            intc: None,
         }
+    }
+
+    /// IN: read `size` bytes from `port` at the current virtual time.
+    #[inline]
+    pub fn port_in(&mut self, port: u16, size: u8) -> u32 {
+        let now = self.clock.now_ns();
+        self.bus.io_read(port, size, now)
+    }
+
+    /// OUT: write `size` bytes to `port` at the current virtual time.
+    #[inline]
+    pub fn port_out(&mut self, port: u16, size: u8, value: u32) {
+        let now = self.clock.now_ns();
+        self.bus.io_write(port, size, value, now)
+    }
+
+    /// The interrupt controller asserts INTR.
+    #[inline]
+    pub fn intr(&self) -> bool {
+        self.intc.as_ref().is_some_and(|c| c.intr())
     }
 
     /// Translate one linear address (no access is made).
@@ -129,8 +153,9 @@ impl Vm {
                 // A device access may change anything (DMA, remapping):
                 // the interpreter must re-validate the code it runs.
                 self.mem.code_written = true;
+                let now = self.clock.now_ns();
                 self.bus
-                    .mmio_read(p, size as u8)
+                    .mmio_read(p, size as u8, now)
                     .unwrap_or(u64::MAX >> (64 - 8 * size as u32))
             }
             _ => {
@@ -147,7 +172,8 @@ impl Vm {
         match self.mem.region(p) {
             Region::Mmio => {
                 self.mem.code_written = true;
-                self.bus.mmio_write(p, size as u8, val);
+                let now = self.clock.now_ns();
+                self.bus.mmio_write(p, size as u8, val, now);
             }
             _ => {
                 self.mem.write(p, &val.to_le_bytes()[..size]);

@@ -587,8 +587,7 @@ impl KvmEngine {
                     for chunk in data.chunks(size) {
                         let mut b = [0u8; 4];
                         b[..chunk.len()].copy_from_slice(chunk);
-                        vm.bus
-                            .io_write(port, chunk.len() as u8, u32::from_le_bytes(b));
+                        vm.port_out(port, chunk.len() as u8, u32::from_le_bytes(b));
                     }
                     self.last_exit = format!("io out port {port:#x}");
                     if stepping {
@@ -607,7 +606,7 @@ impl KvmEngine {
                     self.stats.io_exits += 1;
                     let size = size.clamp(1, 4);
                     for chunk in data.chunks_mut(size) {
-                        let v = vm.bus.io_read(port, chunk.len() as u8);
+                        let v = vm.port_in(port, chunk.len() as u8);
                         let n = chunk.len();
                         chunk.copy_from_slice(&v.to_le_bytes()[..n]);
                     }

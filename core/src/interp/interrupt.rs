@@ -118,7 +118,11 @@ pub fn take_pending(vm: &mut Vm) -> Result<bool, ShutdownReason> {
     } else if vm.cpu.eflags & flags::IF != 0 {
         match vm.cpu.pending_irq.take() {
             Some(v) => v,
-            None => return Ok(false),
+            None => match vm.intc.as_mut() {
+                // INTA: the controller hands over the vector now.
+                Some(c) if c.intr() => c.ack(),
+                _ => return Ok(false),
+            },
         }
     } else {
         return Ok(false);

@@ -80,7 +80,7 @@ fn in_insn(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
     let size = dst.size();
     let port = port_op(ctx, ins, 1);
     check_io(ctx.vm, port, size)?;
-    let v = ctx.vm.bus.io_read(port, size as u8);
+    let v = ctx.vm.port_in(port, size as u8);
     ctx.set_reg(dst, v & mask(size));
     Ok(())
 }
@@ -92,7 +92,7 @@ fn out_insn(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
     let port = port_op(ctx, ins, 0);
     check_io(ctx.vm, port, size)?;
     let v = ctx.reg(src);
-    ctx.vm.bus.io_write(port, size as u8, v);
+    ctx.vm.port_out(port, size as u8, v);
     Ok(())
 }
 
@@ -185,7 +185,7 @@ fn ins_insn(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
         let di = r.get(ctx, EDI);
         check_io(ctx.vm, port, size)?;
         ctx.check_write(SegReg::Es, di, size)?;
-        let v = ctx.vm.bus.io_read(port, size as u8);
+        let v = ctx.vm.port_in(port, size as u8);
         ctx.write_mem(SegReg::Es, di, size, v)?;
         r.step(ctx, EDI, size);
         Ok(())
@@ -204,7 +204,7 @@ fn outs_insn(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
         let si = r.get(ctx, ESI);
         check_io(ctx.vm, port, size)?;
         let v = ctx.read_mem(seg, si, size)?;
-        ctx.vm.bus.io_write(port, size as u8, v);
+        ctx.vm.port_out(port, size as u8, v);
         r.step(ctx, ESI, size);
         Ok(())
     })
@@ -227,12 +227,12 @@ mod tests {
         reads: u32,
     }
     impl PortIo for Probe {
-        fn read(&mut self, port: u16, size: u8) -> u32 {
+        fn read(&mut self, port: u16, size: u8, _now: u64) -> u32 {
             self.reads += 1;
             self.log.borrow_mut().push((port, size, 0xFFFF_FFFF));
             0x4030_2010u32.wrapping_add(self.reads)
         }
-        fn write(&mut self, port: u16, size: u8, v: u32) {
+        fn write(&mut self, port: u16, size: u8, v: u32, _now: u64) {
             self.log.borrow_mut().push((port, size, v));
         }
     }

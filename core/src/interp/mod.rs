@@ -347,10 +347,11 @@ fn fault(stats: &mut InterpStats, vm: &mut Vm, f: Fault) -> Step {
 
 /// Whether `interrupt::take_pending` would deliver something now.
 #[inline]
-fn event_deliverable(cpu: &crate::cpu::CpuState) -> bool {
+fn event_deliverable(vm: &Vm) -> bool {
+    let cpu = &vm.cpu;
     !cpu.interrupt_shadow
         && ((cpu.pending_nmi && !cpu.nmi_blocked)
-            || (cpu.pending_irq.is_some() && cpu.eflags & crate::cpu::IF != 0))
+            || (cpu.eflags & crate::cpu::IF != 0 && (cpu.pending_irq.is_some() || vm.intr())))
 }
 
 impl Engine for Interpreter {
@@ -369,7 +370,7 @@ impl Engine for Interpreter {
             if !cpu.halted
                 && !cpu.interrupt_shadow
                 && cpu.eflags & (crate::cpu::TF | crate::cpu::RF) == 0
-                && !event_deliverable(cpu)
+                && !event_deliverable(vm)
             {
                 let (n, end) = self.run_block(vm, left);
                 if let Some(r) = end {

@@ -286,15 +286,16 @@ fn ud(_ctx: &mut Ctx, _ins: &Instruction) -> Result<(), Fault> {
 
 // ---- time stamp counter, performance counters, CPUID -------------------
 
-/// Current TSC. `cpu.tsc` holds the offset from the retired-instruction
-/// count, so the counter advances by one per retired instruction.
+/// Current TSC. `cpu.tsc` holds the offset from virtual time, so the
+/// counter runs at 1 GHz of virtual time (one per retired instruction in
+/// the default deterministic clock).
 pub fn tsc(vm: &Vm) -> u64 {
-    vm.cpu.tsc.wrapping_add(vm.clock.retired)
+    vm.cpu.tsc.wrapping_add(vm.clock.now_ns())
 }
 
 /// Set the TSC (WRMSR 0x10).
 pub fn set_tsc(vm: &mut Vm, v: u64) {
-    vm.cpu.tsc = v.wrapping_sub(vm.clock.retired);
+    vm.cpu.tsc = v.wrapping_sub(vm.clock.now_ns());
 }
 
 /// RDTSC: EDX:EAX = TSC; #GP(0) with CR4.TSD outside CPL 0.

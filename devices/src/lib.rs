@@ -1,0 +1,11 @@
+//! umbra-devices: the PC platform devices. Each device is one file: a plain
+//! struct with its registers and behaviour, with no knowledge of buses or
+//! engines; `platform.rs` puts them on the `Bus`. Interrupts go through the
+//! `IrqLine` a device is given; time comes only from the `now` (virtual
+//! nanoseconds) passed to every access and poll, never from the host clock.
+
+#![forbid(unsafe_code)]
+
+pub mod irq;
+
+pub use irq::{IrqLine, IrqSink, PlatformRequest, Requests};
