@@ -1,7 +1,11 @@
 //! The `umbra` command line (clap derive): subcommands and their options.
 //! `main.rs` runs them; this file only describes them.
 
+use std::path::PathBuf;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use umbra::machine::CharTarget;
 
 use umbra::diff::forms::Class;
 use umbra::diff::Mode;
@@ -14,12 +18,23 @@ use umbra::diff::Mode;
     propagate_version = true
 )]
 pub struct Cli {
+    /// Without a subcommand, `umbra` boots the default guest (as `umbra run`).
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Boot a PC guest: a Linux bzImage or multiboot kernel given with
+    /// --kernel, a ROM given with --bios, or (with neither) the default
+    /// Debian i386 guest, fetched and built on first use.
+    ///
+    /// The serial console (COM1) is the terminal in raw mode: Ctrl-A X
+    /// quits, Ctrl-A H lists the keys, Ctrl-A C prints statistics. The
+    /// process exits with 0 when the guest powers off through ACPI, with
+    /// (V << 1) | 1 when it writes V to port 0xF4, and with 2 on a triple
+    /// fault (the CPU state is printed) or a host-side error.
+    Run(RunArgs),
     /// Run guest programs on two engines and compare their state.
     ///
     /// With --random N, generates N random instruction streams (seeded by
@@ -134,6 +149,92 @@ pub struct DiffArgs {
     /// Most instructions one program may run.
     #[arg(long, default_value_t = 200_000)]
     pub max_steps: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Kernel to boot directly: a Linux bzImage or a multiboot (v1) ELF or
+    /// a.out-kludge kernel. Without it (and without --bios) the default
+    /// guest is booted.
+    #[arg(long, value_name = "FILE")]
+    pub kernel: Option<PathBuf>,
+
+    /// Initial RAM disk for Linux (a module for a multiboot kernel).
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    pub initrd: Option<PathBuf>,
+
+    /// Kernel command line.
+    #[arg(long, value_name = "ARGS")]
+    pub append: Option<String>,
+
+    /// Guest RAM, with a K, M or G suffix (default MiB).
+    #[arg(long, short = 'm', value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
+    pub memory: u64,
+
+    /// Execution engine.
+    #[arg(long, value_enum, default_value_t = EngineArg::Interp)]
+    pub engine: EngineArg,
+
+    /// Derive time from retired instructions instead of the host clock, and
+    /// start the RTC at 2024-01-01: two runs give byte-identical output.
+    #[arg(long)]
+    pub deterministic: bool,
+
+    /// A ROM image (64 KiB to 256 KiB) mapped below 1 MiB and 4 GiB and
+    /// started at the reset vector, instead of booting a kernel directly.
+    #[arg(long, value_name = "FILE", conflicts_with = "kernel")]
+    pub bios: Option<PathBuf>,
+
+    /// Where COM1 goes: stdio (the terminal, raw mode), file:PATH (output
+    /// only) or none.
+    #[arg(long, value_name = "TARGET", default_value = "stdio", value_parser = parse_target)]
+    pub serial: CharTarget,
+
+    /// Where the port 0xE9 debug console goes: stdio, file:PATH or none.
+    #[arg(long, value_name = "TARGET", default_value = "none", value_parser = parse_target)]
+    pub debugcon: CharTarget,
+
+    /// Print execution statistics (instructions, shadow paging, exceptions)
+    /// on stderr at exit.
+    #[arg(long)]
+    pub stats: bool,
+}
+
+/// Execution engines of `umbra run`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum EngineArg {
+    /// The reference interpreter.
+    #[default]
+    Interp,
+}
+
+/// `stdio`, `none` or `file:PATH`.
+fn parse_target(s: &str) -> Result<CharTarget, String> {
+    match s {
+        "stdio" => Ok(CharTarget::Stdio),
+        "none" => Ok(CharTarget::None),
+        _ => match s.strip_prefix("file:") {
+            Some(p) if !p.is_empty() => Ok(CharTarget::File(PathBuf::from(p))),
+            _ => Err(format!("`{s}`: use stdio, none or file:PATH")),
+        },
+    }
+}
+
+/// A size such as 256M, 1G, 65536K or 512 (MiB).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 1u64 << 10),
+        Some((i, 'm' | 'M')) => (&t[..i], 1 << 20),
+        Some((i, 'g' | 'G')) => (&t[..i], 1 << 30),
+        _ => (t, 1 << 20),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (examples: 256M, 1G)"))?;
+    n.checked_mul(mult)
+        .filter(|b| (1 << 20..=(3u64 << 30)).contains(b))
+        .ok_or_else(|| format!("`{s}`: the memory size must be between 1M and 3G"))
 }
 
 /// A u32 in hex, with or without 0x.

@@ -4,4 +4,6 @@
 pub use umbra_core as core;
 
 pub mod diff;
+pub mod guests;
 pub mod kvm;
+pub mod machine;

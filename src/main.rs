@@ -12,7 +12,10 @@ use clap::Parser;
 
 #[cfg(test)]
 use cli::ModeArg;
-use cli::{Cli, Command, DiffArgs};
+use cli::{Cli, Command, DiffArgs, EngineArg, RunArgs};
+use umbra::guests;
+use umbra::machine::console::Console;
+use umbra::machine::{Boot, CharTarget, EngineKind, Machine, MachineConfig, MachineError, Outcome};
 use umbra::diff::forms::Class;
 use umbra::diff::{self, Campaign, DiffError, GenConfig, Program, Session};
 
@@ -36,12 +39,25 @@ enum CliError {
     ItemRange,
     #[error(transparent)]
     Diff(#[from] DiffError),
+    #[error(transparent)]
+    Machine(#[from] MachineError),
+    #[error(transparent)]
+    Guest(#[from] guests::GuestError),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let r = match cli.command {
+    let command = match cli.command {
+        Some(c) => c,
+        // Plain `umbra`: boot the default guest.
+        None => match Cli::parse_from(["umbra", "run"]).command {
+            Some(c) => c,
+            None => unreachable!("`umbra run` parses to the run subcommand"),
+        },
+    };
+    let r = match command {
         Command::Diff(args) => run_diff(&args),
+        Command::Run(args) => run_machine(&args),
     };
     match r {
         Ok(code) => code,
@@ -50,6 +66,61 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_ERROR)
         }
     }
+}
+
+/// Kernel command line of the default guest.
+const DEFAULT_APPEND: &str = "console=ttyS0";
+
+fn run_machine(args: &RunArgs) -> Result<ExitCode, CliError> {
+    let boot = match (&args.kernel, &args.bios) {
+        (Some(k), _) => Boot::Kernel {
+            kernel: k.clone(),
+            initrd: args.initrd.clone(),
+            append: args.append.clone().unwrap_or_default(),
+        },
+        (None, Some(b)) => Boot::Bios(b.clone()),
+        (None, None) => {
+            let g = guests::default_guest()?;
+            Boot::Kernel {
+                kernel: g.kernel,
+                initrd: Some(g.initrd),
+                append: args
+                    .append
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_APPEND.to_string()),
+            }
+        }
+    };
+    let cfg = MachineConfig {
+        memory: args.memory,
+        boot,
+        engine: match args.engine {
+            EngineArg::Interp => EngineKind::Interp,
+        },
+        deterministic: args.deterministic,
+        serial: args.serial.clone(),
+        debugcon: args.debugcon.clone(),
+    };
+    let mut machine = Machine::new(&cfg)?;
+    let mut console = if args.serial == CharTarget::Stdio {
+        Console::stdin()
+    } else {
+        Console::none()
+    };
+    let outcome = machine.run(&mut console);
+    console.restore();
+    let _ = std::io::stdout().flush();
+    match &outcome {
+        Outcome::PowerOff | Outcome::ExitPort(_) | Outcome::Quit => {}
+        Outcome::Reset => eprintln!("umbra: the guest reset the machine; stopping"),
+        Outcome::TripleFault(dump) => eprintln!("umbra: triple fault, the machine shut down\n{dump}"),
+        Outcome::Dead(why) => eprintln!("umbra: {why}; stopping"),
+        Outcome::EngineError(e) => eprintln!("umbra: engine error: {e}"),
+    }
+    if args.stats {
+        eprintln!("{}", machine.stats());
+    }
+    Ok(ExitCode::from(outcome.exit_status()))
 }
 
 fn run_diff(args: &DiffArgs) -> Result<ExitCode, CliError> {
@@ -201,7 +272,9 @@ mod tests {
             "--lockstep",
         ])
         .unwrap();
-        let Command::Diff(a) = cli.command;
+        let Some(Command::Diff(a)) = cli.command else {
+            panic!("parsed as diff")
+        };
         assert_eq!(a.random, Some(10));
         assert_eq!(a.seed, 3);
         assert_eq!(a.engines, ["interp", "kvm"]);

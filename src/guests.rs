@@ -1,0 +1,114 @@
+//! The default guest: Debian's i386 kernel and a busybox initramfs, built
+//! by the scripts in `guests/` on first use and cached (see
+//! guests/README.md). This module finds the cache, runs the build when
+//! something is missing, and reads the `guest.env` it leaves behind.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuestError {
+    #[error("the guest recipes are not at {0} (set UMBRA_GUESTS_DIR to the guests/ folder of an umbra checkout)")]
+    NoRecipes(PathBuf),
+    #[error("cannot run {0}: {1}")]
+    Spawn(PathBuf, std::io::Error),
+    #[error("building the default guest failed (see the messages above); run {0} by hand to retry")]
+    BuildFailed(PathBuf),
+    #[error("{0} is missing or incomplete after the build: {1}")]
+    BadEnv(PathBuf, String),
+}
+
+/// The files of a built guest.
+#[derive(Clone, Debug)]
+pub struct Guest {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// Natively computed workload results.
+    pub expected: Option<PathBuf>,
+}
+
+/// The guest cache: `$UMBRA_GUEST_CACHE`, else `~/.cache/umbra/guests`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("UMBRA_GUEST_CACHE") {
+        return PathBuf::from(d);
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+    home.join(".cache/umbra/guests")
+}
+
+/// The `guests/` recipes: `$UMBRA_GUESTS_DIR`, else this checkout's.
+pub fn recipes_dir() -> PathBuf {
+    std::env::var_os("UMBRA_GUESTS_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("guests"),
+        PathBuf::from,
+    )
+}
+
+/// The default guest, built first if the cache does not hold it.
+pub fn default_guest() -> Result<Guest, GuestError> {
+    let env = cache_dir().join("guest.env");
+    if let Ok(g) = read_env(&env) {
+        return Ok(g);
+    }
+    let script = recipes_dir().join("build.sh");
+    if !script.is_file() {
+        return Err(GuestError::NoRecipes(script));
+    }
+    eprintln!("umbra: building the default guest (first run; it is cached for the next ones)");
+    let status = Command::new("bash")
+        .arg(&script)
+        .env("UMBRA_GUEST_CACHE", cache_dir())
+        .status()
+        .map_err(|e| GuestError::Spawn(script.clone(), e))?;
+    if !status.success() {
+        return Err(GuestError::BuildFailed(script));
+    }
+    read_env(&env)
+}
+
+/// Parse `KEY=VALUE` lines and check the files exist.
+fn read_env(path: &Path) -> Result<Guest, GuestError> {
+    let bad = |why: &str| GuestError::BadEnv(path.to_path_buf(), why.to_string());
+    let text = std::fs::read_to_string(path).map_err(|e| bad(&e.to_string()))?;
+    let vars: HashMap<&str, &str> = text
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim(), v.trim().trim_matches('"')))
+        .collect();
+    let file = |key: &str| -> Result<PathBuf, GuestError> {
+        let p = PathBuf::from(vars.get(key).ok_or_else(|| bad(&format!("no {key}")))?);
+        if p.is_file() {
+            Ok(p)
+        } else {
+            Err(bad(&format!("{key}={} does not exist", p.display())))
+        }
+    };
+    Ok(Guest {
+        kernel: file("KERNEL")?,
+        initrd: file("INITRD")?,
+        expected: file("EXPECTED").ok(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_file_needs_existing_files() {
+        let dir = std::env::temp_dir().join(format!("umbra-guest-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let k = dir.join("vmlinuz");
+        let i = dir.join("initramfs.cpio.gz");
+        std::fs::write(&k, b"k").unwrap();
+        let env = dir.join("guest.env");
+        std::fs::write(&env, format!("KERNEL={}\nINITRD={}\n", k.display(), i.display())).unwrap();
+        assert!(matches!(read_env(&env), Err(GuestError::BadEnv(..))));
+        std::fs::write(&i, b"i").unwrap();
+        let g = read_env(&env).unwrap();
+        assert_eq!(g.kernel, k);
+        assert!(g.expected.is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

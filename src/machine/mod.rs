@@ -1,0 +1,442 @@
+//! `Machine`: a PC built from a configuration (RAM, firmware or a directly
+//! booted kernel, the platform devices, an engine) and the loop that runs
+//! it: the engine runs guest code for a slice of instructions, then the
+//! loop brings the timers to the current virtual time, feeds console input
+//! to COM1, takes the platform's requests (power off, reset, exit port) and
+//! waits while the CPU is halted.
+
+pub mod console;
+
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use umbra_core::clock::{Clock, ClockMode};
+use umbra_core::cpu::{CpuState, SegReg, IF};
+use umbra_core::engine::{Budget, Engine, Exit, ShutdownReason};
+use umbra_core::interp::Interpreter;
+use umbra_core::mem::{GuestMemory, MemError};
+use umbra_core::vm::Vm;
+use umbra_devices::platform::{Platform, PlatformConfig, ACPI_PM_BASE, SCI_IRQ};
+use umbra_devices::PlatformRequest;
+use umbra_firmware::BootError;
+
+use console::{Console, ConsoleEvent};
+
+/// Most instructions an engine runs before the loop looks at the devices
+/// and the console again.
+const SLICE: u64 = 50_000;
+/// Virtual nanoseconds per instruction under `--deterministic` (a 1 GHz
+/// CPU retiring one instruction per cycle).
+pub const DETERMINISTIC_NS_PER_INSN: u64 = 1;
+/// Wall-clock time the RTC shows at power-on under `--deterministic`
+/// (2024-01-01 00:00:00 UTC), so that two runs print the same dates.
+pub const DETERMINISTIC_EPOCH: i64 = 1_704_067_200;
+/// Longest real-time sleep of a halted CPU before the console is polled.
+const MAX_IDLE: Duration = Duration::from_millis(10);
+
+/// Where a character device's output goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CharTarget {
+    Stdio,
+    File(PathBuf),
+    None,
+}
+
+/// The execution engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineKind {
+    Interp,
+}
+
+/// How the machine starts.
+#[derive(Clone, Debug)]
+pub enum Boot {
+    /// A Linux bzImage or a multiboot kernel, loaded directly (no BIOS).
+    Kernel {
+        kernel: PathBuf,
+        initrd: Option<PathBuf>,
+        append: String,
+    },
+    /// A ROM image started at the reset vector.
+    Bios(PathBuf),
+}
+
+#[derive(Clone, Debug)]
+pub struct MachineConfig {
+    /// Guest RAM in bytes.
+    pub memory: u64,
+    pub boot: Boot,
+    pub engine: EngineKind,
+    pub deterministic: bool,
+    pub serial: CharTarget,
+    pub debugcon: CharTarget,
+}
+
+/// Host-side failures while building the machine.
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    #[error("cannot read {what} {path}: {err}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        err: std::io::Error,
+    },
+    #[error("cannot create {path}: {err}")]
+    Create { path: PathBuf, err: std::io::Error },
+    #[error(transparent)]
+    Memory(#[from] MemError),
+    #[error("{path}: {err}")]
+    Boot { path: PathBuf, err: BootError },
+    #[error("{0} is neither a Linux bzImage nor a multiboot kernel")]
+    NotAKernel(PathBuf),
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// ACPI power off.
+    PowerOff,
+    /// A byte V written to the exit port 0xF4.
+    ExitPort(u8),
+    /// The guest reset the machine.
+    Reset,
+    /// The user pressed Ctrl-A X.
+    Quit,
+    /// Triple fault; the CPU state at that point.
+    TripleFault(String),
+    /// The CPU halted with interrupts off and nothing can wake it.
+    Dead(String),
+    /// The engine failed (a host-side problem).
+    EngineError(String),
+}
+
+impl Outcome {
+    /// The process exit status for this outcome.
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            Outcome::PowerOff | Outcome::Quit | Outcome::Reset => 0,
+            Outcome::ExitPort(v) => (v << 1) | 1,
+            Outcome::TripleFault(_) | Outcome::Dead(_) | Outcome::EngineError(_) => 2,
+        }
+    }
+}
+
+pub struct Machine {
+    pub vm: Vm,
+    pub platform: Platform,
+    engine: Interpreter,
+    /// Console bytes not yet taken by COM1's receive FIFO.
+    input: std::collections::VecDeque<u8>,
+    /// Host time the run started, for the statistics.
+    started: Option<Instant>,
+}
+
+fn open_target(t: &CharTarget) -> Result<Option<Box<dyn Write>>, MachineError> {
+    Ok(match t {
+        CharTarget::Stdio => Some(Box::new(std::io::stdout())),
+        CharTarget::None => None,
+        CharTarget::File(p) => Some(Box::new(File::create(p).map_err(|err| {
+            MachineError::Create {
+                path: p.clone(),
+                err,
+            }
+        })?)),
+    })
+}
+
+fn read_file(what: &'static str, path: &PathBuf) -> Result<Vec<u8>, MachineError> {
+    std::fs::read(path).map_err(|err| MachineError::Read {
+        what,
+        path: path.clone(),
+        err,
+    })
+}
+
+impl Machine {
+    pub fn new(cfg: &MachineConfig) -> Result<Self, MachineError> {
+        let mem = GuestMemory::new(cfg.memory)?;
+        let mut vm = Vm::new(mem);
+        let (mode, epoch) = if cfg.deterministic {
+            (
+                ClockMode::Deterministic {
+                    ns_per_insn: DETERMINISTIC_NS_PER_INSN,
+                },
+                DETERMINISTIC_EPOCH,
+            )
+        } else {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            (ClockMode::RealTime, now)
+        };
+        vm.clock = Clock::new(mode);
+        let platform = Platform::new(PlatformConfig {
+            ram_bytes: cfg.memory,
+            serial_out: [open_target(&cfg.serial)?, None, None, None],
+            debugcon: open_target(&cfg.debugcon)?,
+            start_unix_secs: epoch,
+        });
+        platform.attach(&mut vm.bus);
+        vm.intc = Some(platform.interrupt_controller());
+        match &cfg.boot {
+            Boot::Kernel {
+                kernel,
+                initrd,
+                append,
+            } => {
+                let image = read_file("kernel", kernel)?;
+                let initrd = match initrd {
+                    Some(p) => Some(read_file("initrd", p)?),
+                    None => None,
+                };
+                let boot_err = |err| MachineError::Boot {
+                    path: kernel.clone(),
+                    err,
+                };
+                if umbra_firmware::is_bzimage(&image) {
+                    let rsdp = umbra_firmware::acpi::write_acpi_tables(
+                        &mut vm.mem,
+                        ACPI_PM_BASE,
+                        SCI_IRQ,
+                    );
+                    umbra_firmware::linux::load_linux(
+                        &mut vm.mem,
+                        &mut vm.cpu,
+                        &image,
+                        initrd.as_deref(),
+                        append,
+                        Some(rsdp),
+                    )
+                    .map_err(boot_err)?;
+                } else if umbra_firmware::is_multiboot(&image) {
+                    let modules: Vec<(Vec<u8>, String)> = initrd
+                        .into_iter()
+                        .map(|m| (m, String::from("initrd")))
+                        .collect();
+                    umbra_firmware::multiboot::load_multiboot(
+                        &mut vm.mem,
+                        &mut vm.cpu,
+                        &image,
+                        append,
+                        &modules,
+                    )
+                    .map_err(boot_err)?;
+                } else {
+                    return Err(MachineError::NotAKernel(kernel.clone()));
+                }
+            }
+            Boot::Bios(path) => {
+                let rom = read_file("BIOS image", path)?;
+                umbra_firmware::load_bios(&mut vm.mem, &mut vm.cpu, &rom).map_err(|err| {
+                    MachineError::Boot {
+                        path: path.clone(),
+                        err,
+                    }
+                })?;
+            }
+        }
+        let engine = match cfg.engine {
+            EngineKind::Interp => Interpreter::new(),
+        };
+        Ok(Machine {
+            vm,
+            platform,
+            engine,
+            input: Default::default(),
+            started: None,
+        })
+    }
+
+    /// Run until the guest powers off, exits, resets, dies or the user
+    /// quits.
+    pub fn run(&mut self, console: &mut Console) -> Outcome {
+        self.started.get_or_insert_with(Instant::now);
+        loop {
+            let now = self.vm.clock.now_ns();
+            self.platform.poll(now);
+            if let Some(o) = self.take_request() {
+                return o;
+            }
+            for ev in console.poll(Duration::ZERO) {
+                if let Some(o) = self.console_event(ev) {
+                    return o;
+                }
+            }
+            self.feed_serial();
+            let next = self.platform.next_event(now);
+            let budget = match self.vm.clock.mode() {
+                ClockMode::Deterministic { ns_per_insn } => next.map_or(SLICE, |t| {
+                    (t.saturating_sub(now) / ns_per_insn.max(1)).clamp(1, SLICE)
+                }),
+                ClockMode::RealTime => SLICE,
+            };
+            match self.engine.run(&mut self.vm, Budget::insns(budget)) {
+                Exit::BudgetSpent => {}
+                Exit::Halted => {
+                    if let Some(o) = self.take_request() {
+                        return o;
+                    }
+                    if let Some(o) = self.wait_halted(console) {
+                        return o;
+                    }
+                }
+                Exit::Shutdown(ShutdownReason::TripleFault) => {
+                    return Outcome::TripleFault(cpu_dump(&self.vm.cpu));
+                }
+                Exit::Shutdown(ShutdownReason::Platform(why)) => {
+                    return Outcome::EngineError(why);
+                }
+                Exit::Error(e) => return Outcome::EngineError(e),
+            }
+        }
+    }
+
+    /// The CPU is halted: let time pass to the next timer event (or the
+    /// next console input), or report a machine that can never wake.
+    fn wait_halted(&mut self, console: &mut Console) -> Option<Outcome> {
+        let cpu = &self.vm.cpu;
+        let now = self.vm.clock.now_ns();
+        let next = self.platform.next_event(now);
+        if cpu.eflags & IF == 0 && !cpu.pending_nmi {
+            return Some(Outcome::Dead(format!(
+                "the CPU halted with interrupts disabled at {:04x}:{:08x}",
+                cpu.seg(SegReg::Cs).selector,
+                cpu.eip
+            )));
+        }
+        match self.vm.clock.mode() {
+            ClockMode::Deterministic { .. } => match next {
+                Some(t) => self.vm.clock.skip_to(t),
+                None => {
+                    return Some(Outcome::Dead(
+                        "the CPU halted and no timer is armed to wake it".into(),
+                    ))
+                }
+            },
+            ClockMode::RealTime => {
+                let wait = next.map_or(MAX_IDLE, |t| {
+                    Duration::from_nanos(t.saturating_sub(now)).min(MAX_IDLE)
+                });
+                for ev in console.poll(wait) {
+                    if let Some(o) = self.console_event(ev) {
+                        return Some(o);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn console_event(&mut self, ev: ConsoleEvent) -> Option<Outcome> {
+        match ev {
+            ConsoleEvent::Input(b) => self.input.extend(b),
+            ConsoleEvent::Quit => return Some(Outcome::Quit),
+            ConsoleEvent::Stats => eprint!("\r\n{}\r\n", self.stats().replace('\n', "\r\n")),
+        }
+        None
+    }
+
+    /// Move pending console bytes into COM1 as its FIFO has room.
+    fn feed_serial(&mut self) {
+        if self.input.is_empty() {
+            return;
+        }
+        let (a, _) = self.input.as_slices();
+        let n = self.platform.serial_input(0, a);
+        self.input.drain(..n);
+    }
+
+    fn take_request(&mut self) -> Option<Outcome> {
+        self.platform.requests.take().map(|r| match r {
+            PlatformRequest::PowerOff => Outcome::PowerOff,
+            PlatformRequest::Reset => Outcome::Reset,
+            PlatformRequest::Exit(v) => Outcome::ExitPort(v),
+        })
+    }
+
+    /// Statistics for `--stats` and Ctrl-A C.
+    pub fn stats(&self) -> String {
+        let s = &self.engine.stats;
+        let secs = self.started.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        let m = &self.vm.mmu.stats;
+        let mut out = format!(
+            "instructions {} in {:.2} s ({:.1} M/s), virtual time {:.3} s\n\
+             shadow hits {} misses {} fills {}, CR3 switches {} (found {}), write-watch faults {}, page faults {}",
+            s.instructions,
+            secs,
+            s.instructions as f64 / secs.max(1e-9) / 1e6,
+            self.vm.clock.now_ns() as f64 / 1e9,
+            m.shadow_hits,
+            m.shadow_misses,
+            m.shadow_fills,
+            m.cr3_switches,
+            m.cr3_switch_hits,
+            m.write_watch_faults,
+            m.page_faults,
+        );
+        let exc: Vec<String> = s
+            .exceptions
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(v, n)| format!("#{v}:{n}"))
+            .collect();
+        if !exc.is_empty() {
+            out += &format!("\nexceptions {}", exc.join(" "));
+        }
+        if !s.unimplemented.is_empty() {
+            let u: Vec<String> = s
+                .unimplemented
+                .iter()
+                .map(|(k, n)| format!("{k}:{n}"))
+                .collect();
+            out += &format!("\nunimplemented (#UD) {}", u.join(" "));
+        }
+        out
+    }
+}
+
+/// The CPU state a user needs after a triple fault.
+pub fn cpu_dump(cpu: &CpuState) -> String {
+    let g = |i: usize| cpu.gpr[i] as u32;
+    let mut s = format!(
+        "EAX={:08x} EBX={:08x} ECX={:08x} EDX={:08x}\n\
+         ESI={:08x} EDI={:08x} EBP={:08x} ESP={:08x}\n\
+         EIP={:08x} EFLAGS={:08x} CR0={:08x} CR2={:08x} CR3={:08x} CR4={:08x}\n",
+        g(0),
+        g(3),
+        g(1),
+        g(2),
+        g(6),
+        g(7),
+        g(5),
+        g(4),
+        cpu.eip,
+        cpu.eflags,
+        cpu.cr0,
+        cpu.cr2,
+        cpu.cr3,
+        cpu.cr4
+    );
+    for (name, r) in [
+        ("ES", SegReg::Es),
+        ("CS", SegReg::Cs),
+        ("SS", SegReg::Ss),
+        ("DS", SegReg::Ds),
+        ("FS", SegReg::Fs),
+        ("GS", SegReg::Gs),
+    ] {
+        let sg = cpu.seg(r);
+        s += &format!(
+            "{name}={:04x} base={:08x} limit={:08x}\n",
+            sg.selector, sg.base, sg.limit
+        );
+    }
+    s += &format!(
+        "GDTR={:08x}/{:04x} IDTR={:08x}/{:04x} TR={:04x}",
+        cpu.gdtr.base, cpu.gdtr.limit, cpu.idtr.base, cpu.idtr.limit, cpu.tr.selector
+    );
+    s
+}
