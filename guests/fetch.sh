@@ -30,7 +30,7 @@ as_root() {
     "${SUDO[@]}" "$@"
 }
 
-mkdir -p "$CACHE" || die "cannot create the cache directory $CACHE"
+mkdir -p "$CACHE" || die "cannot create or write the cache directory $CACHE (set UMBRA_GUEST_CACHE to a writable directory)"
 
 # 1. The i386 architecture (once).
 if ! dpkg --print-foreign-architectures | grep -qx i386; then
