@@ -9,7 +9,9 @@
 //! `PlatformRequest::PowerOff`).
 //!
 //! Layout, from the base: 0x00 PM1_STS (16), 0x02 PM1_EN (16), 0x04
-//! PM1_CNT (16), 0x08 PM_TMR (32, read-only). Accesses of 1, 2 or 4 bytes
+//! PM1_CNT (16), 0x08 PM_TMR (32, read-only), 0x0C GPE0_STS (16), 0x0E
+//! GPE0_EN (16) (a GPE0 block with no event sources, so a FADT may point
+//! GPE0_BLK at base+0x0C with length 4). Accesses of 1, 2 or 4 bytes
 //! at any offset are split into the registers they cover.
 //!
 //! Reference: ACPI 6.5, 4.8.3 (PM1 event/control registers, PM timer).
@@ -26,8 +28,12 @@ pub const PM1_STS: u16 = 0x00;
 pub const PM1_EN: u16 = 0x02;
 pub const PM1_CNT: u16 = 0x04;
 pub const PM_TMR: u16 = 0x08;
+/// General-purpose event status (write 1 to clear; nothing sets it).
+pub const GPE0_STS: u16 = 0x0c;
+/// General-purpose event enables.
+pub const GPE0_EN: u16 = 0x0e;
 /// Bytes decoded from the base.
-pub const BLOCK_LEN: u16 = 0x0c;
+pub const BLOCK_LEN: u16 = 0x10;
 
 // PM1_STS (write 1 to clear) and PM1_EN share bit positions.
 /// PM timer's bit 23 changed.
@@ -91,6 +97,8 @@ pub struct AcpiPmState {
     /// Timer period count (ticks >> 23) when TMR_STS was last brought up
     /// to date.
     pub tmr_period: u64,
+    pub gpe0_sts: u16,
+    pub gpe0_en: u16,
     pub sci_level: bool,
 }
 
@@ -145,6 +153,8 @@ impl AcpiPm {
                 pm1_en: 0,
                 pm1_cnt: SCI_EN,
                 tmr_period: 0,
+                gpe0_sts: 0,
+                gpe0_en: 0,
                 sci_level: false,
             },
             sci,
@@ -193,8 +203,9 @@ impl AcpiPm {
 
     /// SCI: any enabled status bit, when SCI_EN routes events to it.
     fn update_sci(&mut self) {
-        let level = self.state.pm1_cnt & SCI_EN != 0
-            && self.state.pm1_sts & self.state.pm1_en & EN_MASK != 0;
+        let s = &self.state;
+        let level = s.pm1_cnt & SCI_EN != 0
+            && (s.pm1_sts & s.pm1_en & EN_MASK != 0 || s.gpe0_sts & s.gpe0_en != 0);
         if level != self.state.sci_level {
             self.state.sci_level = level;
             self.sci.set(level);
@@ -210,10 +221,10 @@ impl AcpiPm {
     pub fn read(&mut self, port: u16, size: u8, now: u64) -> u32 {
         let Some(off) = port.checked_sub(self.base).filter(|o| *o < BLOCK_LEN) else {
             self.ignored += 1;
-            return 0xffff_ffff;
+            return 0xffff_ffff >> (8 * (4 - size.clamp(1, 4) as u32));
         };
         self.poll(now);
-        let regs: [(u16, u16, u32); 4] = [
+        let regs: [(u16, u16, u32); 6] = [
             // PM1_STS: event status.
             (PM1_STS, 2, self.state.pm1_sts as u32),
             // PM1_EN: event enables.
@@ -222,6 +233,9 @@ impl AcpiPm {
             (PM1_CNT, 2, self.state.pm1_cnt as u32),
             // PM_TMR: free-running 24-bit count, upper byte 0.
             (PM_TMR, 4, self.timer(now)),
+            // GPE0 status and enables.
+            (GPE0_STS, 2, self.state.gpe0_sts as u32),
+            (GPE0_EN, 2, self.state.gpe0_en as u32),
         ];
         // Bytes of the block that are no register (0x06-0x07) read 0.
         let mut v = 0u32;
@@ -271,6 +285,15 @@ impl AcpiPm {
         // PM_TMR is read-only.
         if overlap(off, size, value, PM_TMR, 4).is_some() {
             self.ignored += 1;
+        }
+        // GPE0_STS: write 1 to clear.
+        if let Some((mask, val)) = overlap(off, size, value, GPE0_STS, 2) {
+            self.state.gpe0_sts &= !((val & mask) as u16);
+        }
+        // GPE0_EN: plain read/write.
+        if let Some((mask, val)) = overlap(off, size, value, GPE0_EN, 2) {
+            let m = mask as u16;
+            self.state.gpe0_en = (self.state.gpe0_en & !m) | (val as u16 & m);
         }
         self.update_sci();
     }
@@ -373,6 +396,19 @@ mod tests {
         p.write(0x600, 4, 0x0000_0100, 0);
         assert_eq!(p.read(0x600, 4, 0), 0);
         assert!(!l.borrow().0);
-        assert_eq!(p.read(0x5ff, 1, 0), 0xffff_ffff);
+        assert_eq!(p.read(0x5ff, 1, 0), 0xff);
+        assert_eq!(p.read(0x610, 2, 0), 0xffff);
+    }
+
+    #[test]
+    fn gpe0_block() {
+        let (mut p, l, _) = pm();
+        p.write(0x60c, 4, 0xffff_ffff, 0);
+        assert_eq!(
+            p.read(0x60c, 4, 0),
+            0xffff_0000,
+            "status clear, enables set"
+        );
+        assert!(!l.borrow().0);
     }
 }
