@@ -171,6 +171,12 @@ impl AcpiPm {
         &self.state
     }
 
+    /// Put back a snapshot's state and drive the SCI to its level.
+    pub fn restore(&mut self, state: AcpiPmState) {
+        self.state = state;
+        self.sci.set(self.state.sci_level);
+    }
+
     pub fn ignored(&self) -> u64 {
         self.ignored
     }

@@ -53,6 +53,14 @@ impl DebugPorts {
         self.state.post_code
     }
 
+    pub fn state(&self) -> &DebugPortsState {
+        &self.state
+    }
+
+    pub fn restore(&mut self, state: DebugPortsState) {
+        self.state = state;
+    }
+
     pub fn ignored(&self) -> u64 {
         self.ignored
     }

@@ -402,6 +402,13 @@ impl I8042 {
         &self.state
     }
 
+    /// Put back a snapshot's state and drive both lines to its levels.
+    pub fn restore(&mut self, state: I8042State) {
+        self.state = state;
+        self.irq1.set(self.state.irq1_level);
+        self.irq12.set(self.state.irq12_level);
+    }
+
     pub fn ignored(&self) -> u64 {
         self.ignored
     }
@@ -797,6 +804,41 @@ mod tests {
         assert_eq!(s & (STS_OBF | STS_AUXDATA | STS_TIMEOUT), 0x61);
         assert_eq!(k.read(0x60), 0xfe);
         assert_eq!(k.read(0x64) & STS_TIMEOUT, 0);
+    }
+
+    /// Linux's i8042 probe: flush, self-test, stable CTR reads, MUX
+    /// detection (must fail: a plain controller echoes the third loop byte),
+    /// then the AUX IRQ delivery test through 0xD3.
+    #[test]
+    fn linux_probe_sequence() {
+        let (mut k, l, _) = kbc();
+        k.key(&[0x1c]);
+        drain(&mut k);
+        k.write(0x64, 0xaa);
+        assert_eq!(drain(&mut k), vec![0x55]);
+        k.write(0x64, 0x20);
+        let a = drain(&mut k);
+        k.write(0x64, 0x20);
+        assert_eq!(drain(&mut k), a);
+        // MUX: loop 0xF0, 0x56, 0xA4; a MUX controller would answer the
+        // last with its version, a plain one echoes it.
+        for v in [0xf0, 0x56, 0xa4] {
+            k.write(0x64, 0xd3);
+            k.write(0x60, v);
+            assert_eq!(k.read(0x64) & STS_AUXDATA, STS_AUXDATA);
+            assert_eq!(k.read(0x60), v);
+        }
+        // Enable the aux port with its interrupt, then the IRQ12 test.
+        k.write(0x64, 0x60);
+        k.write(0x60, CTR_KBDINT | CTR_AUXINT | CTR_SYS | CTR_XLATE);
+        k.write(0x64, 0xd3);
+        k.write(0x60, 0xa5);
+        assert!(l.borrow().0[12]);
+        assert_eq!(k.read(0x60), 0xa5);
+        // The keyboard answers its reset and ID through translation.
+        k.write(0x60, 0xff);
+        assert!(l.borrow().0[1]);
+        assert_eq!(drain(&mut k), vec![0xfa, 0xaa]);
     }
 
     #[test]

@@ -360,6 +360,24 @@ impl PciHost {
         &self.state
     }
 
+    /// Put back the address and reset control registers of a snapshot
+    /// (function config spaces are restored through `function_mut`).
+    pub fn restore(&mut self, state: PciHostState) {
+        self.state = state;
+    }
+
+    /// The function at bus 0 `device`.`function`, mutable.
+    pub fn function_mut(&mut self, device: u8, function: u8) -> Option<&mut dyn PciFunction> {
+        match self
+            .slots
+            .iter_mut()
+            .find(|s| s.device == device && s.function == function)
+        {
+            Some(s) => Some(&mut *s.f),
+            None => None,
+        }
+    }
+
     pub fn ignored(&self) -> u64 {
         self.ignored
     }

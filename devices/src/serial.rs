@@ -211,6 +211,12 @@ impl Serial16550 {
         &self.state
     }
 
+    /// Put back a snapshot's state and drive the line to its level.
+    pub fn restore(&mut self, state: SerialState) {
+        self.state = state;
+        self.irq.set(self.state.irq_level);
+    }
+
     /// Accesses that were ignored (bad offsets) or output that failed.
     pub fn ignored(&self) -> u64 {
         self.ignored
@@ -668,6 +674,54 @@ mod tests {
         u.write(MCR, 0);
         assert_eq!(u.read(MSR) & 0xf0, 0xb0);
         assert_eq!(u.push_input(b"z"), 1);
+    }
+
+    /// The checks Linux's 8250 autoconfig makes, in order, and what a
+    /// 16550A must answer for it to be detected as PORT_16550A.
+    #[test]
+    fn linux_autoconfig_sees_a_16550a() {
+        let (mut u, _, _) = uart();
+        // IER test: 0 reads 0, 0x0F reads 0x0F.
+        u.write(IER_DLM, 0);
+        assert_eq!(u.read(IER_DLM) & 0x0f, 0);
+        u.write(IER_DLM, 0x0f);
+        assert_eq!(u.read(IER_DLM) & 0x0f, 0x0f);
+        u.write(IER_DLM, 0);
+        // Loopback test: MCR = LOOP | 0x0A -> MSR high nibble 0x90.
+        u.write(MCR, MCR_LOOP | 0x0a);
+        assert_eq!(u.read(MSR) & 0xf0, 0x90);
+        u.write(MCR, 0);
+        // FIFO: IIR >> 6 == 3 means 16550A.
+        u.write(LCR, 0xbf);
+        u.write(IIR_FCR, 0);
+        u.write(LCR, 0);
+        u.write(IIR_FCR, FCR_ENABLE);
+        assert_eq!(u.read(IIR_FCR) >> 6, 3);
+        // No EFR under LCR = 0x80 or 0xBF: offset 2 must not read 0.
+        u.write(LCR, 0x80);
+        assert_ne!(u.read(IIR_FCR), 0);
+        u.write(LCR, 0xbf);
+        assert_ne!(u.read(IIR_FCR), 0);
+        // National SuperIO check: IIR bit 4 must not follow MCR.LOOP.
+        u.write(LCR, 0);
+        u.write(MCR, MCR_LOOP);
+        u.write(LCR, 0xe0);
+        assert_eq!(u.read(IIR_FCR) & 0x10, 0);
+        u.write(LCR, 0);
+        u.write(MCR, 0);
+        // Not a 16750: 64-byte FIFO bit (FCR/IIR bit 5) stays clear, with
+        // and without DLAB.
+        u.write(IIR_FCR, FCR_ENABLE | 0x20);
+        assert_eq!(u.read(IIR_FCR) & 0x20, 0);
+        u.write(LCR, LCR_DLAB);
+        u.write(IIR_FCR, FCR_ENABLE | 0x20);
+        u.write(LCR, 0);
+        assert_eq!(u.read(IIR_FCR) & 0x20, 0);
+        // Not an XScale: IER bit 6 (UUE) does not stick.
+        u.write(IER_DLM, 0x40);
+        assert_eq!(u.read(IER_DLM) & 0x40, 0);
+        // LSR safety check: LSR must not read 0xFF.
+        assert_ne!(u.read(LSR), 0xff);
     }
 
     #[test]
