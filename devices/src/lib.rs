@@ -6,6 +6,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod acpi_pm;
+pub mod debug_port;
+pub mod i8042;
 pub mod irq;
+pub mod pci;
+pub mod serial;
 
 pub use irq::{IrqLine, IrqSink, PlatformRequest, Requests};
