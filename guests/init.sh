@@ -2,8 +2,8 @@
 # /init of the Umbra test guest (busybox sh). Mounts proc, sys and devtmpfs,
 # prints "BOOT-OK <uptime> <idle>", then either runs /workload.sh (kernel
 # command line has umbra.workload=1), prints WORK-DONE and powers off
-# (ACPI S5 via reboot(RB_POWER_OFF)), or gives an interactive shell on the
-# console.
+# (ACPI S5 via reboot(RB_POWER_OFF)), or powers off at once
+# (umbra.poweroff=1), or gives an interactive shell on the console.
 /bin/busybox mkdir -p /proc /sys /dev /tmp /sbin /usr/bin /usr/sbin
 /bin/busybox --install -s
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
@@ -21,6 +21,13 @@ case " $(cat /proc/cmdline) " in
     # only reached if the power-off failed
     echo "WORK-POWEROFF-FAILED"
     while :; do sleep 3600; done
+    ;;
+esac
+
+# umbra.poweroff=1: boot, report, power off (boot tests).
+case " $(cat /proc/cmdline) " in
+*" umbra.poweroff=1 "*)
+    poweroff -f
     ;;
 esac
 

@@ -8,7 +8,7 @@
 //! 0x60, 0x64 i8042; 0x61 system control port B (PIT gate/speaker);
 //! 0x70-0x71 CMOS/RTC; 0x80 POST; 0xE9 debug console; 0xF4 exit port;
 //! 0x3F8, 0x2F8, 0x3E8, 0x2E8 COM1-4; 0xCF8-0xCFF PCI; 0xCF9 reset;
-//! `ACPI_PM_BASE`.. ACPI PM1 and PM timer.
+//! `ACPI_PM_BASE`.. ACPI PM1 blocks, PM timer and GPE0 (16 ports).
 
 use std::cell::RefCell;
 use std::io::Write;
@@ -130,7 +130,7 @@ impl Platform {
             );
         }
         bus.add_ports(0xCF8, 8, Box::new(PciPorts(self.pci.clone())));
-        bus.add_ports(ACPI_PM_BASE, 12, Box::new(AcpiPorts(self.acpi.clone())));
+        bus.add_ports(ACPI_PM_BASE, 16, Box::new(AcpiPorts(self.acpi.clone())));
     }
 
     /// The i8259 pair as the CPU's interrupt controller.
