@@ -7,5 +7,11 @@
 #![forbid(unsafe_code)]
 
 pub mod irq;
+pub mod pic;
+pub mod pit;
+pub mod rtc;
 
 pub use irq::{IrqLine, IrqSink, PlatformRequest, Requests};
+pub use pic::Pic8259Pair;
+pub use pit::Pit;
+pub use rtc::Rtc;

@@ -83,7 +83,7 @@ fn ns_at(tick: u64) -> u64 {
 
 fn to_bcd(v: u32) -> u16 {
     let v = v % 10_000;
-    ((v / 1000) << 12 | (v / 100 % 10) << 8 | (v / 10 % 10) << 4 | v % 10) as u16
+    (((v / 1000) << 12) | ((v / 100 % 10) << 8) | ((v / 10 % 10) << 4) | (v % 10)) as u16
 }
 
 fn from_bcd(v: u16) -> u32 {
@@ -552,19 +552,14 @@ impl Pit {
         match (ch.mode, live) {
             // Periodic modes: one rising edge if one or more periods
             // ended since the last poll; missed ticks are not replayed.
-            (2 | 3, Some(d)) => {
-                let periods = d / n;
-                if periods > ch.delivered {
-                    self.state.channels[0].delivered = periods;
-                    self.edge_irq0();
-                }
+            (2 | 3, Some(d)) if d / n > ch.delivered => {
+                self.state.channels[0].delivered = d / n;
+                self.edge_irq0();
             }
             // Software strobe: one edge when OUT returns high after TC.
-            (4, Some(d)) => {
-                if d > n && ch.delivered == 0 {
-                    self.state.channels[0].delivered = 1;
-                    self.edge_irq0();
-                }
+            (4, Some(d)) if d > n && ch.delivered == 0 => {
+                self.state.channels[0].delivered = 1;
+                self.edge_irq0();
             }
             _ => {}
         }
