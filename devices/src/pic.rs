@@ -12,7 +12,9 @@
 //! Behaviour follows the Intel 8259A datasheet (order no. 231468) and the
 //! PIIX4 datasheet section 4.1 (ELCR). Edge-triggered requests are latched
 //! in IRR on the rising edge and stay latched until INTA, so a device may
-//! pulse its line; level-triggered requests follow the line.
+//! pulse its line; level-triggered requests follow the line. A poll
+//! command acknowledges on the polled chip only (a master poll answering
+//! IR2 does not also acknowledge the slave).
 
 use serde::{Deserialize, Serialize};
 use umbra_core::bus::InterruptController;
@@ -700,6 +702,16 @@ mod tests {
         p.write(0x20, 0xC3); // set priority: IR3 lowest, IR4 highest
         p.write(0x20, 0x64);
         assert_eq!(p.ack(), 0x30);
+    }
+
+    #[test]
+    fn interrupt_controller_trait_reaches_the_pair() {
+        let mut p = linux_init(false);
+        p.set_irq(12, true);
+        let ic: &mut dyn InterruptController = &mut p;
+        assert!(ic.intr());
+        assert_eq!(ic.ack(), 0x3C);
+        assert!(!ic.intr());
     }
 
     #[test]

@@ -11,8 +11,10 @@
 //! it was loaded (or triggered) and its value and output at any `now` are
 //! computed from the ticks elapsed since then. Behaviour follows the Intel
 //! 82C54 datasheet (order no. 231244), "Modes" and "Read-Back Command".
-//! Known simplification: a count written in mode 2 or 3 while the counter
-//! runs takes effect at once instead of at the end of the current period.
+//! Known simplifications: a count written in mode 2 or 3 while the counter
+//! runs takes effect at once instead of at the end of the current period;
+//! one written in mode 1 or 5 waits for the next gate trigger; the status
+//! byte reports modes 6/7 as 2/3.
 
 use serde::{Deserialize, Serialize};
 
@@ -581,14 +583,16 @@ impl Pit {
                 if ch.out(tick) && self.state.irq0_level {
                     return None;
                 }
-                ch.load_tick + n
+                ch.load_tick.saturating_add(n)
             }
-            2 | 3 => ch.load_tick + (ch.delivered + 1) * n,
+            2 | 3 => ch
+                .load_tick
+                .saturating_add(ch.delivered.saturating_add(1).saturating_mul(n)),
             4 => {
                 if ch.delivered != 0 {
                     return None;
                 }
-                ch.load_tick + n + 1
+                ch.load_tick.saturating_add(n + 1)
             }
             // Mode 5 needs a gate edge, which channel 0 never sees.
             _ => return None,

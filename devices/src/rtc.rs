@@ -182,10 +182,9 @@ impl Civil {
     }
 
     fn to_unix(self) -> i64 {
-        days_from_civil(self.year, self.month, self.day) * 86_400
-            + self.hour * 3600
-            + self.minute * 60
-            + self.second
+        days_from_civil(self.year, self.month, self.day)
+            .saturating_mul(86_400)
+            .saturating_add(self.hour * 3600 + self.minute * 60 + self.second)
     }
 }
 
