@@ -10,7 +10,18 @@ pub mod acpi_pm;
 pub mod debug_port;
 pub mod i8042;
 pub mod irq;
+pub mod acpi_pm;
+pub mod debug_port;
+pub mod i8042;
+pub mod irq;
 pub mod pci;
+pub mod pic;
+pub mod pit;
+pub mod platform;
+pub mod rtc;
 pub mod serial;
 
 pub use irq::{IrqLine, IrqSink, PlatformRequest, Requests};
+pub use pic::Pic8259Pair;
+pub use pit::Pit;
+pub use rtc::Rtc;
