@@ -13,7 +13,9 @@ pub enum GuestError {
     NoRecipes(PathBuf),
     #[error("cannot run {0}: {1}")]
     Spawn(PathBuf, std::io::Error),
-    #[error("building the default guest failed (see the messages above); run {0} by hand to retry")]
+    #[error(
+        "building the default guest failed (see the messages above); run {0} by hand to retry"
+    )]
     BuildFailed(PathBuf),
     #[error("{0} is missing or incomplete after the build: {1}")]
     BadEnv(PathBuf, String),
@@ -103,7 +105,11 @@ mod tests {
         let i = dir.join("initramfs.cpio.gz");
         std::fs::write(&k, b"k").unwrap();
         let env = dir.join("guest.env");
-        std::fs::write(&env, format!("KERNEL={}\nINITRD={}\n", k.display(), i.display())).unwrap();
+        std::fs::write(
+            &env,
+            format!("KERNEL={}\nINITRD={}\n", k.display(), i.display()),
+        )
+        .unwrap();
         assert!(matches!(read_env(&env), Err(GuestError::BadEnv(..))));
         std::fs::write(&i, b"i").unwrap();
         let g = read_env(&env).unwrap();

@@ -13,11 +13,11 @@ use clap::Parser;
 #[cfg(test)]
 use cli::ModeArg;
 use cli::{Cli, Command, DiffArgs, EngineArg, RunArgs};
+use umbra::diff::forms::Class;
+use umbra::diff::{self, Campaign, DiffError, GenConfig, Program, Session};
 use umbra::guests;
 use umbra::machine::console::Console;
 use umbra::machine::{Boot, CharTarget, EngineKind, Machine, MachineConfig, MachineError, Outcome};
-use umbra::diff::forms::Class;
-use umbra::diff::{self, Campaign, DiffError, GenConfig, Program, Session};
 
 /// Exit status when a comparison found divergences.
 const EXIT_DIVERGED: u8 = 1;
@@ -113,7 +113,9 @@ fn run_machine(args: &RunArgs) -> Result<ExitCode, CliError> {
     match &outcome {
         Outcome::PowerOff | Outcome::ExitPort(_) | Outcome::Quit => {}
         Outcome::Reset => eprintln!("umbra: the guest reset the machine; stopping"),
-        Outcome::TripleFault(dump) => eprintln!("umbra: triple fault, the machine shut down\n{dump}"),
+        Outcome::TripleFault(dump) => {
+            eprintln!("umbra: triple fault, the machine shut down\n{dump}")
+        }
         Outcome::Dead(why) => eprintln!("umbra: {why}; stopping"),
         Outcome::EngineError(e) => eprintln!("umbra: engine error: {e}"),
     }

@@ -34,7 +34,11 @@ fn text(b: &[u8]) -> String {
 #[test]
 fn multiboot_elf_kernel_prints_and_exits_with_its_status() {
     let k = tmp("mb-elf");
-    std::fs::write(&k, testkernel::multiboot_test_kernel("hello from multiboot\n", 0x15)).unwrap();
+    std::fs::write(
+        &k,
+        testkernel::multiboot_test_kernel("hello from multiboot\n", 0x15),
+    )
+    .unwrap();
     let out = tmp("mb-elf.serial");
     let o = run(&[
         "--kernel",
@@ -44,14 +48,26 @@ fn multiboot_elf_kernel_prints_and_exits_with_its_status() {
         "--memory",
         "16M",
     ]);
-    assert_eq!(o.status.code(), Some((0x15 << 1) | 1), "stderr: {}", text(&o.stderr));
-    assert_eq!(std::fs::read_to_string(&out).unwrap(), "hello from multiboot\n");
+    assert_eq!(
+        o.status.code(),
+        Some((0x15 << 1) | 1),
+        "stderr: {}",
+        text(&o.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "hello from multiboot\n"
+    );
 }
 
 #[test]
 fn multiboot_aout_kernel_prints_and_exits_with_its_status() {
     let k = tmp("mb-aout");
-    std::fs::write(&k, testkernel::multiboot_aout_test_kernel("a.out kludge\n", 0)).unwrap();
+    std::fs::write(
+        &k,
+        testkernel::multiboot_aout_test_kernel("a.out kludge\n", 0),
+    )
+    .unwrap();
     let o = run(&["--kernel", k.to_str().unwrap(), "--memory", "16M"]);
     assert_eq!(o.status.code(), Some(1), "stderr: {}", text(&o.stderr));
     assert_eq!(text(&o.stdout), "a.out kludge\n");
@@ -119,10 +135,17 @@ fn debian_kernel_runs_the_workload_on_the_interpreter() {
             .find(|l| l.starts_with(&format!("WORKLOAD {name} ")))
             .unwrap_or_else(|| panic!("no WORKLOAD {name} line"));
         let got = line.trim_start_matches(&format!("WORKLOAD {name} "));
-        assert!(got.starts_with(want.as_str()), "{name}: got `{got}`, native `{want}`");
+        assert!(
+            got.starts_with(want.as_str()),
+            "{name}: got `{got}`, native `{want}`"
+        );
     }
     assert!(serial.contains("WORK-DONE"));
-    assert_eq!(o.status.code(), Some(0), "ACPI power off ends with status 0");
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "ACPI power off ends with status 0"
+    );
 }
 
 #[test]

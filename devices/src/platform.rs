@@ -99,24 +99,60 @@ impl Platform {
     /// Put every device on `bus`.
     pub fn attach(&self, bus: &mut Bus) {
         let pic = &self.pic;
-        bus.add_ports(0x20, 2, bytes(pic, |d, p, _| d.read(p), |d, p, v, _| d.write(p, v)));
-        bus.add_ports(0xA0, 2, bytes(pic, |d, p, _| d.read(p), |d, p, v, _| d.write(p, v)));
-        bus.add_ports(0x4D0, 2, bytes(pic, |d, p, _| d.read(p), |d, p, v, _| d.write(p, v)));
+        bus.add_ports(
+            0x20,
+            2,
+            bytes(pic, |d, p, _| d.read(p), |d, p, v, _| d.write(p, v)),
+        );
+        bus.add_ports(
+            0xA0,
+            2,
+            bytes(pic, |d, p, _| d.read(p), |d, p, v, _| d.write(p, v)),
+        );
+        bus.add_ports(
+            0x4D0,
+            2,
+            bytes(pic, |d, p, _| d.read(p), |d, p, v, _| d.write(p, v)),
+        );
         let pit = &self.pit;
-        bus.add_ports(0x40, 4, bytes(pit, |d, p, t| d.read(p, t), |d, p, v, t| d.write(p, v, t)));
+        bus.add_ports(
+            0x40,
+            4,
+            bytes(pit, |d, p, t| d.read(p, t), |d, p, v, t| d.write(p, v, t)),
+        );
         bus.add_ports(
             0x61,
             1,
-            bytes(pit, |d, _, t| d.read_port61(t), |d, _, v, t| d.write_port61(v, t)),
+            bytes(
+                pit,
+                |d, _, t| d.read_port61(t),
+                |d, _, v, t| d.write_port61(v, t),
+            ),
         );
         let kbd = &self.i8042;
-        bus.add_ports(0x60, 1, bytes(kbd, |d, p, _| d.read(p), |d, p, v, _| d.write(p, v)));
-        bus.add_ports(0x64, 1, bytes(kbd, |d, p, _| d.read(p), |d, p, v, _| d.write(p, v)));
+        bus.add_ports(
+            0x60,
+            1,
+            bytes(kbd, |d, p, _| d.read(p), |d, p, v, _| d.write(p, v)),
+        );
+        bus.add_ports(
+            0x64,
+            1,
+            bytes(kbd, |d, p, _| d.read(p), |d, p, v, _| d.write(p, v)),
+        );
         let rtc = &self.rtc;
-        bus.add_ports(0x70, 2, bytes(rtc, |d, p, t| d.read(p, t), |d, p, v, t| d.write(p, v, t)));
+        bus.add_ports(
+            0x70,
+            2,
+            bytes(rtc, |d, p, t| d.read(p, t), |d, p, v, t| d.write(p, v, t)),
+        );
         let dbg = &self.debug;
         for port in [0x80, 0xE9, 0xF4] {
-            bus.add_ports(port, 1, bytes(dbg, |d, p, _| d.read(p), |d, p, v, _| d.write(p, v)));
+            bus.add_ports(
+                port,
+                1,
+                bytes(dbg, |d, p, _| d.read(p), |d, p, v, _| d.write(p, v)),
+            );
         }
         for (uart, (base, _)) in self.serial.iter().zip(COM_PORTS) {
             bus.add_ports(

@@ -196,11 +196,8 @@ impl Machine {
                     err,
                 };
                 if umbra_firmware::is_bzimage(&image) {
-                    let rsdp = umbra_firmware::acpi::write_acpi_tables(
-                        &mut vm.mem,
-                        ACPI_PM_BASE,
-                        SCI_IRQ,
-                    );
+                    let rsdp =
+                        umbra_firmware::acpi::write_acpi_tables(&mut vm.mem, ACPI_PM_BASE, SCI_IRQ);
                     umbra_firmware::linux::load_linux(
                         &mut vm.mem,
                         &mut vm.cpu,
