@@ -15,10 +15,8 @@ pub mod linux;
 pub mod multiboot;
 pub mod testkernel;
 
-
-
 pub use e820::{e820_map, E820Entry, E820Kind};
 pub use error::BootError;
 pub use linux::{is_bzimage, load_linux, LinuxBootInfo};
-
-
+pub use multiboot::{is_multiboot, load_multiboot, MultibootInfo};
+pub use testkernel::{multiboot_aout_test_kernel, multiboot_test_kernel};

@@ -181,13 +181,17 @@ pub fn is_bzimage(image: &[u8]) -> bool {
 /// Parse and check the setup header of a bzImage.
 pub fn parse_header(image: &[u8]) -> Result<SetupHeader, BootError> {
     if image.len() < 1024 {
-        return Err(BootError::NotBzImage("it is smaller than the 1 KiB setup header"));
+        return Err(BootError::NotBzImage(
+            "it is smaller than the 1 KiB setup header",
+        ));
     }
     if u16_at(image, hdr::BOOT_FLAG) != BOOT_FLAG_MAGIC {
         return Err(BootError::NotBzImage("no 0xAA55 boot flag at offset 0x1FE"));
     }
     if u32_at(image, hdr::HEADER) != HDRS_MAGIC {
-        return Err(BootError::NotBzImage("no \"HdrS\" signature at offset 0x202"));
+        return Err(BootError::NotBzImage(
+            "no \"HdrS\" signature at offset 0x202",
+        ));
     }
     let version = u16_at(image, hdr::VERSION);
     if version < MIN_PROTOCOL {
@@ -217,8 +221,16 @@ pub fn parse_header(image: &[u8]) -> Result<SetupHeader, BootError> {
         kernel_alignment: u32_at(image, hdr::KERNEL_ALIGNMENT),
         relocatable: image[hdr::RELOCATABLE_KERNEL] != 0,
         cmdline_size: u32_at(image, hdr::CMDLINE_SIZE),
-        pref_address: if new { u64_at(image, hdr::PREF_ADDRESS) } else { 0 },
-        init_size: if new { u32_at(image, hdr::INIT_SIZE) } else { 0 },
+        pref_address: if new {
+            u64_at(image, hdr::PREF_ADDRESS)
+        } else {
+            0
+        },
+        init_size: if new {
+            u32_at(image, hdr::INIT_SIZE)
+        } else {
+            0
+        },
         header_end,
     };
     if h.kernel_offset() >= image.len() {
@@ -329,8 +341,8 @@ pub fn load_linux(
     zp[bp::ORIG_VIDEO_IS_VGA] = 0;
     put16(&mut zp, hdr::VID_MODE, VID_MODE_NORMAL);
     zp[hdr::TYPE_OF_LOADER] = LOADER_UNDEFINED;
-    zp[hdr::LOADFLAGS] =
-        (h.loadflags | loadflags::LOADED_HIGH | loadflags::CAN_USE_HEAP) & !loadflags::KEEP_SEGMENTS;
+    zp[hdr::LOADFLAGS] = (h.loadflags | loadflags::LOADED_HIGH | loadflags::CAN_USE_HEAP)
+        & !loadflags::KEEP_SEGMENTS;
     // heap_end_ptr only matters to the real-mode setup we skip; point it
     // below the setup code's 64 KiB the way loaders do.
     put16(&mut zp, hdr::HEAP_END_PTR, 0xFE00);
@@ -471,15 +483,8 @@ mod tests {
         let mut mem = GuestMemory::new(128 << 20).unwrap();
         let mut cpu = CpuState::reset();
         let k = bzimage(0x020F, 8192);
-        let info = load_linux(
-            &mut mem,
-            &mut cpu,
-            &k,
-            None,
-            "console=ttyS0",
-            Some(0xE0000),
-        )
-        .unwrap();
+        let info =
+            load_linux(&mut mem, &mut cpu, &k, None, "console=ttyS0", Some(0xE0000)).unwrap();
         assert_eq!(info.protocol, (2, 15));
         let zp = 0x10000;
         // Setup header copied: "HdrS" and version at their offsets.
@@ -492,7 +497,7 @@ mod tests {
         assert_eq!(mem.read_u32(zp + 0x218), 0); // no ramdisk
         assert_eq!(mem.read_u64(zp + 0x70), 0xE0000); // acpi_rsdp_addr
         assert_eq!(mem.read_u8(zp + 0x0F), 0); // orig_video_isVGA
-        // E820: 3 entries; the third is RAM from 1 MiB to 128 MiB.
+                                               // E820: 3 entries; the third is RAM from 1 MiB to 128 MiB.
         assert_eq!(mem.read_u8(zp + 0x1E8), 3);
         assert_eq!(mem.read_u64(zp + 0x2D0 + 8), 0x9FC00);
         assert_eq!(mem.read_u32(zp + 0x2D0 + 16), 1);
@@ -520,7 +525,15 @@ mod tests {
     fn rsdp_only_from_protocol_2_14() {
         let mut mem = GuestMemory::new(32 << 20).unwrap();
         let mut cpu = CpuState::reset();
-        load_linux(&mut mem, &mut cpu, &bzimage(0x020D, 64), None, "", Some(0xE0000)).unwrap();
+        load_linux(
+            &mut mem,
+            &mut cpu,
+            &bzimage(0x020D, 64),
+            None,
+            "",
+            Some(0xE0000),
+        )
+        .unwrap();
         assert_eq!(mem.read_u64(0x10000 + 0x70), 0);
     }
 
@@ -529,8 +542,15 @@ mod tests {
         let mut mem = GuestMemory::new(128 << 20).unwrap();
         let mut cpu = CpuState::reset();
         let rd = vec![0x5Au8; 10000];
-        let info =
-            load_linux(&mut mem, &mut cpu, &bzimage(0x020F, 64), Some(&rd), "", None).unwrap();
+        let info = load_linux(
+            &mut mem,
+            &mut cpu,
+            &bzimage(0x020F, 64),
+            Some(&rd),
+            "",
+            None,
+        )
+        .unwrap();
         // 0x8000000 - 10000 = 0x7FFD8F0, rounded down to a page.
         assert_eq!(info.initrd, Some((0x7FFD000, 10000)));
         assert_eq!(mem.read_u32(0x10000 + 0x218), 0x7FFD000);
@@ -556,10 +576,24 @@ mod tests {
         let mut cpu = CpuState::reset();
         // Kernel uses 1 MiB..5 MiB (init_size 4 MiB); a 6 MiB initrd needs 11 MiB.
         let rd = vec![0u8; 6 << 20];
-        let e = load_linux(&mut mem, &mut cpu, &bzimage(0x020F, 64), Some(&rd), "", None)
-            .unwrap_err();
+        let e = load_linux(
+            &mut mem,
+            &mut cpu,
+            &bzimage(0x020F, 64),
+            Some(&rd),
+            "",
+            None,
+        )
+        .unwrap_err();
         assert!(
-            matches!(e, BootError::DoesNotFit { have_mib: 8, need_mib: 11, .. }),
+            matches!(
+                e,
+                BootError::DoesNotFit {
+                    have_mib: 8,
+                    need_mib: 11,
+                    ..
+                }
+            ),
             "{e:?}"
         );
         // Kernel alone needing more than RAM.
@@ -577,9 +611,23 @@ mod tests {
         let mut mem = GuestMemory::new(32 << 20).unwrap();
         let mut cpu = CpuState::reset();
         let long = "x".repeat(2048);
-        let e = load_linux(&mut mem, &mut cpu, &bzimage(0x020F, 64), None, &long, None)
-            .unwrap_err();
-        assert!(matches!(e, BootError::CmdlineTooLong { len: 2048, max: 2047 }));
-        assert!(load_linux(&mut mem, &mut cpu, &bzimage(0x020F, 64), None, &long[1..], None).is_ok());
+        let e =
+            load_linux(&mut mem, &mut cpu, &bzimage(0x020F, 64), None, &long, None).unwrap_err();
+        assert!(matches!(
+            e,
+            BootError::CmdlineTooLong {
+                len: 2048,
+                max: 2047
+            }
+        ));
+        assert!(load_linux(
+            &mut mem,
+            &mut cpu,
+            &bzimage(0x020F, 64),
+            None,
+            &long[1..],
+            None
+        )
+        .is_ok());
     }
 }
