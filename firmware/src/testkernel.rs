@@ -181,6 +181,12 @@ pub fn multiboot_aout_test_kernel(message: &str, status: u8) -> Vec<u8> {
 mod tests {
     use super::*;
     use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use umbra_core::bus::PortIo;
+    use umbra_core::interp::Interpreter;
+    use umbra_core::mem::GuestMemory;
+    use umbra_core::{Budget, Engine, Exit, Vm};
 
     fn disassemble(code: &[u8], ip: u64) -> Vec<String> {
         let mut d = Decoder::with_ip(32, code, ip, DecoderOptions::NONE);
@@ -234,5 +240,74 @@ mod tests {
         // mov esi, imm32 at entry + 1 (after cli) holds the message address.
         let msg = u32::from_le_bytes(k[0x22..0x26].try_into().unwrap());
         assert_eq!(msg, 0x100000 + (k.len() as u32 - 3));
+    }
+
+    /// COM1 whose LSR reports "busy" every other read, capturing what is
+    /// sent; and the exit port, capturing the status.
+    struct Ports {
+        out: Rc<RefCell<Vec<u8>>>,
+        status: Rc<RefCell<Option<u8>>>,
+        lsr_reads: u32,
+    }
+    impl PortIo for Ports {
+        fn read(&mut self, port: u16, _size: u8, _now: u64) -> u32 {
+            if port == COM1_LSR {
+                self.lsr_reads += 1;
+                if self.lsr_reads % 2 == 0 {
+                    return LSR_THRE as u32;
+                }
+            }
+            0
+        }
+        fn write(&mut self, port: u16, _size: u8, value: u32, _now: u64) {
+            match port {
+                COM1_THR => self.out.borrow_mut().push(value as u8),
+                0xF4 => *self.status.borrow_mut() = Some(value as u8),
+                _ => {}
+            }
+        }
+    }
+
+    /// Boot `image` with the multiboot loader on the interpreter; return
+    /// what reached COM1 and the exit port.
+    fn boot(image: &[u8]) -> (Vec<u8>, Option<u8>) {
+        let mut vm = Vm::new(GuestMemory::new(8 << 20).unwrap());
+        let out = Rc::new(RefCell::new(Vec::new()));
+        let status = Rc::new(RefCell::new(None));
+        let ports = |out: &Rc<RefCell<Vec<u8>>>, status: &Rc<RefCell<Option<u8>>>| {
+            Box::new(Ports {
+                out: out.clone(),
+                status: status.clone(),
+                lsr_reads: 0,
+            })
+        };
+        vm.bus.add_ports(0x3F8, 8, ports(&out, &status));
+        vm.bus.add_ports(0xF4, 1, ports(&out, &status));
+        crate::multiboot::load_multiboot(&mut vm.mem, &mut vm.cpu, image, "", &[]).unwrap();
+        let exit = Interpreter::new().run(&mut vm, Budget::insns(100_000));
+        assert_eq!(exit, Exit::Halted);
+        let o = out.borrow().clone();
+        let s = *status.borrow();
+        (o, s)
+    }
+
+    #[test]
+    fn elf_kernel_runs_on_the_interpreter() {
+        assert_eq!(
+            boot(&multiboot_test_kernel("Hello, COM1\n", 0x5A)),
+            (b"Hello, COM1\n".to_vec(), Some(0x5A))
+        );
+    }
+
+    #[test]
+    fn aout_kernel_runs_on_the_interpreter() {
+        assert_eq!(
+            boot(&multiboot_aout_test_kernel("a.out", 3)),
+            (b"a.out".to_vec(), Some(3))
+        );
+        assert_eq!(
+            boot(&multiboot_aout_test_kernel("", 9)),
+            (Vec::new(), Some(9))
+        );
     }
 }
