@@ -15,6 +15,8 @@ pub mod linux;
 pub mod multiboot;
 pub mod testkernel;
 
+pub use acpi::write_acpi_tables;
+pub use bios::load_bios;
 pub use e820::{e820_map, E820Entry, E820Kind};
 pub use error::BootError;
 pub use linux::{is_bzimage, load_linux, LinuxBootInfo};

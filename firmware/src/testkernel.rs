@@ -253,7 +253,7 @@ mod tests {
         fn read(&mut self, port: u16, _size: u8, _now: u64) -> u32 {
             if port == COM1_LSR {
                 self.lsr_reads += 1;
-                if self.lsr_reads % 2 == 0 {
+                if self.lsr_reads.is_multiple_of(2) {
                     return LSR_THRE as u32;
                 }
             }
