@@ -630,4 +630,73 @@ mod tests {
         )
         .is_ok());
     }
+
+    /// A real Debian i386 kernel, if one is at hand: $UMBRA_TEST_BZIMAGE,
+    /// the guest cache of guests/fetch.sh, or /boot.
+    fn real_kernel() -> Option<std::path::PathBuf> {
+        if let Some(p) = std::env::var_os("UMBRA_TEST_BZIMAGE") {
+            return Some(p.into());
+        }
+        let cache = std::env::var_os("UMBRA_GUEST_CACHE")
+            .map(std::path::PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME")
+                    .map(|h| std::path::PathBuf::from(h).join(".cache/umbra/guests"))
+            });
+        let dirs = cache
+            .map(|c| c.join("linux/boot"))
+            .into_iter()
+            .chain([std::path::PathBuf::from("/boot")]);
+        for d in dirs {
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let p = e.path();
+                let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                if n.starts_with("vmlinuz") && n.ends_with("-686") {
+                    return Some(p);
+                }
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn real_debian_kernel_if_present() {
+        let Some(path) = real_kernel() else {
+            eprintln!("skipped: no i386 bzImage (run guests/fetch.sh or set UMBRA_TEST_BZIMAGE)");
+            return;
+        };
+        let k = std::fs::read(&path).unwrap();
+        let h = parse_header(&k).unwrap();
+        assert!(h.version >= 0x020A, "{path:?}: protocol {:#x}", h.version);
+        assert!(h.relocatable);
+        let mut mem = GuestMemory::new(256 << 20).unwrap();
+        let mut cpu = CpuState::reset();
+        let rd = vec![0x42u8; 1 << 20];
+        let info = load_linux(
+            &mut mem,
+            &mut cpu,
+            &k,
+            Some(&rd),
+            "console=ttyS0",
+            Some(0xE0000),
+        )
+        .unwrap();
+        let (rd_addr, _) = info.initrd.unwrap();
+        // Top of RAM (initrd_addr_max is far above 256 MiB): 256 MiB - 1 MiB.
+        assert_eq!(rd_addr, 255 << 20);
+        assert!(rd_addr >= h.pref_address.max(0x100000) + h.init_size as u64);
+        assert_eq!(mem.read_u8(0x100000), k[h.kernel_offset()]);
+        assert_eq!(mem.read_u64(0x10000 + 0x70), 0xE0000);
+        // Too little RAM: the message names what is needed.
+        let mut small = GuestMemory::new(16 << 20).unwrap();
+        let e = load_linux(&mut small, &mut cpu, &k, None, "", None).unwrap_err();
+        let need = (h.pref_address + h.init_size as u64).div_ceil(1 << 20);
+        assert!(
+            matches!(e, BootError::DoesNotFit { need_mib, .. } if need_mib == need),
+            "{e}"
+        );
+    }
 }

@@ -656,4 +656,38 @@ mod tests {
             Err(BootError::BadImage(_))
         ));
     }
+
+    #[test]
+    fn modules_that_do_not_fit_say_how_much_memory() {
+        let mut mem = dirty_mem();
+        let mut cpu = CpuState::reset();
+        let k = multiboot_test_kernel("x", 0);
+        // Kernel + bss end below 0x102000; a 16 MiB module then needs
+        // 0x102000 + 16 MiB: 18 MiB rounded up.
+        let mods = vec![(vec![0u8; 16 << 20], "big".to_string())];
+        let e = load_multiboot(&mut mem, &mut cpu, &k, "", &mods).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                BootError::DoesNotFit {
+                    have_mib: 16,
+                    need_mib: 18,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn oversized_command_lines_are_refused() {
+        let mut mem = dirty_mem();
+        let mut cpu = CpuState::reset();
+        let k = multiboot_test_kernel("x", 0);
+        let long = "y".repeat(40_000);
+        assert!(matches!(
+            load_multiboot(&mut mem, &mut cpu, &k, &long, &[]),
+            Err(BootError::MultibootInfoTooBig { .. })
+        ));
+    }
 }
