@@ -54,7 +54,6 @@ pub mod fadt {
     pub const CENTURY: usize = 108;
     pub const IAPC_BOOT_ARCH: usize = 109;
     pub const FLAGS: usize = 112;
-    pub const X_FIRMWARE_CTRL: usize = 132;
     pub const X_DSDT: usize = 140;
     pub const X_PM1A_EVT_BLK: usize = 148;
     pub const X_PM1A_CNT_BLK: usize = 172;
@@ -147,7 +146,9 @@ pub fn write_acpi_tables(mem: &mut GuestMemory, pm_base: u16, sci_irq: u8) -> u6
     facs[32] = 1; // version (ACPI 2.0 FACS)
 
     // FADT revision 3. The 64-bit X_ fields repeat the 32-bit ones (equal
-    // values: ACPICA takes either without a mismatch warning).
+    // values: ACPICA takes either without a mismatch warning), except
+    // X_FIRMWARE_CTRL, left zero: ACPICA installs the FACS once per
+    // non-zero pointer and would list it twice.
     let mut f = table(b"FACP", FADT_SIZE, 3);
     put32(&mut f, fadt::FIRMWARE_CTRL, FACS_ADDR as u32);
     put32(&mut f, fadt::DSDT, DSDT_ADDR as u32);
@@ -172,7 +173,6 @@ pub fn write_acpi_tables(mem: &mut GuestMemory, pm_base: u16, sci_irq: u8) -> u6
         fadt::FLAGS,
         fadt::F_WBINVD | fadt::F_PROC_C1 | fadt::F_SLP_BUTTON,
     );
-    f[fadt::X_FIRMWARE_CTRL..fadt::X_FIRMWARE_CTRL + 8].copy_from_slice(&FACS_ADDR.to_le_bytes());
     f[fadt::X_DSDT..fadt::X_DSDT + 8].copy_from_slice(&DSDT_ADDR.to_le_bytes());
     for (off, port, len) in [
         (fadt::X_PM1A_EVT_BLK, pm_base as u64, 4u8),
