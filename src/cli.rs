@@ -198,6 +198,12 @@ pub struct RunArgs {
     /// on stderr at exit.
     #[arg(long)]
     pub stats: bool,
+
+    /// Sample the guest's EIP every slice of instructions and print the
+    /// hottest addresses on stderr at exit (match them against the
+    /// kernel's System.map).
+    #[arg(long)]
+    pub profile: bool,
 }
 
 /// Execution engines of `umbra run`.

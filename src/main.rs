@@ -102,6 +102,9 @@ fn run_machine(args: &RunArgs) -> Result<ExitCode, CliError> {
         debugcon: args.debugcon.clone(),
     };
     let mut machine = Machine::new(&cfg)?;
+    if args.profile {
+        machine.enable_profile();
+    }
     let mut console = if args.serial == CharTarget::Stdio {
         Console::stdin()
     } else {
@@ -121,6 +124,12 @@ fn run_machine(args: &RunArgs) -> Result<ExitCode, CliError> {
     }
     if args.stats {
         eprintln!("{}", machine.stats());
+    }
+    if args.profile {
+        eprintln!("hottest guest EIPs (samples):");
+        for (eip, n) in machine.profile(40) {
+            eprintln!("  {eip:08x} {n}");
+        }
     }
     Ok(ExitCode::from(outcome.exit_status()))
 }

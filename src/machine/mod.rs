@@ -131,6 +131,10 @@ pub struct Machine {
     input: std::collections::VecDeque<u8>,
     /// Host time the run started, for the statistics.
     started: Option<Instant>,
+    /// Host time spent waiting while the guest was halted.
+    idle: Duration,
+    /// `--profile`: guest EIP at the end of each slice, counted.
+    profile: Option<std::collections::HashMap<u32, u64>>,
 }
 
 fn open_target(t: &CharTarget) -> Result<Option<Box<dyn Write>>, MachineError> {
@@ -243,6 +247,8 @@ impl Machine {
             engine,
             input: Default::default(),
             started: None,
+            idle: Duration::ZERO,
+            profile: None,
         })
     }
 
@@ -270,7 +276,11 @@ impl Machine {
                 ClockMode::RealTime => SLICE,
             };
             match self.engine.run(&mut self.vm, Budget::insns(budget)) {
-                Exit::BudgetSpent => {}
+                Exit::BudgetSpent => {
+                    if let Some(p) = &mut self.profile {
+                        *p.entry(self.vm.cpu.eip).or_default() += 1;
+                    }
+                }
                 Exit::Halted => {
                     if let Some(o) = self.take_request() {
                         return o;
@@ -316,7 +326,10 @@ impl Machine {
                 let wait = next.map_or(MAX_IDLE, |t| {
                     Duration::from_nanos(t.saturating_sub(now)).min(MAX_IDLE)
                 });
-                for ev in console.poll(wait) {
+                let t0 = Instant::now();
+                let events = console.poll(wait);
+                self.idle += t0.elapsed();
+                for ev in events {
                     if let Some(o) = self.console_event(ev) {
                         return Some(o);
                     }
@@ -353,17 +366,35 @@ impl Machine {
         })
     }
 
+    /// Sample the guest EIP at the end of every slice (`--profile`).
+    pub fn enable_profile(&mut self) {
+        self.profile = Some(Default::default());
+    }
+
+    /// The most frequent sampled EIPs, most frequent first.
+    pub fn profile(&self, top: usize) -> Vec<(u32, u64)> {
+        let mut v: Vec<(u32, u64)> = self
+            .profile
+            .iter()
+            .flat_map(|p| p.iter().map(|(a, n)| (*a, *n)))
+            .collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v.truncate(top);
+        v
+    }
+
     /// Statistics for `--stats` and Ctrl-A C.
     pub fn stats(&self) -> String {
         let s = &self.engine.stats;
         let secs = self.started.map_or(0.0, |t| t.elapsed().as_secs_f64());
         let m = &self.vm.mmu.stats;
         let mut out = format!(
-            "instructions {} in {:.2} s ({:.1} M/s), virtual time {:.3} s\n\
+            "instructions {} in {:.2} s ({:.1} M/s while running, {:.2} s idle), virtual time {:.3} s\n\
              shadow hits {} misses {} fills {}, CR3 switches {} (found {}), write-watch faults {}, page faults {}",
             s.instructions,
             secs,
-            s.instructions as f64 / secs.max(1e-9) / 1e6,
+            s.instructions as f64 / (secs - self.idle.as_secs_f64()).max(1e-9) / 1e6,
+            self.idle.as_secs_f64(),
             self.vm.clock.now_ns() as f64 / 1e9,
             m.shadow_hits,
             m.shadow_misses,
