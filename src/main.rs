@@ -69,7 +69,7 @@ fn main() -> ExitCode {
 }
 
 /// Kernel command line of the default guest.
-const DEFAULT_APPEND: &str = "console=ttyS0";
+const DEFAULT_APPEND: &str = "console=ttyS0 cryptomgr.notests";
 
 fn run_machine(args: &RunArgs) -> Result<ExitCode, CliError> {
     let boot = match (&args.kernel, &args.bios) {
