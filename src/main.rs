@@ -101,21 +101,28 @@ fn run_machine(args: &RunArgs) -> Result<ExitCode, CliError> {
         serial: args.serial.clone(),
         debugcon: args.debugcon.clone(),
     };
-    let mut machine = Machine::new(&cfg)?;
-    if args.profile {
-        machine.enable_profile();
-    }
     let mut console = if args.serial == CharTarget::Stdio {
         Console::stdin()
     } else {
         Console::none()
     };
-    let outcome = machine.run(&mut console);
+    // A guest reset starts the machine anew from the same configuration,
+    // as a PC's reset line does (QEMU's default too).
+    let (machine, outcome) = loop {
+        let mut machine = Machine::new(&cfg)?;
+        if args.profile {
+            machine.enable_profile();
+        }
+        let outcome = machine.run(&mut console);
+        if outcome != Outcome::Reset {
+            break (machine, outcome);
+        }
+        eprint!("\r\numbra: the guest reset the machine; starting again\r\n");
+    };
     console.restore();
     let _ = std::io::stdout().flush();
     match &outcome {
-        Outcome::PowerOff | Outcome::ExitPort(_) | Outcome::Quit => {}
-        Outcome::Reset => eprintln!("umbra: the guest reset the machine; stopping"),
+        Outcome::PowerOff | Outcome::ExitPort(_) | Outcome::Quit | Outcome::Reset => {}
         Outcome::TripleFault(dump) => {
             eprintln!("umbra: triple fault, the machine shut down\n{dump}")
         }

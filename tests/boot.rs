@@ -74,6 +74,24 @@ fn multiboot_aout_kernel_prints_and_exits_with_its_status() {
 }
 
 #[test]
+fn triple_fault_prints_the_cpu_state_and_fails() {
+    // The ELF test kernel with its first instruction replaced by UD2: with
+    // no IDT set up (the IDTR still covers the zeroed real-mode IVT), #UD
+    // finds an empty gate, #GP too, #DF too: a triple fault.
+    let mut image = testkernel::multiboot_test_kernel("", 0);
+    let entry = u32::from_le_bytes(image[24..28].try_into().unwrap());
+    let off = (entry - 0x10_0000) as usize; // one PT_LOAD of the file at 1 MiB
+    image[off..off + 2].copy_from_slice(&[0x0F, 0x0B]);
+    let k = tmp("mb-ud2");
+    std::fs::write(&k, image).unwrap();
+    let o = run(&["--kernel", k.to_str().unwrap(), "--memory", "16M"]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = text(&o.stderr);
+    assert!(e.contains("triple fault"), "{e}");
+    assert!(e.contains(&format!("EIP={entry:08x}")), "{e}");
+}
+
+#[test]
 fn user_errors_get_one_line_and_a_nonzero_status() {
     let missing = run(&["--kernel", "/nonexistent/vmlinuz"]);
     assert_eq!(missing.status.code(), Some(2));
