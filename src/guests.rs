@@ -5,7 +5,11 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
@@ -58,15 +62,51 @@ pub fn default_guest() -> Result<Guest, GuestError> {
         return Err(GuestError::NoRecipes(script));
     }
     eprintln!("umbra: building the default guest (first run; it is cached for the next ones)");
-    let status = Command::new("bash")
+    let mut child = Command::new("bash")
         .arg(&script)
         .env("UMBRA_GUEST_CACHE", cache_dir())
-        .status()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| GuestError::Spawn(script.clone(), e))?;
+    if let Some(err) = child.stderr.take() {
+        show_progress(err);
+    }
+    let status = child
+        .wait()
         .map_err(|e| GuestError::Spawn(script.clone(), e))?;
     if !status.success() {
         return Err(GuestError::BuildFailed(script));
     }
     read_env(&env)
+}
+
+/// Steps guests/build.sh announces with a `umbra-guests: ... ...` line on
+/// a first build (download and extract two packages, the initramfs, the
+/// expected results).
+const BUILD_STEPS: u64 = 6;
+
+/// A progress bar over the build script's step lines; any other line (an
+/// error, a path) is printed above it.
+fn show_progress(stderr: impl std::io::Read) {
+    let pb = ProgressBar::new(BUILD_STEPS);
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] [{bar:30}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.enable_steady_tick(Duration::from_millis(120));
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        match line.strip_prefix("umbra-guests: ") {
+            Some(step) if step.ends_with("...") => {
+                pb.inc(1);
+                pb.set_message(step.trim_end_matches(" ...").to_string());
+            }
+            Some(info) => pb.set_message(info.to_string()),
+            None => pb.println(line),
+        }
+    }
+    pb.finish_and_clear();
 }
 
 /// Parse `KEY=VALUE` lines and check the files exist.

@@ -186,3 +186,20 @@ fn deterministic_boots_print_identical_output() {
     assert!(text(&a).contains("BOOT-OK"));
     assert!(a == b, "two --deterministic boots printed different output");
 }
+
+#[test]
+fn too_little_memory_for_the_kernel_is_refused_with_the_size_needed() {
+    let g = guest();
+    let o = run(&[
+        "--kernel",
+        g.kernel.to_str().unwrap(),
+        "--initrd",
+        g.initrd.to_str().unwrap(),
+        "--memory",
+        "16M",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = text(&o.stderr);
+    assert!(e.contains("MiB"), "says how much memory is needed: {e}");
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+}
