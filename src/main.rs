@@ -122,7 +122,8 @@ fn run_machine(args: &RunArgs) -> Result<ExitCode, CliError> {
     console.restore();
     let _ = std::io::stdout().flush();
     match &outcome {
-        Outcome::PowerOff | Outcome::ExitPort(_) | Outcome::Quit | Outcome::Reset => {}
+        Outcome::Quit => eprintln!(),
+        Outcome::PowerOff | Outcome::ExitPort(_) | Outcome::Reset => {}
         Outcome::TripleFault(dump) => {
             eprintln!("umbra: triple fault, the machine shut down\n{dump}")
         }
