@@ -204,6 +204,11 @@ pub struct RunArgs {
     /// kernel's System.map).
     #[arg(long)]
     pub profile: bool,
+
+    /// Stop after N guest instructions (exit status 0), e.g. to time a
+    /// fixed amount of work with --stats.
+    #[arg(long, value_name = "N")]
+    pub max_instructions: Option<u64>,
 }
 
 /// Execution engines of `umbra run`.

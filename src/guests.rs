@@ -4,8 +4,8 @@
 //! something is missing, and reads the `guest.env` it leaves behind.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 

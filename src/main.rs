@@ -100,6 +100,7 @@ fn run_machine(args: &RunArgs) -> Result<ExitCode, CliError> {
         deterministic: args.deterministic,
         serial: args.serial.clone(),
         debugcon: args.debugcon.clone(),
+        max_instructions: args.max_instructions,
     };
     let mut console = if args.serial == CharTarget::Stdio {
         Console::stdin()
@@ -124,6 +125,7 @@ fn run_machine(args: &RunArgs) -> Result<ExitCode, CliError> {
     match &outcome {
         Outcome::Quit => eprintln!(),
         Outcome::PowerOff | Outcome::ExitPort(_) | Outcome::Reset => {}
+        Outcome::InstructionLimit => eprintln!("umbra: --max-instructions reached"),
         Outcome::TripleFault(dump) => {
             eprintln!("umbra: triple fault, the machine shut down\n{dump}")
         }

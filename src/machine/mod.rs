@@ -72,6 +72,8 @@ pub struct MachineConfig {
     pub deterministic: bool,
     pub serial: CharTarget,
     pub debugcon: CharTarget,
+    /// Stop after this many guest instructions (benchmarks, bisecting).
+    pub max_instructions: Option<u64>,
 }
 
 /// Host-side failures while building the machine.
@@ -110,13 +112,15 @@ pub enum Outcome {
     Dead(String),
     /// The engine failed (a host-side problem).
     EngineError(String),
+    /// `--max-instructions` reached.
+    InstructionLimit,
 }
 
 impl Outcome {
     /// The process exit status for this outcome.
     pub fn exit_status(&self) -> u8 {
         match self {
-            Outcome::PowerOff | Outcome::Quit | Outcome::Reset => 0,
+            Outcome::PowerOff | Outcome::Quit | Outcome::Reset | Outcome::InstructionLimit => 0,
             Outcome::ExitPort(v) => (v << 1) | 1,
             Outcome::TripleFault(_) | Outcome::Dead(_) | Outcome::EngineError(_) => 2,
         }
@@ -127,6 +131,7 @@ pub struct Machine {
     pub vm: Vm,
     pub platform: Platform,
     engine: Interpreter,
+    max_instructions: Option<u64>,
     /// Console bytes not yet taken by COM1's receive FIFO.
     input: std::collections::VecDeque<u8>,
     /// Host time the run started, for the statistics.
@@ -245,6 +250,7 @@ impl Machine {
             vm,
             platform,
             engine,
+            max_instructions: cfg.max_instructions,
             input: Default::default(),
             started: None,
             idle: Duration::ZERO,
@@ -269,12 +275,19 @@ impl Machine {
             }
             self.feed_serial();
             let next = self.platform.next_event(now);
-            let budget = match self.vm.clock.mode() {
+            let mut budget = match self.vm.clock.mode() {
                 ClockMode::Deterministic { ns_per_insn } => next.map_or(SLICE, |t| {
                     (t.saturating_sub(now) / ns_per_insn.max(1)).clamp(1, SLICE)
                 }),
                 ClockMode::RealTime => SLICE,
             };
+            if let Some(max) = self.max_instructions {
+                let done = self.engine.stats.instructions;
+                if done >= max {
+                    return Outcome::InstructionLimit;
+                }
+                budget = budget.min(max - done);
+            }
             match self.engine.run(&mut self.vm, Budget::insns(budget)) {
                 Exit::BudgetSpent => {
                     if let Some(p) = &mut self.profile {
@@ -403,6 +416,11 @@ impl Machine {
             m.cr3_switch_hits,
             m.write_watch_faults,
             m.page_faults,
+        );
+        let f = self.engine.fetch_stats();
+        out += &format!(
+            "\nblocks {} hits {} misses (decoded instructions {} hits {} misses)",
+            f.block_hits, f.block_misses, f.hits, f.misses
         );
         let exc: Vec<String> = s
             .exceptions

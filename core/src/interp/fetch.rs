@@ -46,7 +46,7 @@ struct Entry {
 }
 
 /// Blocks in the block cache (a power of two).
-const BLOCK_ENTRIES: usize = 2048;
+const BLOCK_ENTRIES: usize = 16384;
 /// Most instructions in one block.
 const MAX_BLOCK_INSNS: usize = 64;
 

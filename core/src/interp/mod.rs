@@ -178,6 +178,11 @@ impl Interpreter {
         }
     }
 
+    /// Counters of the decode and block caches.
+    pub fn fetch_stats(&self) -> fetch::FetchStats {
+        self.fetcher.stats
+    }
+
     /// Execute one instruction (or deliver one pending event).
     pub fn step(&mut self, vm: &mut Vm) -> Step {
         // External events at an instruction boundary (SDM Vol. 3 6.9).
