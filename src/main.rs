@@ -45,7 +45,21 @@ enum CliError {
     Guest(#[from] guests::GuestError),
 }
 
+/// Logging on stderr, off unless UMBRA_LOG says otherwise (e.g.
+/// `UMBRA_LOG=debug` shows POST codes and ignored device accesses,
+/// `UMBRA_LOG=umbra_devices=debug` only the devices').
+fn init_logging() {
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("UMBRA_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .without_time()
+            .init();
+    }
+}
+
 fn main() -> ExitCode {
+    init_logging();
     let cli = Cli::parse();
     let command = match cli.command {
         Some(c) => c,
