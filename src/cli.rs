@@ -163,7 +163,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE", requires = "kernel")]
     pub initrd: Option<PathBuf>,
 
-    /// Kernel command line.
+    /// Kernel command line (the default guest's: `console=ttyS0
+    /// cryptomgr.notests`; add `umbra.workload=1` to run the workload).
     #[arg(long, value_name = "ARGS")]
     pub append: Option<String>,
 
