@@ -99,9 +99,11 @@ impl Default for Vga {
 
 impl Vga {
     pub fn new() -> Self {
-        let mut regs = VgaRegs::default();
         // Power-on: colour decode, RAM enabled, all planes writable.
-        regs.misc = MISC_IOAS | MISC_RAM_ENABLE;
+        let mut regs = VgaRegs {
+            misc: MISC_IOAS | MISC_RAM_ENABLE,
+            ..Default::default()
+        };
         regs.seq[SR_MAP_MASK] = 0x0f;
         regs.gc[GR_BIT_MASK] = 0xff;
         regs.attr[AR_PLANE_ENABLE] = 0x0f;
@@ -256,7 +258,11 @@ impl Vga {
             // DAC data: the entry is updated when blue arrives.
             PORT_DAC_DATA => {
                 let c = r.dac_component as usize;
-                r.dac_write_latch[c] = if self.vbe.dac_8bit() { value } else { value & 0x3f };
+                r.dac_write_latch[c] = if self.vbe.dac_8bit() {
+                    value
+                } else {
+                    value & 0x3f
+                };
                 r.dac_component += 1;
                 if r.dac_component == 3 {
                     let i = r.dac_write_index as usize * 3;
@@ -338,12 +344,15 @@ impl Vga {
     }
 
     /// The VBE banked window: 0xA0000-0xAFFFF maps the selected 64 KiB of
-    /// the LFB while a VBE mode is enabled.
+    /// the LFB while a VBE mode is enabled (outer None: VBE off; inner
+    /// None: address outside the bank window, decoded as legacy VGA).
     fn vbe_bank_offset(&self, addr: u64) -> Option<Option<usize>> {
         if !self.vbe.enabled() {
             return None;
         }
-        let off = addr.checked_sub(WINDOW_BASE).filter(|&o| o < VBE_BANK_SIZE as u64);
+        let off = addr
+            .checked_sub(WINDOW_BASE)
+            .filter(|&o| o < VBE_BANK_SIZE as u64);
         Some(off.map(|o| self.vbe.bank_offset() + o as usize))
     }
 
@@ -398,10 +407,8 @@ impl Vga {
     /// One CPU byte read through the graphics controller (FreeVGA "read
     /// modes"): chain 4, odd/even, or planar with read mode 0 or 1.
     pub fn read_byte(&mut self, addr: u64) -> u8 {
-        if let Some(bank) = self.vbe_bank_offset(addr) {
-            if let Some(o) = bank {
-                return self.lfb.get(o).copied().unwrap_or(0xff);
-            }
+        if let Some(Some(o)) = self.vbe_bank_offset(addr) {
+            return self.lfb.get(o).copied().unwrap_or(0xff);
         }
         if self.regs.misc & MISC_RAM_ENABLE == 0 {
             return 0xff;
@@ -450,8 +457,8 @@ impl Vga {
     /// modes"): chain 4, odd/even, or planar write modes 0-3 with the
     /// set/reset, rotate, logical operation, bit mask and map mask.
     pub fn write_byte(&mut self, addr: u64, value: u8) {
-        if let Some(bank) = self.vbe_bank_offset(addr) {
-            if let Some(b) = bank.and_then(|o| self.lfb.get_mut(o)) {
+        if let Some(Some(o)) = self.vbe_bank_offset(addr) {
+            if let Some(b) = self.lfb.get_mut(o) {
                 *b = value;
             }
             return;
@@ -565,7 +572,12 @@ impl PortIo for Vga {
             return self.vbe_write(port, size, value);
         }
         for i in 0..size.min(4) {
-            Vga::write(self, port.wrapping_add(i as u16), (value >> (8 * i)) as u8, now);
+            Vga::write(
+                self,
+                port.wrapping_add(i as u16),
+                (value >> (8 * i)) as u8,
+                now,
+            );
         }
     }
 }

@@ -208,7 +208,8 @@ impl Vga {
         };
         if self.regs.sr(SR_CLOCKING) & SR1_SCREEN_OFF != 0 {
             // Screen off: the sequencer sends no pixels.
-            px.chunks_exact_mut(4).for_each(|p| p.copy_from_slice(&[0, 0, 0, 255]));
+            px.chunks_exact_mut(4)
+                .for_each(|p| p.copy_from_slice(&[0, 0, 0, 255]));
         }
         (w, h, px)
     }
@@ -218,7 +219,11 @@ impl Vga {
             return (0, 0, Vec::new());
         };
         let r = &self.regs;
-        let gw = if r.sr(SR_CLOCKING) & SR1_DOT8 != 0 { 8 } else { 9 };
+        let gw = if r.sr(SR_CLOCKING) & SR1_DOT8 != 0 {
+            8
+        } else {
+            9
+        };
         let char_h = (r.cr(CR_MAX_SCAN) & CR9_SCAN_MASK) as usize + 1;
         let (w, h) = (t.cols * gw, t.rows * char_h);
         let mode = r.ar(AR_MODE);
@@ -230,7 +235,11 @@ impl Vga {
             for col in 0..t.cols {
                 let (ch, at) = t.cells[row * t.cols + col];
                 let fg = self.dac_rgb(self.attr_to_dac(at & 0x0f));
-                let bgc = if mode & AR10_BLINK != 0 { (at >> 4) & 7 } else { at >> 4 };
+                let bgc = if mode & AR10_BLINK != 0 {
+                    (at >> 4) & 7
+                } else {
+                    at >> 4
+                };
                 let bg = self.dac_rgb(self.attr_to_dac(bgc));
                 let map = if at & 0x08 != 0 { map_a } else { map_b };
                 let font = Self::font_offset(map) + ch as usize * 32;
@@ -242,9 +251,8 @@ impl Vga {
                     if gw == 9 && mode & AR10_LINE_GRAPHICS != 0 && (0xc0..=0xdf).contains(&ch) {
                         bits |= bits >> 1 & 1;
                     }
-                    let in_cursor = cursor_here
-                        && line as u8 >= t.cursor_start
-                        && line as u8 <= t.cursor_end;
+                    let in_cursor =
+                        cursor_here && line as u8 >= t.cursor_start && line as u8 <= t.cursor_end;
                     for x in 0..gw {
                         let on = in_cursor || (bits >> (8 - x)) & 1 != 0;
                         let c = if on { fg } else { bg };

@@ -161,11 +161,7 @@ impl Vbe {
         match self.index {
             // ID: the guest names the interface version it speaks; only
             // versions we implement stick, so a probe for a newer one fails.
-            VBE_INDEX_ID => {
-                if (VBE_ID0..=VBE_ID5).contains(&value) {
-                    self.regs[i] = value;
-                }
-            }
+            VBE_INDEX_ID if (VBE_ID0..=VBE_ID5).contains(&value) => self.regs[i] = value,
             // Mode registers: ignored while enabled (as Bochs does), clamped
             // to the maximums.
             VBE_INDEX_XRES | VBE_INDEX_YRES | VBE_INDEX_BPP => {
@@ -201,11 +197,7 @@ impl Vbe {
                 }
             }
             // Bank: selects the 64 KiB of the framebuffer seen at 0xA0000.
-            VBE_INDEX_BANK => {
-                if (value as usize) < LFB_SIZE / VBE_BANK_SIZE {
-                    self.regs[i] = value;
-                }
-            }
+            VBE_INDEX_BANK if (value as usize) < LFB_SIZE / VBE_BANK_SIZE => self.regs[i] = value,
             // Virtual width: the line pitch; the virtual height follows.
             VBE_INDEX_VIRT_WIDTH => {
                 let w = value.max(self.reg(VBE_INDEX_XRES));
@@ -216,7 +208,8 @@ impl Vbe {
             }
             // Display start offsets (panning).
             VBE_INDEX_X_OFFSET | VBE_INDEX_Y_OFFSET => self.regs[i] = value,
-            // Virtual height and memory size are read-only.
+            // Virtual height and memory size are read-only; refused IDs and
+            // banks past the framebuffer are ignored.
             _ => {}
         }
         VbeEffect::None
@@ -237,7 +230,8 @@ pub struct VgaPciFunction {
 impl VgaPciFunction {
     pub(crate) fn new(lfb_base: Rc<Cell<u32>>) -> Self {
         // Class 03/00/00: VGA-compatible display controller; revision 2.
-        let mut config = ConfigSpace::new(PCI_VENDOR_QEMU, PCI_DEVICE_STDVGA, 0x03, 0x00, 0x00, 0x02);
+        let mut config =
+            ConfigSpace::new(PCI_VENDOR_QEMU, PCI_DEVICE_STDVGA, 0x03, 0x00, 0x00, 0x02);
         config.set_bar(0, LFB_SIZE as u32, false);
         config.set_u32(CFG_BAR0, BAR_PREFETCHABLE);
         config.set_u16(CFG_SUBSYS_VENDOR, PCI_SUBSYS_VENDOR);
