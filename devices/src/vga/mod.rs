@@ -123,6 +123,12 @@ impl Vga {
         VgaPciFunction::new(self.lfb_base.clone())
     }
 
+    /// Share BAR0 with an existing PCI function again (after restoring a
+    /// serialized `Vga`, whose shared cell is not serialized).
+    pub fn attach_pci_function(&mut self, f: &VgaPciFunction) {
+        self.lfb_base = f.lfb_base_cell();
+    }
+
     /// Physical address of the linear framebuffer (BAR0), 0 if unassigned.
     pub fn lfb_base(&self) -> u32 {
         self.lfb_base.get()

@@ -6,7 +6,9 @@
 //!
 //! Not rendered: CGA-compatible modes 4-6 (GR05 shift interleave) are drawn
 //! as planar, horizontal panning and the line compare split are ignored,
-//! the cursor and blinking do not blink (the cursor is always drawn).
+//! the cursor and blinking do not blink (the cursor is always drawn), the
+//! attribute palette address source bit (screen blanked while the palette
+//! is being loaded) is ignored; SR01 screen-off renders black.
 
 use std::fmt;
 

@@ -519,6 +519,10 @@ fn pci_function_identity_and_bar() {
     f.write_config(0x10, 4, 0xfd00_0000);
     assert_eq!(f.read_config(0x10, 4), 0xfd00_0008);
     assert_eq!(v.lfb_base(), 0xfd00_0000);
+    // A fresh Vga (as after deserializing) adopts the function's BAR.
+    let mut w = Vga::new();
+    w.attach_pci_function(&f);
+    assert_eq!(w.lfb_base(), 0xfd00_0000);
 }
 
 #[test]

@@ -240,6 +240,11 @@ impl VgaPciFunction {
         VgaPciFunction { config, lfb_base }
     }
 
+    /// The shared cell holding the BAR0 address.
+    pub(crate) fn lfb_base_cell(&self) -> Rc<Cell<u32>> {
+        self.lfb_base.clone()
+    }
+
     /// Current BAR0 address (0 = not yet assigned).
     pub fn lfb_base(&self) -> u32 {
         self.lfb_base.get()
