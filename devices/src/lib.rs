@@ -16,6 +16,7 @@ pub mod pit;
 pub mod platform;
 pub mod rtc;
 pub mod serial;
+pub mod vga;
 
 pub use irq::{IrqLine, IrqSink, PlatformRequest, Requests};
 pub use pic::Pic8259Pair;
