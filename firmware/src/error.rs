@@ -40,6 +40,8 @@ pub enum BootError {
     MultibootInfoTooBig { len: usize, max: usize },
     #[error("the BIOS image is {len} bytes; it must be 64, 128, 192 or 256 KiB (a SeaBIOS bios.bin or bios-256k.bin)")]
     BadBiosSize { len: usize },
+    #[error("the VGA BIOS image is {len} bytes; it must be 1..=128 KiB to fit 0xC0000-0xDFFFF (pass a SeaBIOS vgabios-*.bin)")]
+    BadOptionRomSize { len: usize },
     #[error("cannot map the BIOS image: {0}")]
     Mem(#[from] MemError),
 }

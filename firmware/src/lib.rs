@@ -13,6 +13,7 @@ pub mod gdt;
 pub mod layout;
 pub mod linux;
 pub mod multiboot;
+pub mod seabios;
 pub mod testkernel;
 
 pub use acpi::write_acpi_tables;

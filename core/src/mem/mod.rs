@@ -9,6 +9,12 @@
 //! tables or translated code, and writes that land on them are logged for
 //! the MMU and the translator to act on.
 //!
+//! The legacy BIOS window 0xC0000-0xFFFFF may hold a *shadowable* ROM
+//! (`add_shadow_rom`): per 16 KiB segment (0xF0000-0xFFFFF is one 64 KiB
+//! segment) reads come from that ROM or from the RAM underneath, and writes
+//! go to the RAM or nowhere, as the i440FX PAM registers choose
+//! (`set_shadow`, `pam_segments`; 82441FX datasheet, PAM[6:0]).
+//!
 //! It does not know about paging or devices: the MMU turns linear into
 //! physical addresses, the bus serves MMIO.
 
@@ -49,6 +55,66 @@ struct Rom {
     data: Vec<u8>,
 }
 
+/// First byte of the PAM-controlled window.
+pub const SHADOW_BASE: u64 = 0xC_0000;
+/// Size of the PAM-controlled window (0xC0000-0xFFFFF).
+pub const SHADOW_LEN: u64 = 0x4_0000;
+/// Granule of the PAM decode below 0xF0000 (one register nibble each).
+pub const SHADOW_SEGMENT: u64 = 0x4000;
+/// PAM nibble bit: reads of the segment go to DRAM (RE).
+pub const PAM_READ_ENABLE: u8 = 1 << 0;
+/// PAM nibble bit: writes to the segment go to DRAM (WE).
+pub const PAM_WRITE_ENABLE: u8 = 1 << 1;
+/// PCI config offset of PAM0 (0xF0000-0xFFFFF in bits 7:4).
+pub const PAM0: u8 = 0x59;
+/// PCI config offset of PAM6, the last PAM register.
+pub const PAM6: u8 = 0x5F;
+
+/// The segments one PAM register controls, each as (base, len, read_ram,
+/// write_ram), for `GuestMemory::set_shadow`. PAM0 controls only
+/// 0xF0000-0xFFFFF (high nibble; its low nibble is reserved); PAMn (n=1..6)
+/// controls 0xC0000 + (n-1)*32 KiB in its low nibble and the next 16 KiB in
+/// its high nibble. Other offsets yield nothing.
+pub fn pam_segments(reg: u8, value: u8) -> Vec<(u64, u64, bool, bool)> {
+    let mode = |n: u8| (n & PAM_READ_ENABLE != 0, n & PAM_WRITE_ENABLE != 0);
+    match reg {
+        PAM0 => {
+            let (r, w) = mode(value >> 4);
+            vec![(0xF_0000, 0x1_0000, r, w)]
+        }
+        0x5A..=PAM6 => {
+            let base = SHADOW_BASE + (reg - 0x5A) as u64 * 2 * SHADOW_SEGMENT;
+            let (lr, lw) = mode(value & 0xF);
+            let (hr, hw) = mode(value >> 4);
+            vec![
+                (base, SHADOW_SEGMENT, lr, lw),
+                (base + SHADOW_SEGMENT, SHADOW_SEGMENT, hr, hw),
+            ]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// PAM state of the shadowable ROM: one bit per 16 KiB of 0xC0000-0xFFFFF.
+#[derive(Clone, Copy, Debug)]
+struct Shadow {
+    /// Index into `roms` of the 256 KiB ROM covering the window.
+    rom: usize,
+    /// Bit n set: reads of 0xC0000 + n*16 KiB come from RAM.
+    read_ram: u16,
+    /// Bit n set: writes there go to RAM (else they are dropped).
+    write_ram: u16,
+}
+
+impl Shadow {
+    /// Bit of the 16 KiB piece holding `paddr`, if it lies in the window.
+    #[inline]
+    fn bit(paddr: u64) -> Option<u16> {
+        let o = paddr.wrapping_sub(SHADOW_BASE);
+        (o < SHADOW_LEN).then(|| 1u16 << (o / SHADOW_SEGMENT))
+    }
+}
+
 /// Counters of accesses the hardware would ignore.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MemStats {
@@ -79,6 +145,8 @@ pub struct GuestMemory {
     /// and the code checks.
     last_dirty: usize,
     pub stats: MemStats,
+    /// The PAM-controlled ROM, if `add_shadow_rom` was called.
+    shadow: Option<Shadow>,
 }
 
 impl GuestMemory {
@@ -102,6 +170,7 @@ impl GuestMemory {
             code_frames: vec![false; frames],
             code_gen: 0,
             stats: MemStats::default(),
+            shadow: None,
         })
     }
 
@@ -143,6 +212,99 @@ impl GuestMemory {
         Ok(())
     }
 
+    /// Put `data` into the shadowable ROM at `base`, inside 0xC0000-0xFFFFF.
+    /// The first call creates that ROM (256 KiB, all ones where nothing is
+    /// loaded: an empty ISA window) with every segment in the PAM reset
+    /// state (reads see the ROM, writes are dropped); later calls fill in
+    /// more of it. It must not overlap a ROM added with `add_rom`.
+    pub fn add_shadow_rom(&mut self, base: u64, data: &[u8]) -> Result<(), MemError> {
+        let len = data.len() as u64;
+        let bad = MemError::BadRom { base, len };
+        let off = base.wrapping_sub(SHADOW_BASE);
+        if len == 0 || off >= SHADOW_LEN || len > SHADOW_LEN - off {
+            return Err(bad);
+        }
+        let idx = match self.shadow {
+            Some(s) => s.rom,
+            None => {
+                let (b, l) = (SHADOW_BASE, SHADOW_LEN);
+                if self
+                    .roms
+                    .iter()
+                    .any(|r| b < r.base + r.data.len() as u64 && r.base < b + l)
+                {
+                    return Err(bad);
+                }
+                self.roms.push(Rom {
+                    base: SHADOW_BASE,
+                    data: vec![0xFF; SHADOW_LEN as usize],
+                });
+                let rom = self.roms.len() - 1;
+                self.shadow = Some(Shadow {
+                    rom,
+                    read_ram: 0,
+                    write_ram: 0,
+                });
+                rom
+            }
+        };
+        let o = off as usize;
+        self.roms[idx].data[o..o + data.len()].copy_from_slice(data);
+        self.code_gen += 1;
+        self.code_written = true;
+        Ok(())
+    }
+
+    /// Set where reads and writes of every PAM segment overlapping
+    /// [base, base+len) go: reads to RAM (`read_ram`) or to the shadowable
+    /// ROM; writes to RAM (`write_ram`) or nowhere. Does nothing without a
+    /// shadowable ROM or outside 0xC0000-0xFFFFF. Decoded code is
+    /// invalidated (`code_gen`); the caller must also flush the MMU's
+    /// cached translations (`Mmu::flush_all`), which may point at the RAM
+    /// of a segment that is no longer read/write RAM.
+    pub fn set_shadow(&mut self, base: u64, len: u64, read_ram: bool, write_ram: bool) {
+        let Some(s) = self.shadow.as_mut() else {
+            return;
+        };
+        let end = base.saturating_add(len);
+        for n in 0..(SHADOW_LEN / SHADOW_SEGMENT) {
+            let sb = SHADOW_BASE + n * SHADOW_SEGMENT;
+            if sb < end && base < sb + SHADOW_SEGMENT {
+                let bit = 1u16 << n;
+                s.read_ram = if read_ram {
+                    s.read_ram | bit
+                } else {
+                    s.read_ram & !bit
+                };
+                s.write_ram = if write_ram {
+                    s.write_ram | bit
+                } else {
+                    s.write_ram & !bit
+                };
+            }
+        }
+        self.code_gen += 1;
+        self.code_written = true;
+        self.last_dirty = usize::MAX;
+    }
+
+    /// (read_ram, write_ram) of the PAM segment holding `paddr`, or `None`
+    /// outside the window or without a shadowable ROM.
+    pub fn shadow_mode(&self, paddr: u64) -> Option<(bool, bool)> {
+        let s = self.shadow?;
+        let bit = Shadow::bit(paddr)?;
+        Some((s.read_ram & bit != 0, s.write_ram & bit != 0))
+    }
+
+    /// True when `paddr` lies in a shadow segment whose writes are dropped.
+    #[inline]
+    fn shadow_drops_write(&self, paddr: u64) -> bool {
+        match (self.shadow, Shadow::bit(paddr)) {
+            (Some(s), Some(bit)) => s.write_ram & bit == 0,
+            _ => false,
+        }
+    }
+
     /// Declare [base, base+len) an MMIO hole served by the bus.
     pub fn add_mmio(&mut self, base: u64, len: u64) {
         self.mmio.push((base, len));
@@ -154,6 +316,12 @@ impl GuestMemory {
         if !self.roms.is_empty() || !self.mmio.is_empty() {
             for (i, r) in self.roms.iter().enumerate() {
                 if paddr >= r.base && paddr - r.base < r.data.len() as u64 {
+                    // A shadow segment reading RAM: what follows decides.
+                    if let Some(s) = self.shadow.filter(|s| s.rom == i) {
+                        if Shadow::bit(paddr).is_some_and(|b| s.read_ram & b != 0) {
+                            break;
+                        }
+                    }
                     return Region::Rom(i, (paddr - r.base) as usize);
                 }
             }
@@ -178,7 +346,14 @@ impl GuestMemory {
             return false;
         }
         let hit = |b: u64, l: u64| f < b + l && b < f + PAGE_SIZE;
-        !self.roms.iter().any(|r| hit(r.base, r.data.len() as u64))
+        // A shadow segment counts as RAM only in read/write-RAM mode.
+        let shadow_rw = self.shadow_mode(f) == Some((true, true));
+        let shadow = self.shadow.map(|s| s.rom);
+        !self
+            .roms
+            .iter()
+            .enumerate()
+            .any(|(i, r)| hit(r.base, r.data.len() as u64) && !(shadow == Some(i) && shadow_rw))
             && !self.mmio.iter().any(|&(b, l)| hit(b, l))
     }
 
@@ -200,7 +375,19 @@ impl GuestMemory {
     #[inline]
     pub fn write_u8(&mut self, paddr: u64, v: u8) {
         match self.region(paddr) {
+            Region::Ram(_) if self.shadow_drops_write(paddr) => self.stats.rom_writes += 1,
             Region::Ram(o) => {
+                self.ram[o] = v;
+                self.mark_written(o);
+            }
+            // A shadow segment in write-RAM mode: the write lands in the
+            // RAM under the ROM that reads still see.
+            Region::Rom(i, _)
+                if self.shadow.is_some_and(|s| s.rom == i)
+                    && !self.shadow_drops_write(paddr)
+                    && paddr < self.ram.len() as u64 =>
+            {
+                let o = paddr as usize;
                 self.ram[o] = v;
                 self.mark_written(o);
             }
@@ -267,7 +454,9 @@ impl GuestMemory {
             Some(end)
                 if end <= self.ram.len() as u64
                     && matches!(self.region(paddr), Region::Ram(_))
-                    && matches!(self.region(paddr + 3), Region::Ram(_)) =>
+                    && matches!(self.region(paddr + 3), Region::Ram(_))
+                    && !self.shadow_drops_write(paddr)
+                    && !self.shadow_drops_write(paddr + 3) =>
             {
                 let o = paddr as usize;
                 self.ram[o..o + 4].copy_from_slice(&v.to_le_bytes());
@@ -444,5 +633,114 @@ mod tests {
     fn bad_sizes_are_errors() {
         assert!(GuestMemory::new(0).is_err());
         assert!(GuestMemory::new(4097).is_err());
+    }
+}
+
+#[cfg(test)]
+mod shadow_tests {
+    use super::*;
+
+    /// 2 MiB of RAM with a 128 KiB shadowable ROM at 0xE0000 whose bytes
+    /// are 0xA5, and RAM under it holding 0x11 (written while write-RAM).
+    fn machine() -> GuestMemory {
+        let mut m = GuestMemory::new(2 << 20).unwrap();
+        m.add_shadow_rom(0xE0000, &[0xA5; 0x20000]).unwrap();
+        m
+    }
+
+    #[test]
+    fn reset_state_reads_rom_and_drops_writes() {
+        let mut m = machine();
+        assert_eq!(m.shadow_mode(0xF0000), Some((false, false)));
+        assert_eq!(m.read_u8(0xFFFF0), 0xA5);
+        // Nothing loaded at 0xC0000: the empty window reads all ones.
+        assert_eq!(m.read_u8(0xC0000), 0xFF);
+        m.write_u8(0xFFFF0, 0x11);
+        assert_eq!(m.read_u8(0xFFFF0), 0xA5);
+        assert_eq!(m.stats.rom_writes, 1);
+        assert_eq!(m.ram()[0xFFFF0], 0);
+        assert!(!m.frame_is_ram(0xF0000));
+        assert!(matches!(m.region(0xF0000), Region::Rom(..)));
+    }
+
+    #[test]
+    fn write_only_mode_writes_ram_under_the_rom() {
+        let mut m = machine();
+        m.set_shadow(0xF0000, 0x10000, false, true);
+        m.write_u8(0xF1234, 0x11);
+        assert_eq!(m.read_u8(0xF1234), 0xA5); // reads still see the ROM
+        assert_eq!(m.ram()[0xF1234], 0x11);
+        assert!(!m.frame_is_ram(0xF1000));
+    }
+
+    #[test]
+    fn read_write_mode_is_plain_ram() {
+        let mut m = machine();
+        m.set_shadow(0xF0000, 0x10000, true, true);
+        m.write_u32(0xF0010, 0xDEADBEEF);
+        assert_eq!(m.read_u32(0xF0010), 0xDEADBEEF);
+        assert_eq!(m.region(0xF0010), Region::Ram(0xF0010));
+        assert!(m.frame_is_ram(0xF0000));
+        assert!(m.is_dirty(0xF0));
+        // The E segments were not touched: still ROM.
+        assert_eq!(m.read_u8(0xEFFFF), 0xA5);
+        assert!(!m.frame_is_ram(0xEF000));
+    }
+
+    #[test]
+    fn read_only_mode_reads_ram_and_drops_writes() {
+        let mut m = machine();
+        m.set_shadow(0xE4000, 0x4000, true, true);
+        m.write_u8(0xE4000, 0x22);
+        m.set_shadow(0xE4000, 0x4000, true, false);
+        m.write_u8(0xE4000, 0x33);
+        m.write_u32_unlogged(0xE4010, 0x4444_4444);
+        assert_eq!(m.read_u8(0xE4000), 0x22);
+        assert_eq!(m.read_u32(0xE4010), 0);
+        assert_eq!(m.stats.rom_writes, 5);
+        assert!(!m.frame_is_ram(0xE4000));
+        // 16 KiB granule: 0xE8000 is another segment, still ROM.
+        assert_eq!(m.read_u8(0xE8000), 0xA5);
+        assert_eq!(m.read_u8(0xE3FFF), 0xA5);
+    }
+
+    #[test]
+    fn pam_registers_decode_per_datasheet() {
+        // PAM0 = 0x30: 0xF0000-0xFFFFF read/write DRAM.
+        assert_eq!(
+            pam_segments(0x59, 0x30),
+            vec![(0xF0000, 0x10000, true, true)]
+        );
+        // PAM1 = 0x12: C0000-C3FFF write-only, C4000-C7FFF read-only.
+        assert_eq!(
+            pam_segments(0x5A, 0x12),
+            vec![
+                (0xC0000, 0x4000, false, true),
+                (0xC4000, 0x4000, true, false)
+            ]
+        );
+        // PAM6 covers E8000-EFFFF.
+        assert_eq!(pam_segments(0x5F, 0)[1].0, 0xEC000);
+        assert!(pam_segments(0x58, 0xFF).is_empty());
+        let mut m = machine();
+        for (b, l, r, w) in pam_segments(0x5E, 0x33) {
+            m.set_shadow(b, l, r, w);
+        }
+        assert_eq!(m.shadow_mode(0xE0000), Some((true, true)));
+        assert_eq!(m.shadow_mode(0xE7FFF), Some((true, true)));
+        assert_eq!(m.shadow_mode(0xE8000), Some((false, false)));
+    }
+
+    #[test]
+    fn bad_shadow_roms_are_refused() {
+        let mut m = GuestMemory::new(2 << 20).unwrap();
+        assert!(m.add_shadow_rom(0xBFFFF, &[0; 2]).is_err());
+        assert!(m.add_shadow_rom(0xFFFFF, &[0; 2]).is_err());
+        assert!(m.add_shadow_rom(u64::MAX, &[0; 2]).is_err());
+        m.add_rom(0xF0000, vec![0; 0x10000]).unwrap();
+        assert!(m.add_shadow_rom(0xC0000, &[0; 2]).is_err());
+        // Without a shadow ROM, set_shadow is a no-op.
+        m.set_shadow(0xF0000, 0x10000, true, true);
+        assert_eq!(m.shadow_mode(0xF0000), None);
     }
 }
