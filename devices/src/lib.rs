@@ -9,6 +9,7 @@
 pub mod acpi_pm;
 pub mod debug_port;
 pub mod i8042;
+pub mod ide;
 pub mod irq;
 pub mod pci;
 pub mod pic;
