@@ -62,6 +62,13 @@ impl RawFile {
     /// bytes (512 for a disk, 2048 for a CD-ROM ISO).
     pub fn open(path: &Path, read_only: bool, sector: u64) -> Result<Self, BackendError> {
         let name = path.display().to_string();
+        // Refuse a write-protected file up front: the open would succeed for
+        // root and the guest's writes would then fail one by one.
+        if let Ok(m) = std::fs::metadata(path) {
+            if !read_only && m.permissions().readonly() {
+                return Err(BackendError::ReadOnlyFile { path: name });
+            }
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(!read_only)
@@ -216,6 +223,19 @@ mod tests {
         let p = tmp("trunc", 1000);
         let e = RawFile::open_disk(&p, true).unwrap_err();
         assert!(e.to_string().contains("not a multiple of 512"));
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn read_only_file_asked_read_write() {
+        let p = tmp("ro", 512);
+        let mut perm = std::fs::metadata(&p).unwrap().permissions();
+        perm.set_readonly(true);
+        std::fs::set_permissions(&p, perm).unwrap();
+        let e = RawFile::open_disk(&p, false).unwrap_err();
+        assert!(matches!(e, BackendError::ReadOnlyFile { .. }), "{e}");
+        assert!(e.to_string().contains("attach it read-only"));
+        assert!(RawFile::open_disk(&p, true).is_ok());
         std::fs::remove_file(p).unwrap();
     }
 
