@@ -7,8 +7,8 @@
 //! (INQUIRY, REQUEST SENSE, sense keys and additional sense codes).
 
 use super::ata::{dma_words, put_string, serial, start_dma, FIRMWARE};
+use super::ST_ERR;
 use super::{Channel, Phase, Sense, Source, Transfer, IR_COD, IR_IO, ST_DRDY, ST_DRQ, ST_DSC};
-use super::{ERR_ABRT, ST_ERR};
 
 /// CD-ROM sector size.
 pub const CD_SECTOR: u64 = 2048;
@@ -145,15 +145,17 @@ pub(super) fn finish_ok(ch: &mut Channel) {
     ch.raise();
 }
 
-/// CHECK CONDITION with the given sense: error register holds the sense
-/// key in bits 7:4 and ABRT.
+/// CHECK CONDITION with the given sense: the error register holds the
+/// sense key in bits 7:4 (SFF-8020i 7.1.4; ABRT stays for ATA-level aborts,
+/// which is what SeaBIOS expects when it compares the error with 20h for
+/// NOT READY).
 pub(super) fn fail_sense(ch: &mut Channel, key: u8, asc: u8, ascq: u8) {
     ch.xfer = Transfer::default();
     if let Some(d) = ch.drives[ch.sel()].as_mut() {
         d.state.sense = Sense { key, asc, ascq };
     }
     ch.tf.nsect[0] = IR_COD | IR_IO;
-    ch.tf.error = (key << 4) | ERR_ABRT;
+    ch.tf.error = key << 4;
     ch.tf.status = ST_DRDY | ST_DSC | ST_ERR;
     ch.raise();
 }
