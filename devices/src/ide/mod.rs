@@ -599,6 +599,24 @@ impl Channel {
     }
 }
 
+/// Snapshot of one channel: registers, transfer in progress, the drives'
+/// settings (the images themselves are not part of it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelState {
+    pub tf: TaskFile,
+    pub bm: BusMaster,
+    pub xfer: Transfer,
+    pub drives: [Option<DriveState>; 2],
+    pub line: bool,
+}
+
+/// Snapshot of the controller (see `Ide::state`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdeState {
+    pub channels: [ChannelState; 2],
+    pub pci: dma::PciView,
+}
+
 /// The two-channel PIIX IDE controller.
 pub struct Ide {
     channels: [Channel; 2],
@@ -728,6 +746,42 @@ impl Ide {
             _ => ch.reg_write(reg, value as u8),
         }
         self.update_irqs();
+    }
+
+    /// The register state for a snapshot.
+    pub fn state(&self) -> IdeState {
+        let ch = |c: &Channel| ChannelState {
+            tf: c.tf.clone(),
+            bm: c.bm.clone(),
+            xfer: c.xfer.clone(),
+            drives: [0, 1].map(|i| c.drives[i].as_ref().map(|d| d.state.clone())),
+            line: c.line,
+        };
+        IdeState {
+            channels: [ch(&self.channels[0]), ch(&self.channels[1])],
+            pci: self.pci.get(),
+        }
+    }
+
+    /// Restore a snapshot taken with the same drives attached; drive
+    /// settings for positions without a drive are dropped. The PCI
+    /// function's own configuration space is restored by the PCI host.
+    pub fn restore(&mut self, s: IdeState) {
+        for (c, st) in self.channels.iter_mut().zip(s.channels) {
+            c.tf = st.tf;
+            c.bm = st.bm;
+            c.xfer = st.xfer;
+            c.line = st.line;
+            for (d, ds) in c.drives.iter_mut().zip(st.drives) {
+                if let (Some(d), Some(ds)) = (d.as_mut(), ds) {
+                    d.state = ds;
+                }
+            }
+        }
+        self.pci.set(s.pci);
+        for (c, line) in self.channels.iter().zip(self.irqs.iter()) {
+            line.set(c.line);
+        }
     }
 
     /// Accesses ignored so far (unknown ports, wrong phase, no drive).

@@ -189,6 +189,23 @@ fn pio_lba28_round_trip() {
 }
 
 #[test]
+fn snapshot_restores_a_transfer_in_progress() {
+    let (mut ide, _irq) = setup();
+    ide.attach_disk(0, false, Box::new(disk(8, false)));
+    cmd28(&mut ide, ata::CMD_READ_SECTORS, 2, 1);
+    let first = read_words(&mut ide, P, 10);
+    let snap = ide.state();
+    let (mut other, _) = setup();
+    other.attach_disk(0, false, Box::new(disk(8, false)));
+    other.restore(snap.clone());
+    assert_eq!(other.state(), snap);
+    let rest = read_words(&mut other, P, 246);
+    assert_eq!(first[0], pat(2, 0));
+    assert_eq!((rest[0], rest[491]), (pat(2, 20), pat(2, 511)));
+    assert_eq!(inb(&mut other, P + 7), ST_DRDY | ST_DSC);
+}
+
+#[test]
 fn pio_lba48_round_trip() {
     let (mut ide, _irq) = setup();
     ide.attach_disk(0, false, Box::new(Sparse(BTreeMap::new())));
