@@ -245,8 +245,11 @@ fn set_features(ch: &mut Channel) {
             ch.fail(ERR_ABRT);
             return;
         }
-        if let Some(d) = ch.drives[sel].as_mut() {
-            d.state.xfer_mode = v;
+        // PIO modes need no state; the DMA mode shows in IDENTIFY.
+        if v >= 0x20 {
+            if let Some(d) = ch.drives[sel].as_mut() {
+                d.state.xfer_mode = v;
+            }
         }
         ch.complete();
     } else if SF_NOOPS.contains(&sub) {
@@ -427,13 +430,15 @@ fn identify_disk(ch: &Channel) -> [u16; 256] {
     w[68] = 120;
     // 80: major version: ATA-1 through ATA-6.
     w[80] = 0x007e;
-    // 82-84: command sets supported. 83: bit 14 valid, 13 FLUSH CACHE
-    // EXT, 12 FLUSH CACHE, 10 48-bit address.
-    w[82] = 0x0000;
+    // 82-84: command sets supported. 82: bit 5 write cache (writes reach
+    // the host page cache; FLUSH CACHE makes them durable, so the guest
+    // must be told to flush). 83: bit 14 valid, 13 FLUSH CACHE EXT, 12
+    // FLUSH CACHE, 10 48-bit address.
+    w[82] = 0x0020;
     w[83] = 0x7400;
     w[84] = 0x4000;
-    // 85-87: command sets enabled (same features).
-    w[85] = 0x0000;
+    // 85-87: command sets enabled (same features, write cache on).
+    w[85] = 0x0020;
     w[86] = 0x3400;
     w[87] = 0x4000;
     // 93: hardware reset result: bit 14 valid, 13 80-conductor cable

@@ -134,7 +134,8 @@ pub struct DriveState {
     /// CHS translation: heads and sectors per track.
     pub heads: u8,
     pub spt: u8,
-    /// Transfer mode set by SET FEATURES 03h (ATA-6 table 44 encoding).
+    /// DMA mode set by SET FEATURES 03h (ATA-6 table 44 encoding: 20h+n
+    /// multiword DMA n, 40h+n Ultra DMA n; 0 = none selected).
     pub xfer_mode: u8,
     /// ATAPI sense of the last command.
     pub sense: Sense,

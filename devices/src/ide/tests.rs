@@ -145,7 +145,8 @@ fn identify_device_words() {
     assert_eq!(w[53], 0x0007);
     assert_eq!((w[60], w[61]), (2048, 0));
     assert_eq!(w[63] & 0x07, 0x07);
-    assert_eq!(w[83] & 0x4400, 0x4400, "48-bit supported, word valid");
+    assert_eq!(w[83] & 0xf400, 0x7400, "valid; FLUSH EXT, FLUSH, 48-bit");
+    assert_eq!((w[82] & 0x20, w[85] & 0x20), (0x20, 0x20), "write cache on");
     assert_eq!(w[86] & 0x0400, 0x0400, "48-bit enabled");
     assert_eq!(w[88] & 0x3f, 0x3f);
     assert_eq!(&w[100..104], &[2048, 0, 0, 0]);
@@ -154,8 +155,16 @@ fn identify_device_words() {
     out(&mut ide, P + 2, 0x22);
     out(&mut ide, P + 7, ata::CMD_SET_FEATURES);
     assert_eq!(inb(&mut ide, P + 7), ST_DRDY | ST_DSC);
+    // A later PIO mode (PIO4 = 0Ch) keeps the DMA selection.
+    out(&mut ide, P + 2, 0x0c);
+    out(&mut ide, P + 7, ata::CMD_SET_FEATURES);
     let w = identify(&mut ide, P, ata::CMD_IDENTIFY);
     assert_eq!(w[63], 0x0407);
+    assert_eq!(w[88] & 0xff00, 0);
+    // An invalid mode aborts.
+    out(&mut ide, P + 2, 0x50);
+    out(&mut ide, P + 7, ata::CMD_SET_FEATURES);
+    assert_eq!(inb(&mut ide, P + 1), ERR_ABRT);
 }
 
 #[test]
