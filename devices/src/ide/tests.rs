@@ -710,3 +710,31 @@ fn fuzz_ports_never_panic() {
     ide.reset();
     assert_eq!(inb(&mut ide, P + 7), ST_DRDY | ST_DSC);
 }
+
+#[test]
+fn chs_addressing_and_init_params() {
+    let (mut ide, _) = setup();
+    ide.attach_disk(0, false, Box::new(disk(2048, false)));
+    let chs = |ide: &mut Ide, c: u16, h: u8, s: u8| {
+        out(ide, P + 6, 0xa0 | h);
+        out(ide, P + 2, 1);
+        out(ide, P + 3, s);
+        out(ide, P + 4, c as u8);
+        out(ide, P + 5, (c >> 8) as u8);
+        out(ide, P + 7, ata::CMD_READ_SECTORS);
+    };
+    // Default 16 heads x 63 sectors: C1 H0 S1 = LBA 1008.
+    chs(&mut ide, 1, 0, 1);
+    assert_eq!(read_words(&mut ide, P, 256)[0], pat(1008, 0));
+    // INITIALIZE DEVICE PARAMETERS: 4 heads (device 03h), 8 sectors.
+    out(&mut ide, P + 6, 0xa3);
+    out(&mut ide, P + 2, 8);
+    out(&mut ide, P + 7, ata::CMD_INIT_PARAMS);
+    assert_eq!(inb(&mut ide, P + 7), ST_DRDY | ST_DSC);
+    // C1 H1 S2 = (1 * 4 + 1) * 8 + 1 = 41.
+    chs(&mut ide, 1, 1, 2);
+    assert_eq!(read_words(&mut ide, P, 256)[0], pat(41, 0));
+    // Sector 0 does not exist.
+    chs(&mut ide, 0, 0, 0);
+    assert_eq!(inb(&mut ide, P + 1), ERR_IDNF);
+}
