@@ -667,7 +667,7 @@ impl Ide {
     /// Hardware reset (machine reset): both channels reset, CD-ROMs report
     /// a unit attention.
     pub fn reset(&mut self) {
-        for (i, ch) in self.channels.iter_mut().enumerate() {
+        for ch in self.channels.iter_mut() {
             ch.tf.control = 0;
             ch.bm.command = 0;
             ch.bm.status &= dma::BM_ST_DRV0_DMA | dma::BM_ST_DRV1_DMA;
@@ -676,7 +676,6 @@ impl Ide {
                 d.state.sense = Sense::default();
             }
             ch.soft_reset();
-            let _ = i;
         }
         self.update_irqs();
     }
