@@ -10,6 +10,7 @@ pub mod acpi_pm;
 pub mod debug_port;
 pub mod fw_cfg;
 pub mod i8042;
+pub mod ide;
 pub mod irq;
 pub mod pci;
 pub mod pic;
