@@ -18,7 +18,9 @@
 
 pub mod arith;
 pub mod compare;
+pub mod exact;
 pub mod load_store;
+pub mod transcend;
 
 use iced_x86::{Instruction, Mnemonic, OpKind};
 
@@ -86,6 +88,8 @@ pub(super) fn register(t: &mut Table) {
     load_store::register(t);
     arith::register(t);
     compare::register(t);
+    exact::register(t);
+    transcend::register(t);
 }
 
 // ---- checks ---------------------------------------------------------------
