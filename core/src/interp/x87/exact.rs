@@ -604,4 +604,152 @@ mod tests {
         // -0 keeps its sign.
         assert_eq!(bcd_to_ext(&to_bcd(0, true)), make(true, 0, 0));
     }
+
+    /// Every x87 opcode of the P6 decodes to a handler: the legacy-
+    /// encoded F* instructions iced knows, less the later or foreign
+    /// ones (FISTTP is SSE3, FEMMS 3DNow!, FRSTPM the 287XL's, FSTDW/
+    /// FSTSG the 386SL's, FRINEAR/FRINT2/FRICHOP/FTSTP/FRSTPM Cyrix).
+    #[test]
+    fn every_p6_x87_opcode_is_handled() {
+        use iced_x86::{EncodingKind, Mnemonic};
+        let t = super::super::super::Table::build();
+        let later = [
+            Mnemonic::Fisttp,
+            Mnemonic::Femms,
+            Mnemonic::Frstpm,
+            Mnemonic::Fnstdw,
+            Mnemonic::Fnstsg,
+            Mnemonic::Fstdw,
+            Mnemonic::Fstsg,
+            Mnemonic::Frinear,
+            Mnemonic::Frint2,
+            Mnemonic::Frichop,
+            Mnemonic::Ftstp,
+        ];
+        let mut missing = Vec::new();
+        for code in Code::values() {
+            let m = code.mnemonic();
+            let name = format!("{m:?}");
+            // The waiting forms (FINIT, FSTSW, ...) decode as WAIT and
+            // the FN* form.
+            if code.encoding() != EncodingKind::Legacy
+                || code.op_code().fwait()
+                || !name.starts_with('F')
+                || later.contains(&m)
+                || m == Mnemonic::Fxsave64
+                || m == Mnemonic::Fxrstor64
+            {
+                continue;
+            }
+            let ins = Instruction::with(code);
+            if t.lookup(&ins).is_none() {
+                missing.push(format!("{code:?}"));
+            }
+        }
+        assert!(missing.is_empty(), "unhandled: {missing:?}");
+    }
+
+    /// FPREM through the interpreter: 7.5 rem 2 = 1.5, q = 3 = 011b:
+    /// C0 = Q2 = 0, C3 = Q1 = 1, C1 = Q0 = 1, C2 = 0; ST(1) kept.
+    #[test]
+    fn fprem_condition_codes() {
+        use super::super::super::system::testutil::*;
+        use iced_x86::code_asm::*;
+        let mut vm = flat0();
+        vm.mem.write_u64(0x600, 2.0f64.to_bits());
+        vm.mem.write_u64(0x608, 7.5f64.to_bits());
+        assert_eq!(run(&mut vm, 32, |a| a.fninit()), Ok(()));
+        assert_eq!(run(&mut vm, 32, |a| a.fld(qword_ptr(0x600))), Ok(()));
+        assert_eq!(run(&mut vm, 32, |a| a.fld(qword_ptr(0x608))), Ok(()));
+        vm.cpu.fpu.fsw |= C0 | C2;
+        assert_eq!(run(&mut vm, 32, |a| a.fprem()), Ok(()));
+        let f = vm.cpu.fpu;
+        assert_eq!(f.regs[st(&f, 0)], ext(false, 0, 0xC000_0000_0000_0000));
+        assert_eq!(f.regs[st(&f, 1)], r(2));
+        assert_eq!(f.fsw & (C0 | C1 | C2 | C3), C3 | C1);
+        // FPREM1 of 1.5 by 2: 0.75 -> q = 1, remainder -0.5: C1 only.
+        assert_eq!(run(&mut vm, 32, |a| a.fprem1()), Ok(()));
+        let f = vm.cpu.fpu;
+        assert_eq!(f.regs[st(&f, 0)], ext(true, -1, 1 << 63));
+        assert_eq!(f.fsw & (C0 | C1 | C2 | C3), C1);
+        // Divisor zero: IE, indefinite.
+        assert_eq!(run(&mut vm, 32, |a| a.fldz()), Ok(()));
+        assert_eq!(run(&mut vm, 32, |a| a.fxch(st0, st1)), Ok(()));
+        assert_eq!(run(&mut vm, 32, |a| a.fprem()), Ok(()));
+        let f = vm.cpu.fpu;
+        assert_eq!(f.regs[st(&f, 0)], INDEFINITE);
+        assert_eq!(f.fsw & IE, IE);
+    }
+
+    /// FBLD / FBSTP through memory, FXTRACT and FSCALE on the stack.
+    #[test]
+    fn bcd_and_fxtract_instructions() {
+        use super::super::super::system::testutil::*;
+        use iced_x86::code_asm::*;
+        let mut vm = flat0();
+        let img = [0x78, 0x56, 0x34, 0x12, 0x90, 0x78, 0x56, 0x34, 0x12, 0x80];
+        vm.mem.write(0x700, &img);
+        assert_eq!(run(&mut vm, 32, |a| a.fninit()), Ok(()));
+        assert_eq!(run(&mut vm, 32, |a| a.fbld(ptr(0x700))), Ok(()));
+        let f = vm.cpu.fpu;
+        assert_eq!(f.regs[st(&f, 0)], r(-123_456_789_012_345_678));
+        assert_eq!(run(&mut vm, 32, |a| a.fbstp(ptr(0x710))), Ok(()));
+        let mut out = [0u8; 10];
+        vm.mem.read(0x710, &mut out);
+        assert_eq!(out, img);
+        assert_eq!(vm.cpu.fpu.ftw, 0xFFFF);
+        // Empty stack, IE masked: the BCD indefinite is stored.
+        assert_eq!(run(&mut vm, 32, |a| a.fbstp(ptr(0x710))), Ok(()));
+        vm.mem.read(0x710, &mut out);
+        assert_eq!(out, BCD_INDEFINITE);
+        // FXTRACT 12: ST(0) = 1.5, ST(1) = 3; FSCALE puts 12 back.
+        assert_eq!(run(&mut vm, 32, |a| a.fninit()), Ok(()));
+        vm.mem.write_u32(0x720, 12);
+        assert_eq!(run(&mut vm, 32, |a| a.fild(dword_ptr(0x720))), Ok(()));
+        assert_eq!(run(&mut vm, 32, |a| a.fxtract()), Ok(()));
+        let f = vm.cpu.fpu;
+        assert_eq!(f.regs[st(&f, 0)], ext(false, 0, 0xC000_0000_0000_0000));
+        assert_eq!(f.regs[st(&f, 1)], r(3));
+        assert_eq!(run(&mut vm, 32, |a| a.fscale()), Ok(()));
+        let f = vm.cpu.fpu;
+        assert_eq!(f.regs[st(&f, 0)], r(12));
+        // FXTRACT of 0 with ZE unmasked: nothing changes, ZE and ES.
+        assert_eq!(run(&mut vm, 32, |a| a.fninit()), Ok(()));
+        vm.cpu.fpu.fcw &= !ZE;
+        assert_eq!(run(&mut vm, 32, |a| a.fldz()), Ok(()));
+        assert_eq!(run(&mut vm, 32, |a| a.fxtract()), Ok(()));
+        let f = vm.cpu.fpu;
+        assert_eq!(f.ftw, 0x7FFF);
+        assert_eq!(f.fsw & 0x80BF, 0x8084);
+    }
+
+    /// FXAM classes (SDM Vol. 2A FXAM Table 3-?): C3 C2 C0 = 100 zero,
+    /// 110 denormal, 010 normal, 011 infinity, 001 NaN, 000 unsupported,
+    /// 101 empty; C1 = sign.
+    #[test]
+    fn fxam_classes() {
+        use super::super::super::system::testutil::*;
+        use iced_x86::code_asm::*;
+        let cases: [(Reg, u16); 7] = [
+            (make(true, 0, 0), C3 | C1),
+            (make(false, 0, 1), C3 | C2),
+            (r(-5), C2 | C1),
+            (make(false, 0x7FFF, 1 << 63), C2 | C0),
+            (INDEFINITE, C0 | C1),
+            (make(false, 0x3FFF, 1 << 62), 0),
+            (make(false, 0x7FFF, 1 << 62), 0),
+        ];
+        for (v, want) in cases {
+            let mut vm = flat0();
+            vm.mem.write(0x700, &v);
+            assert_eq!(run(&mut vm, 32, |a| a.fninit()), Ok(()));
+            assert_eq!(run(&mut vm, 32, |a| a.fld(tword_ptr(0x700))), Ok(()));
+            assert_eq!(run(&mut vm, 32, |a| a.fxam()), Ok(()));
+            assert_eq!(vm.cpu.fpu.fsw & (C0 | C1 | C2 | C3), want, "{v:x?}");
+        }
+        let mut vm = flat0();
+        assert_eq!(run(&mut vm, 32, |a| a.fninit()), Ok(()));
+        assert_eq!(run(&mut vm, 32, |a| a.fxam()), Ok(()));
+        assert_eq!(vm.cpu.fpu.fsw & (C0 | C1 | C2 | C3), C3 | C0);
+    }
 }
