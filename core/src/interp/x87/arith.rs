@@ -13,8 +13,8 @@
 //! and underflow deliver the result with the exponent adjusted by 24576
 //! (SDM Vol. 1 8.5.4-8.5.5).
 //!
-//! Also FSQRT (correctly rounded) and FRNDINT. FPREM, FSCALE, FXTRACT,
-//! the transcendentals and BCD are not implemented and raise #UD.
+//! Also FSQRT (correctly rounded) and FRNDINT. FPREM, FSCALE, FXTRACT
+//! and BCD are in `exact`, the transcendentals in `transcend`.
 
 use iced_x86::{Code, Instruction, Mnemonic, OpKind};
 

@@ -2,8 +2,8 @@
 //! arithmetic on the 64-bit significand so that every result is
 //! bit-identical to hardware: FPREM and FPREM1 (partial remainder,
 //! SDM Vol. 2A FPREM/FPREM1 and Vol. 1 8.3.10), FSCALE, FXTRACT, and the
-//! packed-BCD transfers FBLD/FBSTP (SDM Vol. 1 4.7, Table 4-... packed
-//! BCD, and Vol. 2A FBLD/FBSTP). Also the 8087/287 control opcodes FNENI,
+//! packed-BCD transfers FBLD/FBSTP (SDM Vol. 1 4.7 and Vol. 2A
+//! FBLD/FBSTP). Also the 8087/287 control opcodes FNENI,
 //! FNDISI and FNSETPM, which a 387 or later executes as FNOP.
 //!
 //! The precision control does not apply to any of these (SDM Vol. 1
@@ -34,7 +34,7 @@ const C3: u16 = 1 << 14;
 const PC64: u16 = 3 << 8;
 /// Largest magnitude FBSTP can store: 18 nines.
 const BCD_MAX: u64 = 999_999_999_999_999_999;
-/// The packed-BCD integer indefinite (SDM Vol. 1 Table 4-3): sign and
+/// The packed-BCD integer indefinite (SDM Vol. 1 4.7): sign and
 /// byte 8 all ones, byte 7 = 0xC0, digits zero.
 pub const BCD_INDEFINITE: [u8; 10] = [0, 0, 0, 0, 0, 0, 0, 0xC0, 0xFF, 0xFF];
 
@@ -216,7 +216,7 @@ fn fprem(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
 
 // ---- FSCALE -------------------------------------------------------------------
 
-/// ST(0) * 2^trunc(ST(1)) (SDM Vol. 2A FSCALE, Table 3-?? of results).
+/// ST(0) * 2^trunc(ST(1)) (SDM Vol. 2A FSCALE and its table of results).
 pub(super) fn scale(a: &Reg, b: &Reg, fcw: u16) -> Outcome {
     let fcw = fcw | PC64;
     let (va, da) = unpack(a);
@@ -723,7 +723,7 @@ mod tests {
         assert_eq!(f.fsw & 0x80BF, 0x8084);
     }
 
-    /// FXAM classes (SDM Vol. 2A FXAM Table 3-?): C3 C2 C0 = 100 zero,
+    /// FXAM classes (SDM Vol. 2A FXAM): C3 C2 C0 = 100 zero,
     /// 110 denormal, 010 normal, 011 infinity, 001 NaN, 000 unsupported,
     /// 101 empty; C1 = sign.
     #[test]

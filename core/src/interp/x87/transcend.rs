@@ -478,6 +478,8 @@ mod tests {
         let nz = make(true, 0, 0);
         let s = eval_unary(Unary::Sin, &nz, NEAREST).unwrap();
         assert_eq!((s.value, s.flags), (nz, 0));
+        let s = eval_unary(Unary::Sin, &pz, NEAREST).unwrap();
+        assert_eq!((s.value, s.flags), (pz, 0));
         let c = eval_unary(Unary::Cos, &pz, NEAREST).unwrap();
         assert_eq!((c.value, c.flags), (ONE, 0));
         // |x| >= 2^63: out of range.
