@@ -5,9 +5,11 @@
 //!
 //! Exact data movement (FLD, FILD, FIST/FISTP, FSTP m80, FXCH, ...) is in
 //! `load_store`, FADD/FSUB/FMUL/FDIV and their forms in `arith`,
-//! FCOM/FUCOM/FCOMI/FTST/FXAM/FCMOVcc in `compare`. Other
-//! x87 opcodes stay unregistered and raise #UD (counted by the
-//! interpreter). The registers
+//! FCOM/FUCOM/FCOMI/FTST/FXAM/FCMOVcc in `compare`, FPREM/FPREM1/
+//! FSCALE/FXTRACT/FBLD/FBSTP in `exact`, F2XM1/FYL2X/FYL2XP1/FPTAN/
+//! FPATAN/FSIN/FCOS/FSINCOS in `transcend` (accurate to f64, the one
+//! place not bit-exact with hardware). Every x87 opcode of the P6 is
+//! handled (a test in `exact` checks the table). The registers
 //! are kept as raw 80-bit encodings so that save/restore is exact; the
 //! tag word is recomputed from them as hardware does (SDM Vol. 1 8.1.7).
 //!
@@ -18,7 +20,9 @@
 
 pub mod arith;
 pub mod compare;
+pub mod exact;
 pub mod load_store;
+pub mod transcend;
 
 use iced_x86::{Instruction, Mnemonic, OpKind};
 
@@ -86,6 +90,8 @@ pub(super) fn register(t: &mut Table) {
     load_store::register(t);
     arith::register(t);
     compare::register(t);
+    exact::register(t);
+    transcend::register(t);
 }
 
 // ---- checks ---------------------------------------------------------------

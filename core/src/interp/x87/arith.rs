@@ -13,8 +13,8 @@
 //! and underflow deliver the result with the exponent adjusted by 24576
 //! (SDM Vol. 1 8.5.4-8.5.5).
 //!
-//! Also FSQRT (correctly rounded) and FRNDINT. FPREM, FSCALE, FXTRACT,
-//! the transcendentals and BCD are not implemented and raise #UD.
+//! Also FSQRT (correctly rounded) and FRNDINT. FPREM, FSCALE, FXTRACT
+//! and BCD are in `exact`, the transcendentals in `transcend`.
 
 use iced_x86::{Code, Instruction, Mnemonic, OpKind};
 
@@ -27,11 +27,11 @@ use crate::cpu::FpuState;
 use crate::exception::Fault;
 
 /// Zero-divide flag.
-const ZE: u16 = 1 << 2;
+pub(super) const ZE: u16 = 1 << 2;
 /// Exponent adjust of an unmasked overflow/underflow result.
 const WRAP_BIAS: i32 = 24576;
 /// Smallest and largest unbiased exponents of a normal extended value.
-const EMIN: i32 = 1 - BIAS;
+pub(super) const EMIN: i32 = 1 - BIAS;
 const EMAX: i32 = BIAS;
 
 pub(super) fn register(t: &mut Table) {
@@ -62,7 +62,7 @@ pub(super) fn register(t: &mut Table) {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Op {
+pub(super) enum Op {
     Add,
     Sub,
     Mul,
@@ -110,7 +110,7 @@ pub(super) fn unpack(r: &Reg) -> (Val, bool) {
 }
 
 /// Quiet a NaN (set significand bit 62).
-fn quiet(r: Reg) -> Reg {
+pub(super) fn quiet(r: Reg) -> Reg {
     let mut r = r;
     r[7] |= 0x40;
     r
@@ -118,7 +118,7 @@ fn quiet(r: Reg) -> Reg {
 
 /// x87 NaN propagation (SDM Vol. 1 Table 4-7): with two NaNs the larger
 /// significand wins (on a tie the positive one), quietened.
-fn pick_nan(a: &Val, b: &Val) -> Reg {
+pub(super) fn pick_nan(a: &Val, b: &Val) -> Reg {
     match (a, b) {
         (Val::NaN(x, _), Val::NaN(y, _)) => {
             let (_, _, mx) = parts(x);
@@ -144,10 +144,10 @@ fn pick_nan(a: &Val, b: &Val) -> Reg {
 
 /// The outcome of an operation: the register image to deliver (when
 /// allowed) and the exception flags.
-struct Outcome {
-    value: Reg,
-    flags: u16,
-    up: bool,
+pub(super) struct Outcome {
+    pub(super) value: Reg,
+    pub(super) flags: u16,
+    pub(super) up: bool,
 }
 
 /// A result that was not rounded up (C1 clear).
@@ -172,7 +172,7 @@ fn precision(fcw: u16) -> i32 {
 /// Round sign * sig * 2^(e - 127) (bit 127 of `sig` set; `sticky` for
 /// any nonzero bits below) to the FCW's precision and rounding, in the
 /// extended exponent range.
-fn round_pack(sign: bool, e: i32, sig: u128, sticky: bool, fcw: u16) -> Outcome {
+pub(super) fn round_pack(sign: bool, e: i32, sig: u128, sticky: bool, fcw: u16) -> Outcome {
     let p = precision(fcw);
     let rc = (fcw >> 10) & 3;
     let um = fcw & UE != 0;
@@ -274,7 +274,7 @@ fn round_pack(sign: bool, e: i32, sig: u128, sticky: bool, fcw: u16) -> Outcome 
 
 /// Normalise an exact nonzero magnitude `m` (u128) with value
 /// m * 2^(e0 - 127) and round it.
-fn normalise_round(sign: bool, e0: i32, m: u128, sticky: bool, fcw: u16) -> Outcome {
+pub(super) fn normalise_round(sign: bool, e0: i32, m: u128, sticky: bool, fcw: u16) -> Outcome {
     let lz = m.leading_zeros() as i32;
     round_pack(sign, e0 - lz, m << lz, sticky, fcw)
 }
@@ -343,7 +343,7 @@ fn finite(op: Op, a: (bool, i32, u64), b: (bool, i32, u64), fcw: u16) -> Outcome
 
 /// dest op src with every special case; `op` already accounts for the
 /// reversed forms by the caller swapping operands.
-fn compute(op: Op, a: &Reg, b: &Reg, fcw: u16) -> Outcome {
+pub(super) fn compute(op: Op, a: &Reg, b: &Reg, fcw: u16) -> Outcome {
     let (va, da) = unpack(a);
     let (vb, db) = unpack(b);
     let invalid = Outcome {
@@ -655,7 +655,7 @@ fn sti_index_n(ins: &Instruction, n: u32) -> usize {
 
 /// Stack underflow on an arithmetic operand: masked, the destination
 /// gets the indefinite (and the P form pops); unmasked, nothing changes.
-fn stack_fault(f: &mut FpuState, dst: usize, pops: bool) -> Result<(), Fault> {
+pub(super) fn stack_fault(f: &mut FpuState, dst: usize, pops: bool) -> Result<(), Fault> {
     if underflow(f) {
         put(f, dst, INDEFINITE);
         if pops {
@@ -667,7 +667,7 @@ fn stack_fault(f: &mut FpuState, dst: usize, pops: bool) -> Result<(), Fault> {
 
 /// Commit an outcome with the masked/unmasked rules: unmasked IE, DE or
 /// ZE leave everything but the flags unchanged.
-fn deliver(f: &mut FpuState, dst: usize, pops: bool, o: Outcome) {
+pub(super) fn deliver(f: &mut FpuState, dst: usize, pops: bool, o: Outcome) {
     let blocking = o.flags & (IE | DE | ZE) & !f.fcw;
     // Flags that a blocked operation still reports: the blocking ones
     // (and IE takes precedence over DE).

@@ -36,7 +36,7 @@ pub(super) type Reg = [u8; 10];
 pub const INDEFINITE: Reg = [0, 0, 0, 0, 0, 0, 0, 0xC0, 0xFF, 0xFF];
 /// +0.0 and +1.0.
 const ZERO: Reg = [0; 10];
-const ONE: Reg = [0, 0, 0, 0, 0, 0, 0, 0x80, 0xFF, 0x3F];
+pub(super) const ONE: Reg = [0, 0, 0, 0, 0, 0, 0, 0x80, 0xFF, 0x3F];
 
 /// Bias of the extended exponent.
 pub(super) const BIAS: i32 = 16383;
@@ -149,7 +149,7 @@ pub(super) fn raise(f: &mut FpuState, flags: u16) -> bool {
 }
 
 /// Stack overflow on a push (#IS, C1 = 1). Returns whether masked.
-fn overflow(f: &mut FpuState) -> bool {
+pub(super) fn overflow(f: &mut FpuState) -> bool {
     set_c1(f, true);
     raise(f, IE | fsw::SF)
 }
@@ -162,7 +162,7 @@ pub(super) fn underflow(f: &mut FpuState) -> bool {
 
 /// Push `v`: with ST(7) in use this is a stack overflow, which pushes
 /// the indefinite when masked and leaves the stack alone otherwise.
-fn push(f: &mut FpuState, v: Reg) {
+pub(super) fn push(f: &mut FpuState, v: Reg) {
     let t = (top(f) + 7) & 7;
     if !empty(f, t) {
         if overflow(f) {
@@ -300,7 +300,7 @@ pub(super) fn from_ieee(raw: u64, fbits: u32, ebits: u32) -> (Reg, u16) {
 /// Round an extended value to a signed integer of `bits` bits with the
 /// FCW rounding control. `None`: invalid (NaN, infinity, unsupported,
 /// out of range). `Some((value, inexact, rounded_up))`.
-fn to_int(r: &Reg, rc: u16, bits: u32) -> Option<(i64, bool, bool)> {
+pub(super) fn to_int(r: &Reg, rc: u16, bits: u32) -> Option<(i64, bool, bool)> {
     let (sign, exp, mant) = parts(r);
     if exp == 0x7FFF || (exp != 0 && mant >> 63 == 0) {
         return None;
