@@ -28,7 +28,7 @@ pub const BRAND: &[u8; 48] = b"Umbra virtual CPU (P6 class, interpreter)\0\0\0\0
 
 /// Leaf 1 EDX feature bits (SDM Vol. 2A Table 3-11).
 pub mod edx1 {
-    /// x87 FPU on chip (only the control subset in `interp::x87` exists).
+    /// x87 FPU on chip: every P6 x87 instruction (`interp::x87`).
     pub const FPU: u32 = 1 << 0;
     /// Virtual-8086 mode extensions (CR4.VME/PVI). Not implemented.
     pub const VME: u32 = 1 << 1;
