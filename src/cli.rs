@@ -181,10 +181,22 @@ pub struct RunArgs {
     #[arg(long)]
     pub deterministic: bool,
 
-    /// A ROM image (64 KiB to 256 KiB) mapped below 1 MiB and 4 GiB and
-    /// started at the reset vector, instead of booting a kernel directly.
+    /// A ROM image (64 KiB to 256 KiB, e.g. Debian's
+    /// /usr/share/seabios/bios.bin) mapped below 4 GiB and, its last 128 KiB,
+    /// as the PAM-shadowed ROM below 1 MiB, started at the reset vector
+    /// instead of booting a kernel directly. Adds fw_cfg, VGA (with
+    /// vgabios-stdvga.bin from the same folder) and IDE. SeaBIOS support
+    /// is work in progress.
     #[arg(long, value_name = "FILE", conflicts_with = "kernel")]
     pub bios: Option<PathBuf>,
+
+    /// With --bios: a raw disk image on the primary IDE master.
+    #[arg(long, value_name = "FILE", requires = "bios")]
+    pub disk: Option<PathBuf>,
+
+    /// With --bios: an ISO image in the CD-ROM drive (secondary master).
+    #[arg(long, value_name = "FILE", requires = "bios")]
+    pub cdrom: Option<PathBuf>,
 
     /// Where COM1 goes: stdio (the terminal, raw mode), file:PATH (output
     /// only) or none.

@@ -115,6 +115,8 @@ fn run_machine(args: &RunArgs) -> Result<ExitCode, CliError> {
         serial: args.serial.clone(),
         debugcon: args.debugcon.clone(),
         max_instructions: args.max_instructions,
+        disk: args.disk.clone(),
+        cdrom: args.cdrom.clone(),
     };
     let mut console = if args.serial == CharTarget::Stdio {
         Console::stdin()

@@ -30,6 +30,14 @@ pub trait InterruptController {
     fn ack(&mut self) -> u8;
 }
 
+/// Platform work that must happen synchronously after a port write, with
+/// the whole machine at hand: memory remapping by a chipset register (PAM),
+/// DMA a device just started. Devices themselves never see guest memory;
+/// the platform does this on their behalf.
+pub trait IoHook {
+    fn after_port_write(&mut self, vm: &mut crate::vm::Vm, port: u16);
+}
+
 /// Counters for accesses no device claimed.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BusStats {

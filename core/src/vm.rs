@@ -4,7 +4,7 @@
 //! split at page boundaries with both pages checked before any byte is
 //! written.
 
-use crate::bus::{Bus, InterruptController};
+use crate::bus::{Bus, InterruptController, IoHook};
 use crate::clock::Clock;
 use crate::cpu::CpuState;
 use crate::exception::Fault;
@@ -20,6 +20,8 @@ pub struct Vm {
     /// The interrupt controller behind the CPU's INTR pin, if the machine
     /// has one (bare test programs do not).
     pub intc: Option<Box<dyn InterruptController>>,
+    /// Run after every port write (see `IoHook`), if the machine has one.
+    pub io_hook: Option<Box<dyn IoHook>>,
 }
 
 impl Vm {
@@ -31,6 +33,7 @@ impl Vm {
             bus: Bus::new(),
             clock: Clock::default(),
             intc: None,
+            io_hook: None,
         }
     }
 
@@ -45,7 +48,11 @@ impl Vm {
     #[inline]
     pub fn port_out(&mut self, port: u16, size: u8, value: u32) {
         let now = self.clock.now_ns();
-        self.bus.io_write(port, size, value, now)
+        self.bus.io_write(port, size, value, now);
+        if let Some(mut hook) = self.io_hook.take() {
+            hook.after_port_write(self, port);
+            self.io_hook = Some(hook);
+        }
     }
 
     /// The interrupt controller asserts INTR.

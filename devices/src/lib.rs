@@ -8,6 +8,7 @@
 
 pub mod acpi_pm;
 pub mod debug_port;
+pub mod firmware_devices;
 pub mod fw_cfg;
 pub mod i8042;
 pub mod ide;

@@ -256,9 +256,16 @@ impl PciFunction for BasicFunction {
 }
 
 /// 00.0: i440FX PCI and memory controller (82441FX).
+/// Subsystem vendor and subsystem IDs in a type 0 header.
+pub const SUBSYSTEM_VENDOR: u8 = 0x2C;
+pub const SUBSYSTEM_ID: u8 = 0x2E;
+
 pub fn i440fx_host_bridge() -> BasicFunction {
     // Class 06/00/00: host bridge; revision 02.
     let mut c = ConfigSpace::new(0x8086, 0x1237, 0x06, 0x00, 0x00, 0x02);
+    // Subsystem IDs of QEMU's i440FX, by which SeaBIOS knows its platform.
+    c.set_u16(SUBSYSTEM_VENDOR, 0x1af4);
+    c.set_u16(SUBSYSTEM_ID, 0x1100);
     for i in 0..I440FX_PAM_COUNT as u8 {
         // PAM registers: read/write enables of the BIOS and option ROM areas
         // (PAM0 has only its high nibble).
@@ -288,6 +295,11 @@ pub fn piix3_isa_bridge() -> BasicFunction {
 /// 01.3: PIIX4 power management function (82371AB function 3), with PMBA
 /// fixed at `acpi_pm_base` (the platform decodes the ACPI PM block there
 /// whatever the guest writes).
+/// PIIX4 PM device activity register B.
+pub const PIIX4_DEVACTB: u8 = 0x58;
+/// DEVACTB bit 25 as QEMU's PIIX4 without SMM shows it.
+pub const DEVACTB_APMC_EN_OFF: u32 = 1 << 25;
+
 pub fn piix4_pm(acpi_pm_base: u16) -> BasicFunction {
     // Class 06/80/00: other bridge; revision 03.
     let mut c = ConfigSpace::new(0x8086, 0x7113, 0x06, 0x80, 0x00, 0x03);
@@ -296,6 +308,9 @@ pub fn piix4_pm(acpi_pm_base: u16) -> BasicFunction {
     // PMREGMISC: PM I/O space enabled.
     c.bytes[PIIX4_PMREGMISC as usize] = PMREGMISC_PMIOSE;
     // SMBus base stays 0: no SMBus controller.
+    // DEVACTB (0x58) bit 25: SMI via APMC disabled, as a chipset without
+    // SMM reports it; firmware then does not raise an SMI and wait for it.
+    c.set_u32(PIIX4_DEVACTB, DEVACTB_APMC_EN_OFF);
     BasicFunction { config: c }
 }
 

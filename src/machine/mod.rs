@@ -18,6 +18,8 @@ use umbra_core::engine::{Budget, Engine, Exit, ShutdownReason};
 use umbra_core::interp::Interpreter;
 use umbra_core::mem::{GuestMemory, MemError};
 use umbra_core::vm::Vm;
+use umbra_devices::firmware_devices::FirmwareDevices;
+use umbra_devices::ide::RawFile;
 use umbra_devices::platform::{Platform, PlatformConfig, ACPI_PM_BASE, SCI_IRQ};
 use umbra_devices::PlatformRequest;
 use umbra_firmware::BootError;
@@ -36,6 +38,9 @@ pub const DETERMINISTIC_NS_PER_INSN: u64 = 10;
 /// Wall-clock time the RTC shows at power-on under `--deterministic`
 /// (2024-01-01 00:00:00 UTC), so that two runs print the same dates.
 pub const DETERMINISTIC_EPOCH: i64 = 1_704_067_200;
+/// The VGA BIOS looked for beside a `--bios` image (Debian's seabios
+/// package ships both in /usr/share/seabios).
+pub const VGA_BIOS_NAME: &str = "vgabios-stdvga.bin";
 /// Longest real-time sleep of a halted CPU before the console is polled.
 const MAX_IDLE: Duration = Duration::from_millis(10);
 
@@ -77,6 +82,10 @@ pub struct MachineConfig {
     pub debugcon: CharTarget,
     /// Stop after this many guest instructions (benchmarks, bisecting).
     pub max_instructions: Option<u64>,
+    /// Raw disk image on the primary IDE master (firmware boot).
+    pub disk: Option<PathBuf>,
+    /// ISO image in the secondary IDE master CD-ROM drive (firmware boot).
+    pub cdrom: Option<PathBuf>,
 }
 
 /// Host-side failures while building the machine.
@@ -96,6 +105,8 @@ pub enum MachineError {
     Boot { path: PathBuf, err: BootError },
     #[error("{0} is neither a Linux bzImage nor a multiboot kernel")]
     NotAKernel(PathBuf),
+    #[error("{0}")]
+    Image(String),
 }
 
 /// How a run ended.
@@ -133,6 +144,8 @@ impl Outcome {
 pub struct Machine {
     pub vm: Vm,
     pub platform: Platform,
+    /// fw_cfg, VGA and IDE, present on the firmware (`--bios`) path.
+    pub firmware: Option<FirmwareDevices>,
     engine: Interpreter,
     max_instructions: Option<u64>,
     /// Console bytes not yet taken by COM1's receive FIFO.
@@ -192,6 +205,7 @@ impl Machine {
         });
         platform.attach(&mut vm.bus);
         vm.intc = Some(platform.interrupt_controller());
+        let mut firmware = None;
         match &cfg.boot {
             Boot::Kernel {
                 kernel,
@@ -238,12 +252,48 @@ impl Machine {
             }
             Boot::Bios(path) => {
                 let rom = read_file("BIOS image", path)?;
-                umbra_firmware::load_bios(&mut vm.mem, &mut vm.cpu, &rom).map_err(|err| {
-                    MachineError::Boot {
-                        path: path.clone(),
-                        err,
-                    }
+                // The VGA BIOS of Debian's seabios package beside it, if any.
+                let vgabios = path
+                    .parent()
+                    .map(|d| d.join(VGA_BIOS_NAME))
+                    .and_then(|p| std::fs::read(p).ok());
+                umbra_firmware::seabios::load_seabios(
+                    &mut vm.mem,
+                    &mut vm.cpu,
+                    &rom,
+                    vgabios.as_deref(),
+                )
+                .map_err(|err| MachineError::Boot {
+                    path: path.clone(),
+                    err,
                 })?;
+                let (devs, hook) = FirmwareDevices::attach(&platform, &mut vm.bus, &mut vm.mem);
+                vm.io_hook = Some(hook);
+                {
+                    let mut f = devs.fw_cfg.borrow_mut();
+                    f.add_item(
+                        umbra_devices::fw_cfg::KEY_RAM_SIZE,
+                        cfg.memory.to_le_bytes().to_vec(),
+                    );
+                    let e820 = umbra_firmware::e820::e820_map(cfg.memory);
+                    for (name, bytes) in umbra_firmware::seabios::fw_cfg_items(cfg.memory, &e820) {
+                        f.add_file(&name, bytes);
+                    }
+                    if let Some(v) = &vgabios {
+                        let (name, bytes) = umbra_firmware::seabios::vga_rom_file(v);
+                        f.add_file(&name, bytes);
+                    }
+                }
+                if let Some(d) = &cfg.disk {
+                    let b = RawFile::open_disk(d, false)
+                        .map_err(|e| MachineError::Image(e.to_string()))?;
+                    devs.attach_disk(0, false, Box::new(b));
+                }
+                if let Some(c) = &cfg.cdrom {
+                    let b = RawFile::open_iso(c).map_err(|e| MachineError::Image(e.to_string()))?;
+                    devs.attach_cdrom(1, false, Box::new(b));
+                }
+                firmware = Some(devs);
             }
         }
         let engine = match cfg.engine {
@@ -252,6 +302,7 @@ impl Machine {
         Ok(Machine {
             vm,
             platform,
+            firmware,
             engine,
             max_instructions: cfg.max_instructions,
             input: Default::default(),
