@@ -128,14 +128,24 @@ fn expected(path: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
-#[test]
-fn debian_kernel_runs_the_workload_on_the_interpreter() {
+/// `umbra run` on the default guest's kernel and initramfs, with `extra`
+/// options.
+fn run_guest(extra: &[&str]) -> Output {
     let g = guest();
-    let o = run(&[
+    let mut args = vec![
         "--kernel",
         g.kernel.to_str().unwrap(),
         "--initrd",
         g.initrd.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+#[test]
+fn debian_kernel_runs_the_workload_on_the_interpreter() {
+    let g = guest();
+    let o = run_guest(&[
         "--append",
         "console=ttyS0 umbra.workload=1 cryptomgr.notests",
         "--memory",
@@ -168,13 +178,8 @@ fn debian_kernel_runs_the_workload_on_the_interpreter() {
 
 #[test]
 fn deterministic_boots_print_identical_output() {
-    let g = guest();
     let boot = || {
-        let o = run(&[
-            "--kernel",
-            g.kernel.to_str().unwrap(),
-            "--initrd",
-            g.initrd.to_str().unwrap(),
+        let o = run_guest(&[
             "--append",
             "console=ttyS0 umbra.poweroff=1 cryptomgr.notests",
             "--deterministic",
@@ -189,15 +194,7 @@ fn deterministic_boots_print_identical_output() {
 
 #[test]
 fn too_little_memory_for_the_kernel_is_refused_with_the_size_needed() {
-    let g = guest();
-    let o = run(&[
-        "--kernel",
-        g.kernel.to_str().unwrap(),
-        "--initrd",
-        g.initrd.to_str().unwrap(),
-        "--memory",
-        "16M",
-    ]);
+    let o = run_guest(&["--memory", "16M"]);
     assert_eq!(o.status.code(), Some(2));
     let e = text(&o.stderr);
     assert!(e.contains("MiB"), "says how much memory is needed: {e}");
