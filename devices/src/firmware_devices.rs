@@ -17,10 +17,11 @@ use umbra_core::bus::{Bus, IoHook, Mmio, PortIo};
 use umbra_core::mem::{pam_segments, GuestMemory};
 use umbra_core::vm::Vm;
 
+use crate::acpi_pm::AcpiPm;
 use crate::fw_cfg::{self, FwCfg};
 use crate::ide::{self, BlockBackend, Ide};
-use crate::pci::PciHost;
-use crate::platform::Platform;
+use crate::pci::{PciHost, PIIX4_PMBA};
+use crate::platform::{Platform, ACPI_PM_BASE};
 use crate::vga::Vga;
 
 type Shared<T> = Rc<RefCell<T>>;
@@ -37,6 +38,8 @@ pub const PCI_IO_START: u16 = 0x1000;
 /// PCI slots of the functions added here.
 pub const IDE_SLOT: (u8, u8) = (1, 1);
 pub const VGA_SLOT: (u8, u8) = (2, 0);
+/// Where the platform puts the PIIX4 PM function.
+pub const PIIX4_PM_SLOT: (u8, u8) = (1, 3);
 /// i440FX PAM registers in the host bridge's config space.
 const PAM_FIRST: u8 = 0x59;
 
@@ -93,7 +96,11 @@ impl FirmwareDevices {
         bus.add_ports(
             PCI_IO_START,
             u16::MAX - PCI_IO_START,
-            Box::new(BusMasterPorts(ide.clone())),
+            Box::new(PciIoPorts {
+                ide: ide.clone(),
+                pci: platform.pci.clone(),
+                acpi: platform.acpi.clone(),
+            }),
         );
         let hook = FirmwareHook {
             pci: platform.pci.clone(),
@@ -249,28 +256,64 @@ impl PortIo for IdePorts {
     }
 }
 
-/// The IDE bus-master block at whatever BAR4 the firmware assigned;
-/// anything else in the PCI I/O range floats.
-struct BusMasterPorts(Shared<Ide>);
+/// I/O blocks the firmware places with PCI registers: the IDE bus-master
+/// block at BAR4, and the ACPI PM block where the PIIX4's PMBA puts it (the
+/// device decodes its ports relative to `ACPI_PM_BASE`, where direct boots
+/// leave it, so a relocated access is translated there). Anything else in
+/// the PCI I/O range floats.
+struct PciIoPorts {
+    ide: Shared<Ide>,
+    pci: Shared<PciHost>,
+    acpi: Shared<AcpiPm>,
+}
 
-impl BusMasterPorts {
-    fn offset(&self, port: u16) -> Option<u16> {
-        let base = self.0.borrow().bmiba()?;
-        let off = port.wrapping_sub(base);
-        (off < 16).then_some(off)
+/// Ports of the ACPI PM block (PMBA is 64-byte aligned).
+const PM_BLOCK_LEN: u16 = 64;
+
+enum PciIo {
+    BusMaster(u16),
+    Acpi(u16),
+    Nothing,
+}
+
+impl PciIoPorts {
+    fn decode(&self, port: u16) -> PciIo {
+        if let Some(base) = self.ide.borrow().bmiba() {
+            let off = port.wrapping_sub(base);
+            if off < 16 {
+                return PciIo::BusMaster(off);
+            }
+        }
+        let pmba = self
+            .pci
+            .borrow()
+            .function(PIIX4_PM_SLOT.0, PIIX4_PM_SLOT.1)
+            .map(|f| {
+                let b = &f.config().bytes;
+                u16::from_le_bytes([b[PIIX4_PMBA as usize], b[PIIX4_PMBA as usize + 1]]) & 0xFFC0
+            });
+        match pmba {
+            Some(base) if base != 0 && port.wrapping_sub(base) < PM_BLOCK_LEN => {
+                PciIo::Acpi(ACPI_PM_BASE + (port - base))
+            }
+            _ => PciIo::Nothing,
+        }
     }
 }
 
-impl PortIo for BusMasterPorts {
-    fn read(&mut self, port: u16, size: u8, _now: u64) -> u32 {
-        match self.offset(port) {
-            Some(off) => self.0.borrow_mut().bm_read(off, size),
-            None => u32::MAX >> (32 - 8 * size.clamp(1, 4) as u32),
+impl PortIo for PciIoPorts {
+    fn read(&mut self, port: u16, size: u8, now: u64) -> u32 {
+        match self.decode(port) {
+            PciIo::BusMaster(off) => self.ide.borrow_mut().bm_read(off, size),
+            PciIo::Acpi(p) => self.acpi.borrow_mut().read(p, size, now),
+            PciIo::Nothing => u32::MAX >> (32 - 8 * size.clamp(1, 4) as u32),
         }
     }
-    fn write(&mut self, port: u16, size: u8, value: u32, _now: u64) {
-        if let Some(off) = self.offset(port) {
-            self.0.borrow_mut().bm_write(off, size, value);
+    fn write(&mut self, port: u16, size: u8, value: u32, now: u64) {
+        match self.decode(port) {
+            PciIo::BusMaster(off) => self.ide.borrow_mut().bm_write(off, size, value),
+            PciIo::Acpi(p) => self.acpi.borrow_mut().write(p, size, value, now),
+            PciIo::Nothing => {}
         }
     }
 }

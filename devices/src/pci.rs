@@ -307,6 +307,10 @@ pub fn piix4_pm(acpi_pm_base: u16) -> BasicFunction {
     c.set_u32(PIIX4_PMBA, (acpi_pm_base as u32 & 0xffc0) | BAR_IO);
     // PMREGMISC: PM I/O space enabled.
     c.bytes[PIIX4_PMREGMISC as usize] = PMREGMISC_PMIOSE;
+    // PMBA bits 15:6 are writable: firmware places the PM block itself
+    // (SeaBIOS at 0xb000); the platform decodes it where PMBA says.
+    c.wmask[PIIX4_PMBA as usize] = 0xC0;
+    c.wmask[PIIX4_PMBA as usize + 1] = 0xFF;
     // SMBus base stays 0: no SMBus controller.
     // DEVACTB (0x58) bit 25: SMI via APMC disabled, as a chipset without
     // SMM reports it; firmware then does not raise an SMI and wait for it.
