@@ -588,10 +588,11 @@ mod tests {
         assert_eq!(cfg_read(&mut h, 1, 3, 0x40), 0x601);
         assert_eq!(cfg_read(&mut h, 1, 3, 0x80) & 1, 1);
         assert_eq!(cfg_read(&mut h, 1, 3, 0x90), 0);
-        // PMBA is fixed by the platform.
+        // PMBA: firmware moves the block; bits 15:6 take the base, bit 0
+        // (I/O space) stays set, bits 5:1 read 0 (PIIX4 datasheet 3.1.1).
         h.write(0xcf8, 4, addr(1, 3, 0x40));
-        h.write(0xcfc, 4, 0xb001);
-        assert_eq!(h.read(0xcfc, 4), 0x601);
+        h.write(0xcfc, 4, 0xb0ff);
+        assert_eq!(h.read(0xcfc, 4), 0xb0c1);
         assert_eq!(cfg_read(&mut h, 1, 0, 0x60), 0x8080_8080);
         h.write(0xcf8, 4, addr(1, 0, 0x60));
         h.write(0xcfd, 1, 0x0b);
