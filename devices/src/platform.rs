@@ -98,22 +98,12 @@ impl Platform {
 
     /// Put every device on `bus`.
     pub fn attach(&self, bus: &mut Bus) {
-        let pic = &self.pic;
-        bus.add_ports(
-            0x20,
-            2,
-            bytes(pic, |d, p, _| d.read(p), |d, p, v, _| d.write(p, v)),
-        );
-        bus.add_ports(
-            0xA0,
-            2,
-            bytes(pic, |d, p, _| d.read(p), |d, p, v, _| d.write(p, v)),
-        );
-        bus.add_ports(
-            0x4D0,
-            2,
-            bytes(pic, |d, p, _| d.read(p), |d, p, v, _| d.write(p, v)),
-        );
+        // PIC master, slave and ELCR: byte registers without time.
+        for base in [0x20, 0xA0, 0x4D0] {
+            let rd = |d: &mut Pic8259Pair, p, _| d.read(p);
+            let wr = |d: &mut Pic8259Pair, p, v, _| d.write(p, v);
+            bus.add_ports(base, 2, bytes(&self.pic, rd, wr));
+        }
         let pit = &self.pit;
         bus.add_ports(
             0x40,
@@ -129,17 +119,12 @@ impl Platform {
                 |d, _, v, t| d.write_port61(v, t),
             ),
         );
-        let kbd = &self.i8042;
-        bus.add_ports(
-            0x60,
-            1,
-            bytes(kbd, |d, p, _| d.read(p), |d, p, v, _| d.write(p, v)),
-        );
-        bus.add_ports(
-            0x64,
-            1,
-            bytes(kbd, |d, p, _| d.read(p), |d, p, v, _| d.write(p, v)),
-        );
+        // i8042 data and command/status ports.
+        for port in [0x60, 0x64] {
+            let rd = |d: &mut I8042, p, _| d.read(p);
+            let wr = |d: &mut I8042, p, v, _| d.write(p, v);
+            bus.add_ports(port, 1, bytes(&self.i8042, rd, wr));
+        }
         let rtc = &self.rtc;
         bus.add_ports(
             0x70,
