@@ -308,18 +308,11 @@ impl AcpiPm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::IrqSink;
     use std::cell::RefCell;
     use std::rc::Rc;
 
-    #[derive(Default)]
-    struct Level(bool);
-    impl IrqSink for Level {
-        fn set_irq(&mut self, irq: u8, level: bool) {
-            assert_eq!(irq, 9);
-            self.0 = level;
-        }
-    }
+    /// The SCI on IRQ 9.
+    type Level = crate::testutil::LineLevel<9>;
 
     fn pm() -> (AcpiPm, Rc<RefCell<Level>>, Requests) {
         let l = Rc::new(RefCell::new(Level::default()));

@@ -19,6 +19,8 @@ pub mod pit;
 pub mod platform;
 pub mod rtc;
 pub mod serial;
+#[cfg(test)]
+mod testutil;
 pub mod vga;
 
 pub use irq::{IrqLine, IrqSink, PlatformRequest, Requests};

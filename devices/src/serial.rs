@@ -498,30 +498,13 @@ impl Serial16550 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::IrqSink;
     use std::cell::RefCell;
     use std::rc::Rc;
 
-    #[derive(Default)]
-    struct Level(bool);
-    impl IrqSink for Level {
-        fn set_irq(&mut self, irq: u8, level: bool) {
-            assert_eq!(irq, 4);
-            self.0 = level;
-        }
-    }
+    use crate::testutil::{LineLevel, SharedBuf as Sink};
 
-    #[derive(Clone, Default)]
-    struct Sink(Rc<RefCell<Vec<u8>>>);
-    impl Write for Sink {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.borrow_mut().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    /// COM1's IRQ 4.
+    type Level = LineLevel<4>;
 
     fn uart() -> (Serial16550, Rc<RefCell<Level>>, Sink) {
         let level = Rc::new(RefCell::new(Level::default()));
