@@ -156,7 +156,7 @@ impl Platform {
 
     /// The i8259 pair as the CPU's interrupt controller.
     pub fn interrupt_controller(&self) -> Box<dyn InterruptController> {
-        Box::new(PicIntc(self.pic.clone()))
+        Box::new(SharedIntc(self.pic.clone()))
     }
 
     /// Bring every timer to `now`, raising the interrupts that fell due.
@@ -186,15 +186,16 @@ impl Platform {
     }
 }
 
-/// INTR and INTA of the i8259 pair.
-struct PicIntc(Shared<Pic8259Pair>);
+/// An interrupt controller the platform also keeps on the bus: the CPU's
+/// INTR/INTA go to the controller's own `InterruptController` impl.
+struct SharedIntc<T>(Shared<T>);
 
-impl InterruptController for PicIntc {
+impl<T: InterruptController> InterruptController for SharedIntc<T> {
     fn intr(&self) -> bool {
-        self.0.borrow().intr()
+        InterruptController::intr(&*self.0.borrow())
     }
     fn ack(&mut self) -> u8 {
-        self.0.borrow_mut().ack()
+        InterruptController::ack(&mut *self.0.borrow_mut())
     }
 }
 
