@@ -78,7 +78,7 @@ pub struct DiffArgs {
     #[arg(long, value_name = "S", default_value_t = 0)]
     pub seed: u64,
 
-    /// The two engines to compare, A,B (interp, kvm).
+    /// The two engines to compare, A,B (interp, jit, kvm).
     #[arg(
         long,
         value_name = "A,B",
@@ -230,6 +230,8 @@ pub enum EngineArg {
     /// The reference interpreter.
     #[default]
     Interp,
+    /// The binary translator.
+    Jit,
 }
 
 /// `stdio`, `none` or `file:PATH`.

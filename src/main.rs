@@ -110,6 +110,7 @@ fn run_machine(args: &RunArgs) -> Result<ExitCode, CliError> {
         boot,
         engine: match args.engine {
             EngineArg::Interp => EngineKind::Interp,
+            EngineArg::Jit => EngineKind::Jit,
         },
         deterministic: args.deterministic,
         serial: args.serial.clone(),

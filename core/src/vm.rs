@@ -22,6 +22,10 @@ pub struct Vm {
     pub intc: Option<Box<dyn InterruptController>>,
     /// Run after every port write (see `IoHook`), if the machine has one.
     pub io_hook: Option<Box<dyn IoHook>>,
+    /// Frames watched for another owner (`Mmu::watch_frame`: the
+    /// translator's code frames) that were written since that owner last
+    /// drained this list.
+    pub ext_frames_written: Vec<u64>,
 }
 
 impl Vm {
@@ -34,6 +38,7 @@ impl Vm {
             clock: Clock::default(),
             intc: None,
             io_hook: None,
+            ext_frames_written: Vec::new(),
         }
     }
 
@@ -197,6 +202,9 @@ impl Vm {
         self.mem.code_written = true;
         for f in self.mem.take_watch_hits() {
             self.mmu.stats.write_watch_faults += 1;
+            if self.mmu.is_ext_watched(f) {
+                self.ext_frames_written.push(f);
+            }
             self.mmu.on_watched_write(&mut self.mem, f);
         }
     }

@@ -28,13 +28,13 @@ use umbra_core::interp::Interpreter;
 use umbra_core::{Engine, Vm};
 
 /// Engines `make_engine` knows.
-pub const ENGINES: &[&str] = &["interp", "kvm"];
+pub const ENGINES: &[&str] = &["interp", "jit", "kvm"];
 
 /// Host-side failures of the harness (guest behaviour is never an error:
 /// it is compared).
 #[derive(Debug, thiserror::Error)]
 pub enum DiffError {
-    #[error("unknown engine `{0}` (known: interp, kvm)")]
+    #[error("unknown engine `{0}` (known: interp, jit, kvm)")]
     UnknownEngine(String),
     #[error("the KVM engine is unavailable: {0}")]
     KvmUnavailable(String),
@@ -57,6 +57,11 @@ pub fn make_engine(name: &str, vm: &mut Vm, lockstep: bool) -> Result<Box<dyn En
             }
             Ok(Box::new(i))
         }
+        "jit" => {
+            let t = umbra_translator::Translator::new(umbra_translator::DEFAULT_CACHE_BYTES)
+                .map_err(|e| DiffError::Generate(format!("code memory: {e}")))?;
+            Ok(Box::new(t))
+        }
         "kvm" => crate::kvm::KvmEngine::new(vm)
             .map(|e| Box::new(e) as Box<dyn Engine>)
             .map_err(|e| DiffError::KvmUnavailable(e.to_string())),
@@ -67,7 +72,7 @@ pub fn make_engine(name: &str, vm: &mut Vm, lockstep: bool) -> Result<Box<dyn En
 /// Check that `name` can be made on this host before a long run starts.
 pub fn engine_available(name: &str) -> Result<(), DiffError> {
     match name {
-        "interp" => Ok(()),
+        "interp" | "jit" => Ok(()),
         "kvm" => {
             crate::kvm::KvmEngine::available().map_err(|e| DiffError::KvmUnavailable(e.to_string()))
         }

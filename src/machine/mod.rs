@@ -55,7 +55,32 @@ pub enum CharTarget {
 /// The execution engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EngineKind {
+    /// The reference interpreter.
     Interp,
+    /// The binary translator (umbra-translator).
+    Jit,
+}
+
+/// The engine a machine runs, as built from `EngineKind`.
+enum MachineEngine {
+    Interp(Interpreter),
+    Jit(Box<umbra_translator::Translator>),
+}
+
+impl MachineEngine {
+    fn run(&mut self, vm: &mut Vm, budget: Budget) -> Exit {
+        match self {
+            MachineEngine::Interp(i) => i.run(vm, budget),
+            MachineEngine::Jit(t) => t.run(vm, budget),
+        }
+    }
+    /// The interpreter's counters (the translator's fallback interpreter).
+    fn interp(&self) -> &Interpreter {
+        match self {
+            MachineEngine::Interp(i) => i,
+            MachineEngine::Jit(t) => t.interpreter(),
+        }
+    }
 }
 
 /// How the machine starts.
@@ -107,6 +132,8 @@ pub enum MachineError {
     NotAKernel(PathBuf),
     #[error("{0}")]
     Image(String),
+    #[error("{0}")]
+    Engine(String),
 }
 
 /// How a run ended.
@@ -146,7 +173,7 @@ pub struct Machine {
     pub platform: Platform,
     /// fw_cfg, VGA and IDE, present on the firmware (`--bios`) path.
     pub firmware: Option<FirmwareDevices>,
-    engine: Interpreter,
+    engine: MachineEngine,
     max_instructions: Option<u64>,
     /// Console bytes not yet taken by COM1's receive FIFO.
     input: std::collections::VecDeque<u8>,
@@ -297,7 +324,11 @@ impl Machine {
             }
         }
         let engine = match cfg.engine {
-            EngineKind::Interp => Interpreter::new(),
+            EngineKind::Interp => MachineEngine::Interp(Interpreter::new()),
+            EngineKind::Jit => MachineEngine::Jit(Box::new(
+                umbra_translator::Translator::new(umbra_translator::DEFAULT_CACHE_BYTES)
+                    .map_err(|e| MachineError::Engine(format!("cannot map the code cache: {e}")))?,
+            )),
         };
         Ok(Machine {
             vm,
@@ -336,7 +367,7 @@ impl Machine {
                 ClockMode::RealTime => SLICE,
             };
             if let Some(max) = self.max_instructions {
-                let done = self.engine.stats.instructions;
+                let done = self.vm.clock.retired;
                 if done >= max {
                     return Outcome::InstructionLimit;
                 }
@@ -452,15 +483,16 @@ impl Machine {
 
     /// Statistics for `--stats` and Ctrl-A C.
     pub fn stats(&self) -> String {
-        let s = &self.engine.stats;
+        let s = &self.engine.interp().stats;
+        let retired = self.vm.clock.retired;
         let secs = self.started.map_or(0.0, |t| t.elapsed().as_secs_f64());
         let m = &self.vm.mmu.stats;
         let mut out = format!(
             "instructions {} in {:.2} s ({:.1} M/s while running, {:.2} s idle), virtual time {:.3} s\n\
              shadow hits {} misses {} fills {}, CR3 switches {} (found {}), write-watch faults {}, page faults {}",
-            s.instructions,
+            retired,
             secs,
-            s.instructions as f64 / (secs - self.idle.as_secs_f64()).max(1e-9) / 1e6,
+            retired as f64 / (secs - self.idle.as_secs_f64()).max(1e-9) / 1e6,
             self.idle.as_secs_f64(),
             self.vm.clock.now_ns() as f64 / 1e9,
             m.shadow_hits,
@@ -471,11 +503,40 @@ impl Machine {
             m.write_watch_faults,
             m.page_faults,
         );
-        let f = self.engine.fetch_stats();
+        let f = self.engine.interp().fetch_stats();
         out += &format!(
-            "\nblocks {} hits {} misses (decoded instructions {} hits {} misses)",
-            f.block_hits, f.block_misses, f.hits, f.misses
+            "\ninterpreter: instructions {}, blocks {} hits {} misses (decoded instructions {} hits {} misses)",
+            s.instructions, f.block_hits, f.block_misses, f.hits, f.misses
         );
+        if let MachineEngine::Jit(t) = &self.engine {
+            let j = t.stats();
+            let (used, size) = t.cache_usage();
+            out += &format!(
+                "\ntranslator: lookups {} hits {}, translations {} ({} guest instructions, {} host bytes), \
+                 invalidations {}, flushes {}, entries {}, monitor calls {}, interpreter steps {}, \
+                 code cache {:.1}/{} MiB",
+                j.lookups,
+                j.hits,
+                j.translations,
+                j.insns_translated,
+                j.host_bytes,
+                j.invalidations,
+                j.flushes,
+                j.entries,
+                j.monitor_calls,
+                j.interp_steps,
+                used as f64 / (1 << 20) as f64,
+                size >> 20,
+            );
+            if !j.unimplemented.is_empty() {
+                let u: Vec<String> = j
+                    .unimplemented
+                    .iter()
+                    .map(|(k, n)| format!("{k}:{n}"))
+                    .collect();
+                out += &format!("\ntranslated code: unimplemented (#UD) {}", u.join(" "));
+            }
+        }
         let exc: Vec<String> = s
             .exceptions
             .iter()

@@ -331,7 +331,7 @@ fn block_slot(lin: u32) -> usize {
 /// CR0/CR3/CR4 and paging, EFLAGS.TF, the interrupt shadow, A20 and
 /// devices through I/O) or that stops the CPU. The run loop re-checks
 /// events and re-validates the next block after it.
-fn ends_block(ins: &Instruction) -> bool {
+pub fn ends_block(ins: &Instruction) -> bool {
     if ins.flow_control() != FlowControl::Next {
         return true;
     }

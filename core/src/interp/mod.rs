@@ -352,7 +352,7 @@ fn fault(stats: &mut InterpStats, vm: &mut Vm, f: Fault) -> Step {
 
 /// Whether `interrupt::take_pending` would deliver something now.
 #[inline]
-fn event_deliverable(vm: &Vm) -> bool {
+pub fn event_deliverable(vm: &Vm) -> bool {
     let cpu = &vm.cpu;
     !cpu.interrupt_shadow
         && ((cpu.pending_nmi && !cpu.nmi_blocked)

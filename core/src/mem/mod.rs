@@ -197,6 +197,14 @@ impl GuestMemory {
         self.ram.as_mut_ptr()
     }
 
+    /// Host address of RAM offset 0 for an engine that writes RAM only
+    /// through shadow entries that allow writes (translated code): such
+    /// writes never reach a write-watched frame, so nothing needs to be
+    /// invalidated, unlike `ram_host_ptr`. They do not set dirty bits.
+    pub fn ram_host_ptr_untracked(&mut self) -> *mut u8 {
+        self.ram.as_mut_ptr()
+    }
+
     /// Map a ROM image at `base` (reads see it, writes are dropped).
     pub fn add_rom(&mut self, base: u64, data: Vec<u8>) -> Result<(), MemError> {
         let len = data.len() as u64;

@@ -316,6 +316,11 @@ impl Mmu {
         }
     }
 
+    /// Whether `frame` is watched for the other owner (`watch_frame`).
+    pub fn is_ext_watched(&self, frame: u64) -> bool {
+        u32::try_from(frame).is_ok_and(|f| self.ext_watched.contains(&f))
+    }
+
     /// Stop watching `frame` for the other owner (the MMU keeps watching
     /// it if it holds page tables).
     pub fn unwatch_frame(&mut self, mem: &mut GuestMemory, frame: u64) {

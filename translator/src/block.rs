@@ -1,0 +1,178 @@
+//! Guest blocks: what a translation is keyed by, and decoding a block's
+//! instructions from guest memory.
+//!
+//! A block is a straight run of guest instructions inside one guest page:
+//! decoding stops after a control transfer or an instruction that ends
+//! blocks (`umbra_core::interp::fetch::ends_block`: anything that may
+//! change what fetching or translation depends on), at the page end or the
+//! CS limit, or at `MAX_INSNS`. So invalidation is per frame.
+
+use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction};
+use umbra_core::cpu::{attr, CpuState, SegReg};
+use umbra_core::interp::{fetch, Handler, Table};
+use umbra_core::mem::PAGE_SIZE;
+
+/// Most guest instructions in one block.
+pub const MAX_INSNS: usize = 48;
+
+/// Mode bits of `BlockKey::mode`.
+pub mod mode {
+    /// 32-bit code (CS.D in protected mode).
+    pub const CODE32: u32 = 1 << 0;
+    /// CPL, two bits.
+    pub const CPL_SHIFT: u32 = 1;
+    /// 32-bit stack (SS.B).
+    pub const STACK32: u32 = 1 << 3;
+    /// CR0.PE.
+    pub const PE: u32 = 1 << 4;
+    /// Virtual-8086 mode.
+    pub const V86: u32 = 1 << 5;
+    /// Per segment register (ES, CS, SS, DS, FS, GS at bits 8..14): the
+    /// segment is usable, present, readable, expand-up with a 4 GiB limit,
+    /// so that a read through it needs no limit or rights check.
+    pub const FLAT_READ_SHIFT: u32 = 8;
+    /// Likewise for writes (a writable data segment).
+    pub const FLAT_WRITE_SHIFT: u32 = 16;
+}
+
+/// Everything that changes the translation of the code at one place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BlockKey {
+    /// Guest physical (RAM offset) address of the first byte.
+    pub phys: u32,
+    /// Linear address of the first byte.
+    pub lin: u32,
+    /// CS base (EIP = lin - cs_base).
+    pub cs_base: u32,
+    /// `mode::*`.
+    pub mode: u32,
+}
+
+/// The segment allows reads / writes anywhere in 4 GiB without checks.
+fn flat(s: &umbra_core::cpu::Segment, write: bool) -> bool {
+    if s.unusable() || !s.present() || s.limit != u32::MAX {
+        return false;
+    }
+    let a = s.attr;
+    if a & attr::S == 0 {
+        return false;
+    }
+    if a & attr::CODE != 0 {
+        // Code segments are never writable; readable if R.
+        return !write && a & attr::RW != 0;
+    }
+    // Data: expand-down segments have their own limit rule.
+    a & attr::DC == 0 && (!write || a & attr::RW != 0)
+}
+
+/// The mode bits of the CPU state `cpu`.
+pub fn mode_of(cpu: &CpuState) -> u32 {
+    let mut m = 0;
+    if cpu.code32() {
+        m |= mode::CODE32;
+    }
+    m |= (cpu.cpl() as u32) << mode::CPL_SHIFT;
+    if cpu.stack32() {
+        m |= mode::STACK32;
+    }
+    if cpu.protected() {
+        m |= mode::PE;
+        if cpu.v86() {
+            m |= mode::V86;
+        } else {
+            for (i, s) in cpu.seg.iter().enumerate() {
+                if flat(s, false) {
+                    m |= 1 << (mode::FLAT_READ_SHIFT + i as u32);
+                }
+                if flat(s, true) {
+                    m |= 1 << (mode::FLAT_WRITE_SHIFT + i as u32);
+                }
+            }
+        }
+    }
+    m
+}
+
+/// Whether segment `s` is flat for reads (or writes) under `mode`.
+pub fn seg_flat(mode: u32, s: SegReg, write: bool) -> bool {
+    let shift = if write {
+        mode::FLAT_WRITE_SHIFT
+    } else {
+        mode::FLAT_READ_SHIFT
+    };
+    mode & (1 << (shift + s as u32)) != 0
+}
+
+/// One decoded guest instruction of a block, as monitor routines see it.
+pub struct InsnMeta {
+    pub ins: Instruction,
+    /// The interpreter's handler (`None`: #UD).
+    pub handler: Option<Handler>,
+    /// EIP of this instruction.
+    pub eip: u32,
+    /// EIP of the next one (16-bit wrap applied).
+    pub next_eip: u32,
+    /// Instructions from this one to the end of the block, this included.
+    pub rem: u32,
+}
+
+/// The guest side of a block: its instructions and the bytes they were
+/// decoded from.
+pub struct GuestBlock {
+    pub insns: Vec<InsnMeta>,
+    pub bytes: Vec<u8>,
+}
+
+/// Decode the block starting at `eip` (linear `lin`) from `code`, the
+/// bytes from there to the end of its page. `None` if not even the first
+/// instruction fits (it crosses the page or the CS limit, or is invalid):
+/// the dispatcher then lets the interpreter fetch it, which takes the
+/// fault the architecture says.
+pub fn decode(
+    table: &Table,
+    code: &[u8],
+    eip: u32,
+    lin: u32,
+    code32: bool,
+    cs_limit: u32,
+) -> Option<GuestBlock> {
+    let to_page = (PAGE_SIZE - (lin as u64 & (PAGE_SIZE - 1))) as usize;
+    let to_limit = (cs_limit as u64 + 1).saturating_sub(eip as u64) as usize;
+    let avail = to_page.min(to_limit).min(code.len());
+    let bitness = if code32 { 32 } else { 16 };
+    let mut d = Decoder::with_ip(bitness, &code[..avail], eip as u64, DecoderOptions::NONE);
+    let mut insns: Vec<InsnMeta> = Vec::new();
+    let mut used = 0;
+    while insns.len() < MAX_INSNS {
+        let ins = d.decode();
+        if d.last_error() != DecoderError::None || ins.code() == iced_x86::Code::INVALID {
+            break;
+        }
+        used += ins.len();
+        let next = ins.next_ip32();
+        let wraps = !code32 && next > 0xFFFF;
+        let handler = table.lookup(&ins);
+        let last = handler.is_none() || wraps || fetch::ends_block(&ins);
+        insns.push(InsnMeta {
+            ins,
+            handler,
+            eip: ins.ip32(),
+            next_eip: if code32 { next } else { next & 0xFFFF },
+            rem: 0,
+        });
+        if last {
+            break;
+        }
+    }
+    if insns.is_empty() {
+        return None;
+    }
+    let n = insns.len() as u32;
+    for (i, m) in insns.iter_mut().enumerate() {
+        m.rem = n - i as u32;
+    }
+    Some(GuestBlock {
+        insns,
+        bytes: code[..used].to_vec(),
+    })
+}

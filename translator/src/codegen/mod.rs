@@ -1,0 +1,197 @@
+//! Code generation: one guest block into host x86-64 with dynasmrt.
+//!
+//! Conventions of all generated code (see `ctx` for the register map):
+//! at a block's entry and at every exit the guest GPRs are in their host
+//! registers and the guest's arithmetic flags are in `JitCtx::hflags`
+//! (not in RFLAGS); inside a block the flags live in RFLAGS once a native
+//! instruction has computed them, and `FlagState` tracks where the current
+//! value is. Host RSP is 16-byte aligned inside blocks, so monitor
+//! routines are called directly.
+//!
+//! Every instruction without a native translation becomes a call to the
+//! monitor routine `helpers::exec_insn`, which runs the interpreter's
+//! handler for it on the synchronised `CpuState`: exact by construction,
+//! and the fallback that native paths are measured against.
+
+pub mod stubs;
+
+use dynasmrt::x64::X64Relocation;
+use dynasmrt::{dynasm, DynasmApi, DynasmLabelApi, VecAssembler};
+
+use crate::block::{BlockKey, GuestBlock, InsnMeta};
+use crate::ctx::{exit, off, HOST_REG};
+use crate::helpers;
+use stubs::Stubs;
+
+pub type Asm = VecAssembler<X64Relocation>;
+
+/// Where the guest's arithmetic flags are while a block is generated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlagState {
+    /// RFLAGS holds them.
+    pub in_host: bool,
+    /// RFLAGS is newer than `JitCtx::hflags`.
+    pub dirty: bool,
+}
+
+/// The generator of one block.
+pub struct Emitter<'a> {
+    pub ops: Asm,
+    pub stubs: &'a Stubs,
+    pub key: BlockKey,
+    pub flags: FlagState,
+}
+
+impl<'a> Emitter<'a> {
+    pub fn new(addr: usize, stubs: &'a Stubs, key: BlockKey) -> Self {
+        Emitter {
+            ops: VecAssembler::new(addr),
+            stubs,
+            key,
+            flags: FlagState {
+                in_host: false,
+                dirty: false,
+            },
+        }
+    }
+
+    /// Flags to `hflags` if RFLAGS is newer:
+    /// `pushfq ; pop qword [rbp+hflags]`
+    pub fn spill_flags(&mut self) {
+        if self.flags.in_host && self.flags.dirty {
+            dynasm!(self.ops
+                ; .arch x64
+                ; pushfq
+                ; pop QWORD [rbp + off::HFLAGS]
+            );
+            self.flags.dirty = false;
+        }
+    }
+
+    /// Flags into RFLAGS if they are only in `hflags`:
+    /// `push qword [rbp+hflags] ; popfq`
+    pub fn restore_flags(&mut self) {
+        if !self.flags.in_host {
+            dynasm!(self.ops
+                ; .arch x64
+                ; push QWORD [rbp + off::HFLAGS]
+                ; popfq
+            );
+            self.flags.in_host = true;
+            self.flags.dirty = false;
+        }
+    }
+
+    /// Host code is about to clobber RFLAGS: keep the guest's flags.
+    pub fn clobber_flags(&mut self) {
+        self.spill_flags();
+        self.flags.in_host = false;
+    }
+
+    /// All guest GPRs to the context: `mov [rbp+gpr(i)], r32(i)` x8
+    pub fn store_regs(&mut self) {
+        for (i, &r) in HOST_REG.iter().enumerate() {
+            dynasm!(self.ops ; .arch x64 ; mov DWORD [rbp + off::gpr(i)], Rd(r));
+        }
+    }
+
+    /// All guest GPRs from the context: `mov r32(i), [rbp+gpr(i)]` x8
+    pub fn load_regs(&mut self) {
+        for (i, &r) in HOST_REG.iter().enumerate() {
+            dynasm!(self.ops ; .arch x64 ; mov Rd(r), DWORD [rbp + off::gpr(i)]);
+        }
+    }
+
+    /// Call a monitor routine `f(ctx, arg) -> u32` with the guest state
+    /// synchronised; a non-zero result leaves the block (the routine set
+    /// `eip` and `exit`):
+    ///
+    /// ```text
+    ///   pushfq ; pop [rbp+hflags]         (if the flags are dirty)
+    ///   mov [rbp+gpr(i)], r(i)            x8
+    ///   mov rdi, rbp ; mov rsi, arg ; mov rax, f ; call rax
+    ///   test eax, eax ; jnz exit_nostore
+    ///   mov r(i), [rbp+gpr(i)]            x8
+    /// ```
+    pub fn call_monitor(&mut self, f: usize, arg: u64) {
+        self.clobber_flags();
+        self.store_regs();
+        let exit_nostore = self.stubs.exit_nostore;
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov rdi, rbp
+            ; mov rsi, QWORD arg as i64
+            ; mov rax, QWORD f as i64
+            ; call rax
+            ; test eax, eax
+            ; jnz extern exit_nostore
+        );
+        self.load_regs();
+    }
+
+    /// The instruction `m` through the interpreter's handler.
+    pub fn emit_fallback(&mut self, m: &InsnMeta) {
+        self.call_monitor(
+            helpers::exec_insn as *const () as usize,
+            m as *const InsnMeta as u64,
+        );
+    }
+
+    /// Leave the block for the dispatcher, to continue at `eip`:
+    ///
+    /// ```text
+    ///   pushfq ; pop [rbp+hflags]     (if dirty)
+    ///   mov dword [rbp+eip], eip ; mov dword [rbp+exit], NEXT
+    ///   jmp exit_store
+    /// ```
+    pub fn emit_exit(&mut self, eip: u32) {
+        self.spill_flags();
+        let exit_store = self.stubs.exit_store;
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov DWORD [rbp + off::EIP], eip as i32
+            ; mov DWORD [rbp + off::EXIT], exit::NEXT as i32
+            ; jmp extern exit_store
+        );
+    }
+}
+
+/// Host code of `block` (keyed `key`) for placement at host address
+/// `addr`. `block` must stay where it is while the code can run: the code
+/// refers to its `InsnMeta`s.
+///
+/// ```text
+/// entry:  sub qword [rbp+budget], n ; jl budget_out
+///         <each instruction>
+///         <exit to the fall-through EIP>
+/// budget_out:
+///         add qword [rbp+budget], n
+///         mov dword [rbp+eip], block_eip ; mov dword [rbp+exit], BUDGET
+///         jmp exit_store
+/// ```
+pub fn emit_block(block: &GuestBlock, key: BlockKey, addr: usize, stubs: &Stubs) -> Vec<u8> {
+    let mut e = Emitter::new(addr, stubs, key);
+    let n = block.insns.len() as i32;
+    let first_eip = key.lin.wrapping_sub(key.cs_base);
+    let budget_out = e.ops.new_dynamic_label();
+    dynasm!(e.ops
+        ; .arch x64
+        ; sub QWORD [rbp + off::BUDGET], n
+        ; jl =>budget_out
+    );
+    for m in &block.insns {
+        e.emit_fallback(m);
+    }
+    let last = block.insns.last().map_or(first_eip, |m| m.next_eip);
+    e.emit_exit(last);
+    let exit_store = stubs.exit_store;
+    dynasm!(e.ops
+        ; .arch x64
+        ; =>budget_out
+        ; add QWORD [rbp + off::BUDGET], n
+        ; mov DWORD [rbp + off::EIP], first_eip as i32
+        ; mov DWORD [rbp + off::EXIT], exit::BUDGET as i32
+        ; jmp extern exit_store
+    );
+    e.ops.finalize().expect("block labels are all defined")
+}

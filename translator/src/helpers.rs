@@ -1,0 +1,92 @@
+//! Monitor routines: what translated code calls for everything it does
+//! not do inline. Each takes the context and one argument, works on the
+//! synchronised `CpuState` with the interpreter's own implementation, and
+//! returns 0 to go on with the block or 1 to leave it (with `JitCtx::eip`
+//! and `exit` set).
+
+use umbra_core::exception::Fault;
+use umbra_core::interp::{interrupt, Ctx};
+
+use crate::block::InsnMeta;
+use crate::ctx::{exit, JitCtx};
+use crate::engine::Monitor;
+
+/// Run one guest instruction through the interpreter's handler.
+///
+/// The block subtracted its whole length from the budget on entry, so the
+/// retired count at this instruction is the dispatcher's base plus what
+/// was consumed minus the instructions not yet run (`rem`). It leaves the
+/// block when execution does not fall through to the next instruction (a
+/// control transfer, a REP instruction with iterations left, a fault
+/// delivered), when an interrupt shadow starts, or when a write hit a
+/// frame holding translated code.
+pub extern "sysv64" fn exec_insn(ctx: *mut JitCtx, meta: *const InsnMeta) -> u32 {
+    // SAFETY: generated code passes the context the dispatcher entered it
+    // with (live for the whole run, not otherwise borrowed while generated
+    // code runs) and a pointer to an `InsnMeta` of the running block,
+    // which the cache keeps alive until the next flush from the
+    // dispatcher.
+    let (ctx, meta) = unsafe { (&mut *ctx, &*meta) };
+    // SAFETY: `vm` and `engine` were set by the dispatcher from live
+    // exclusive borrows that it does not use while generated code runs.
+    let (vm, mon) = unsafe { (&mut *ctx.vm, &mut *(ctx.engine as *mut Monitor)) };
+    ctx.store(&mut vm.cpu);
+    vm.cpu.eip = meta.eip;
+    let consumed = (mon.budget_start - ctx.budget) as u64 - meta.rem as u64;
+    vm.clock.retired = mon.retired_base + consumed;
+    mon.stats.monitor_calls += 1;
+    let mut c = Ctx {
+        vm,
+        eip: meta.eip,
+        next_eip: meta.next_eip,
+        shadow: false,
+        rep_batch: mon.rep_batch,
+    };
+    let r = match meta.handler {
+        Some(h) if meta.ins.code() != iced_x86::Code::INVALID => h(&mut c, &meta.ins),
+        _ => {
+            mon.note_unimplemented(&meta.ins);
+            Err(Fault::ud())
+        }
+    };
+    let (next, shadow) = (c.next_eip, c.shadow);
+    // SAFETY: as above; the `Ctx` borrow ended.
+    let vm = unsafe { &mut *ctx.vm };
+    vm.clock.retired += 1;
+    let mut leave = match r {
+        Ok(()) => {
+            vm.cpu.eip = next;
+            vm.cpu.interrupt_shadow = shadow;
+            next != meta.next_eip || shadow
+        }
+        Err(f) => {
+            mon.stats.exceptions += 1;
+            if let Err(reason) = interrupt::deliver_exception(vm, f) {
+                mon.shutdown = Some(reason);
+            }
+            true
+        }
+    };
+    if vm.mem.has_watch_hits() {
+        vm.flush_watch_hits();
+    }
+    if !vm.ext_frames_written.is_empty() {
+        mon.invalidate_written(vm);
+        leave = true;
+    }
+    ctx.load(&vm.cpu);
+    ctx.shadow = vm.mmu.active_table().as_ptr();
+    if leave {
+        // The rest of the block does not run: give its budget back.
+        ctx.budget += meta.rem as i64 - 1;
+        ctx.eip = vm.cpu.eip;
+        ctx.exit = if mon.shutdown.is_some() {
+            exit::SHUTDOWN
+        } else {
+            exit::MONITOR
+        };
+        1
+    } else {
+        0
+    }
+}
