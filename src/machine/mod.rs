@@ -63,7 +63,7 @@ pub enum EngineKind {
 
 /// The engine a machine runs, as built from `EngineKind`.
 enum MachineEngine {
-    Interp(Interpreter),
+    Interp(Box<Interpreter>),
     Jit(Box<umbra_translator::Translator>),
 }
 
@@ -324,7 +324,7 @@ impl Machine {
             }
         }
         let engine = match cfg.engine {
-            EngineKind::Interp => MachineEngine::Interp(Interpreter::new()),
+            EngineKind::Interp => MachineEngine::Interp(Box::new(Interpreter::new())),
             EngineKind::Jit => MachineEngine::Jit(Box::new(
                 umbra_translator::Translator::new(umbra_translator::DEFAULT_CACHE_BYTES)
                     .map_err(|e| MachineError::Engine(format!("cannot map the code cache: {e}")))?,

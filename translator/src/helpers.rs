@@ -20,7 +20,11 @@ use crate::engine::Monitor;
 /// control transfer, a REP instruction with iterations left, a fault
 /// delivered), when an interrupt shadow starts, or when a write hit a
 /// frame holding translated code.
-pub extern "sysv64" fn exec_insn(ctx: *mut JitCtx, meta: *const InsnMeta) -> u32 {
+///
+/// # Safety
+/// Only generated code calls it, with the running context and an
+/// `InsnMeta` of the running block.
+pub unsafe extern "sysv64" fn exec_insn(ctx: *mut JitCtx, meta: *const InsnMeta) -> u32 {
     // SAFETY: generated code passes the context the dispatcher entered it
     // with (live for the whole run, not otherwise borrowed while generated
     // code runs) and a pointer to an `InsnMeta` of the running block,

@@ -8,6 +8,9 @@
 //! - `helpers`: monitor routines generated code calls.
 //! - `engine`: the dispatcher and the block cache, as an `Engine`.
 
+// dynasm!'s register operands expand to `.into()` on plain integers.
+#![allow(clippy::useless_conversion)]
+
 pub mod block;
 pub mod codegen;
 pub mod ctx;
