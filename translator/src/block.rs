@@ -114,6 +114,10 @@ pub struct InsnMeta {
     pub next_eip: u32,
     /// Instructions from this one to the end of the block, this included.
     pub rem: u32,
+    /// It ends blocks (`fetch::ends_block`): after it runs in a monitor
+    /// routine, control goes back to the dispatcher, which re-checks
+    /// events and the mode.
+    pub ends: bool,
 }
 
 /// The guest side of a block: its instructions and the bytes they were
@@ -152,13 +156,15 @@ pub fn decode(
         let next = ins.next_ip32();
         let wraps = !code32 && next > 0xFFFF;
         let handler = table.lookup(&ins);
-        let last = handler.is_none() || wraps || fetch::ends_block(&ins);
+        let ends = fetch::ends_block(&ins);
+        let last = handler.is_none() || wraps || ends;
         insns.push(InsnMeta {
             ins,
             handler,
             eip: ins.ip32(),
             next_eip: if code32 { next } else { next & 0xFFFF },
             rem: 0,
+            ends,
         });
         if last {
             break;

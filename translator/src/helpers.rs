@@ -18,8 +18,9 @@ use crate::engine::Monitor;
 /// was consumed minus the instructions not yet run (`rem`). It leaves the
 /// block when execution does not fall through to the next instruction (a
 /// control transfer, a REP instruction with iterations left, a fault
-/// delivered), when an interrupt shadow starts, or when a write hit a
-/// frame holding translated code.
+/// delivered), when an interrupt shadow starts, when the instruction ends
+/// blocks (I/O, mode and flag changes: the dispatcher re-checks events),
+/// or when a write hit a frame holding translated code.
 ///
 /// # Safety
 /// Only generated code calls it, with the running context and an
@@ -61,7 +62,7 @@ pub unsafe extern "sysv64" fn exec_insn(ctx: *mut JitCtx, meta: *const InsnMeta)
         Ok(()) => {
             vm.cpu.eip = next;
             vm.cpu.interrupt_shadow = shadow;
-            next != meta.next_eip || shadow
+            next != meta.next_eip || shadow || meta.ends
         }
         Err(f) => {
             mon.stats.exceptions += 1;

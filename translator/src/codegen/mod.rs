@@ -13,6 +13,10 @@
 //! handler for it on the synchronised `CpuState`: exact by construction,
 //! and the fallback that native paths are measured against.
 
+pub mod branch;
+pub mod flags;
+pub mod mem;
+pub mod native;
 pub mod stubs;
 
 use dynasmrt::x64::X64Relocation;
@@ -179,11 +183,32 @@ pub fn emit_block(block: &GuestBlock, key: BlockKey, addr: usize, stubs: &Stubs)
         ; sub QWORD [rbp + off::BUDGET], n
         ; jl =>budget_out
     );
-    for m in &block.insns {
+    let live = flags::live_after(block);
+    let n_insns = block.insns.len();
+    for (i, m) in block.insns.iter().enumerate() {
+        let is_last = i + 1 == n_insns;
+        if is_last && branch::emit(&mut e, m) {
+            // The branch emitted the block's exits.
+            return finish(e, budget_out, n, first_eip, stubs);
+        }
+        if native::emit(&mut e, m, live[i]) {
+            continue;
+        }
         e.emit_fallback(m);
     }
     let last = block.insns.last().map_or(first_eip, |m| m.next_eip);
-    e.emit_exit(last);
+    branch::emit_fallthrough(&mut e, last);
+    finish(e, budget_out, n, first_eip, stubs)
+}
+
+/// The budget exit and the final bytes.
+fn finish(
+    mut e: Emitter,
+    budget_out: dynasmrt::DynamicLabel,
+    n: i32,
+    first_eip: u32,
+    stubs: &Stubs,
+) -> Vec<u8> {
     let exit_store = stubs.exit_store;
     dynasm!(e.ops
         ; .arch x64
