@@ -20,11 +20,17 @@ if ! up_to_date "$EXPECTED" "$BUSYBOX" "$GUESTS_DIR/workload.sh" "$GUESTS_DIR/ex
     "$GUESTS_DIR/expected.sh"
 fi
 
+# Lines other recipes added (build-disk.sh: DISK=, ISO=) are kept.
 env_text="KERNEL=$KERNEL
 INITRD=$INITRD
 EXPECTED=$EXPECTED"
+others=$(grep -vE '^(KERNEL|INITRD|EXPECTED)=' "$GUEST_ENV" 2>/dev/null || true)
+[ -z "$others" ] || env_text="$env_text
+$others"
 if [ ! -f "$GUEST_ENV" ] || [ "$(cat "$GUEST_ENV")" != "$env_text" ]; then
-    printf '%s\n' "$env_text" >"$GUEST_ENV"
+    envtmp=$(mktemp "$CACHE/guest.env.XXXXXX")
+    printf '%s\n' "$env_text" >"$envtmp"
+    mv -f "$envtmp" "$GUEST_ENV"
 fi
 
 echo "kernel:   $KERNEL"

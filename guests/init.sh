@@ -12,6 +12,48 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 echo "BOOT-OK $(cat /proc/uptime)"
 
+# The disk initramfs (guests/build-disk.sh) carries the kernel's ATA, SCSI,
+# FAT and ISO 9660 modules: load them, dependencies first.
+if [ -f /lib/modules/load-order ]; then
+    while read -r m; do
+        insmod "/lib/modules/${m##*/}" || echo "umbra-guest: insmod ${m##*/} failed"
+    done </lib/modules/load-order
+    # Give the SCSI layer a moment to register the disks it found.
+    for i in 1 2 3 4 5 6 7 8 9 10; do
+        [ -b /dev/sda ] || [ -b /dev/sr0 ] && break
+        sleep 1
+    done
+    echo "MODULES-OK $(ls /sys/block | tr '\n' ' ')"
+fi
+
+# umbra.disktest=1: write a file with known contents to the FAT file
+# system on /dev/sda, sync, unmount, power off. The test reads it back on
+# the host with mtools.
+case " $(cat /proc/cmdline) " in
+*" umbra.disktest=1 "*)
+    mount -t vfat /dev/sda /mnt && {
+        seq 1 20000 >/mnt/UMBRA.TXT
+        sync
+        umount /mnt && echo "DISKTEST-DONE $(seq 1 20000 | md5sum)"
+    }
+    poweroff -f
+    ;;
+*" umbra.diskloop=1 "*)
+    # Write files until killed (the SIGKILL test).
+    mount -t vfat /dev/sda /mnt && {
+        echo "DISKLOOP-START"
+        i=0
+        while :; do
+            seq 1 5000 >/mnt/LOOP$((i % 4)).TXT
+            sync
+            i=$((i + 1))
+            echo "DISKLOOP $i"
+        done
+    }
+    poweroff -f
+    ;;
+esac
+
 case " $(cat /proc/cmdline) " in
 *" umbra.workload=1 "*)
     BB=/bin/busybox WORKDIR=/tmp sh /workload.sh
