@@ -78,6 +78,12 @@ pub struct DiffArgs {
     #[arg(long, value_name = "S", default_value_t = 0)]
     pub seed: u64,
 
+    /// Start at program K of the N (the first K are generated, not run):
+    /// a long campaign split over several runs checks the same programs
+    /// as one run.
+    #[arg(long, value_name = "K", default_value_t = 0, requires = "random")]
+    pub from: u64,
+
     /// The two engines to compare, A,B (interp, jit, kvm).
     #[arg(
         long,

@@ -193,7 +193,8 @@ fn run_diff(args: &DiffArgs) -> Result<ExitCode, CliError> {
         exclude: excluded_classes(args),
     };
     let start = Instant::now();
-    let summary = campaign.run(
+    let summary = campaign.run_from(
+        args.from,
         |d| say(&d.to_string()),
         |s| {
             eprintln!(

@@ -131,8 +131,15 @@ fn guest_writes_a_file_to_the_disk_that_mtools_reads_back() {
         .output()
         .unwrap();
     assert!(got.status.success(), "mtype: {}", text(&got.stderr));
-    assert!(text(&got.stdout) == seq(20000), "UMBRA.TXT holds seq 1 20000");
-    let fsck = Command::new("fsck.fat").arg("-n").arg(&disk).output().unwrap();
+    assert!(
+        text(&got.stdout) == seq(20000),
+        "UMBRA.TXT holds seq 1 20000"
+    );
+    let fsck = Command::new("fsck.fat")
+        .arg("-n")
+        .arg(&disk)
+        .output()
+        .unwrap();
     assert!(
         fsck.status.success(),
         "fsck.fat -n is clean: {}",
@@ -171,7 +178,11 @@ fn image_survives_sigkill_while_the_guest_writes() {
     child.wait().unwrap();
     // The file system is consistent or only the file being written is
     // affected: fsck.fat -n reports no errors outside LOOPn.TXT.
-    let fsck = Command::new("fsck.fat").arg("-n").arg(&disk).output().unwrap();
+    let fsck = Command::new("fsck.fat")
+        .arg("-n")
+        .arg(&disk)
+        .output()
+        .unwrap();
     let report = text(&fsck.stdout);
     eprintln!("{report}");
     if !fsck.status.success() {
@@ -203,7 +214,10 @@ fn image_survives_sigkill_while_the_guest_writes() {
     assert!(ls.status.success(), "mdir: {}", text(&ls.stderr));
     let names = text(&ls.stdout);
     assert!(names.contains("LOOP0.TXT"), "files written: {names}");
-    assert!(names.contains("VMLINUZ"), "the kernel is still there: {names}");
+    assert!(
+        names.contains("VMLINUZ"),
+        "the kernel is still there: {names}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

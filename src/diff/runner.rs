@@ -455,6 +455,19 @@ impl Campaign {
     /// found; `progress` gets the running summary every couple of seconds.
     pub fn run(
         &self,
+        report: impl FnMut(&Divergence),
+        progress: impl FnMut(&Summary),
+    ) -> Result<Summary, DiffError> {
+        self.run_from(0, report, progress)
+    }
+
+    /// `run`, but only programs `first..programs` are run: the ones before
+    /// are generated (the random stream is one sequence) and dropped, so a
+    /// long campaign can be split over several runs that together check
+    /// exactly the programs of one `run`.
+    pub fn run_from(
+        &self,
+        first: u64,
         mut report: impl FnMut(&Divergence),
         mut progress: impl FnMut(&Summary),
     ) -> Result<Summary, DiffError> {
@@ -475,6 +488,9 @@ impl Campaign {
             let mut tree = strategy
                 .new_tree(&mut runner)
                 .map_err(|e| DiffError::Generate(e.to_string()))?;
+            if i < first {
+                continue;
+            }
             let case = tree.current();
             let program = case.assemble(&self.gen)?;
             let out = self.session.check_quick(&program)?;
@@ -622,6 +638,27 @@ mod tests {
             let s = c.run(|d| panic!("{d}"), |_| {}).unwrap();
             assert_eq!(s.programs, 8);
             assert!(s.divergences.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_campaign_split_with_run_from_checks_the_same_programs() {
+        let campaign = |programs| Campaign {
+            programs,
+            seed: 5,
+            modes: Mode::ALL.to_vec(),
+            session: Session::new("interp", "interp", false),
+            gen: GenConfig::default(),
+            max_shrink: 0,
+            exclude: Vec::new(),
+        };
+        let whole = campaign(12).run(|d| panic!("{d}"), |_| {}).unwrap();
+        let head = campaign(5).run(|d| panic!("{d}"), |_| {}).unwrap();
+        let tail = campaign(12).run_from(5, |d| panic!("{d}"), |_| {}).unwrap();
+        assert_eq!(tail.programs, 7);
+        assert_eq!(head.instructions + tail.instructions, whole.instructions);
+        for m in 0..4 {
+            assert_eq!(head.per_mode[m] + tail.per_mode[m], whole.per_mode[m]);
         }
     }
 
