@@ -2,3 +2,295 @@
 //! 16/32-bit wrap, segment base, the inline shadow lookup (DESIGN.md
 //! "Shadow paging") and the host pointer on a hit; a miss takes the slow
 //! path.
+//!
+//! Only segments that are flat for the access (`block::seg_flat`: no limit
+//! or rights check needed) are accessed inline; anything else runs in the
+//! monitor. The slow path is out of line at the end of the block: it runs
+//! the whole instruction through `helpers::exec_insn` (page walk, faults,
+//! MMIO, watched frames, #AC) and comes back after it. A hit is only taken
+//! for an access that stays inside one page and whose offset does not
+//! wrap past 4 GiB (the interpreter faults there), so the host access
+//! stays inside the guest RAM frame the shadow entry names.
+//!
+//! Not handled here: CR0.AM/EFLAGS.AC alignment checks at CPL 3 (a hit
+//! does not check alignment) and the RAM dirty bitmap (native stores do
+//! not mark frames dirty).
+
+use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi};
+use iced_x86::{Code, Encoder, Instruction, MemoryOperand, Register};
+use umbra_core::cpu::SegReg;
+use umbra_core::mmu::shadow::perm;
+
+use super::native::{host_reg, MemUse, HOST32};
+use super::{flags, Emitter, FlagState};
+use crate::block::{mode, seg_flat, InsnMeta};
+use crate::ctx::off;
+use crate::helpers;
+
+/// An out-of-line slow path, emitted after the block's code.
+pub struct ColdPath {
+    /// Where the fast path jumps on a miss.
+    pub slow: DynamicLabel,
+    /// Where execution continues after the instruction.
+    pub resume: DynamicLabel,
+    /// The instruction the monitor runs.
+    pub meta: *const InsnMeta,
+    /// The fast path leaves the flags in RFLAGS at `resume`: reload them
+    /// from `hflags` after the monitor call.
+    pub flags_in_host: bool,
+}
+
+/// Guest segment register index of `r` (ES..GS).
+fn seg_index(r: Register) -> Option<SegReg> {
+    Some(match r {
+        Register::ES => SegReg::Es,
+        Register::CS => SegReg::Cs,
+        Register::SS => SegReg::Ss,
+        Register::DS => SegReg::Ds,
+        Register::FS => SegReg::Fs,
+        Register::GS => SegReg::Gs,
+        _ => return None,
+    })
+}
+
+/// 32-bit host register of a guest 16- or 32-bit address register.
+fn addr_reg(r: Register) -> Option<Register> {
+    if r == Register::None {
+        return Some(Register::None);
+    }
+    if r.is_gpr16() || r.is_gpr32() {
+        return HOST32.get(r.number()).copied();
+    }
+    None
+}
+
+/// The effective address (offset in the segment) of `ins`'s memory
+/// operand into EDI, wrapped to its address size. Flag-free:
+///
+/// ```text
+///   mov edi, disp                          (no base, no index)
+///   lea edi, [base32 + index32*scale + disp]   (67 prefix: 32-bit wrap)
+///   movzx edi, di                          (16-bit address size)
+/// ```
+fn emit_ea(e: &mut Emitter, ins: &Instruction) -> bool {
+    let (Some(base), Some(index)) = (addr_reg(ins.memory_base()), addr_reg(ins.memory_index()))
+    else {
+        return false;
+    };
+    let a16 = ins.memory_base().is_gpr16() || ins.memory_index().is_gpr16() || {
+        // moffs and [disp16] forms: the address size says it.
+        ins.memory_base() == Register::None
+            && ins.memory_index() == Register::None
+            && ins.memory_displ_size() == 2
+    };
+    let disp = ins.memory_displacement32();
+    if base == Register::None && index == Register::None {
+        let disp = if a16 { disp & 0xFFFF } else { disp };
+        dynasm!(e.ops ; .arch x64 ; mov edi, disp as i32);
+        return true;
+    }
+    let disp = disp as i32;
+    let size = if disp == 0 {
+        0
+    } else if disp as i8 as i32 == disp {
+        1
+    } else {
+        4
+    };
+    let scale = ins.memory_index_scale();
+    let mo = MemoryOperand::with_base_index_scale_displ_size(base, index, scale, disp as i64, size);
+    let Ok(lea) = Instruction::with2(Code::Lea_r32_m, Register::EDI, mo) else {
+        return false;
+    };
+    let mut enc = Encoder::new(64);
+    if enc.encode(&lea, 0).is_err() {
+        return false;
+    }
+    e.ops.extend(enc.take_buffer());
+    if a16 {
+        dynasm!(e.ops ; .arch x64 ; movzx edi, di);
+    }
+    true
+}
+
+/// LEA: the effective address with the instruction's address size, then
+/// the destination's operand size:
+///
+/// ```text
+///   <ea into edi>
+///   mov r32, edi | mov r16, di
+/// ```
+pub fn emit_lea(e: &mut Emitter, ins: &Instruction) -> bool {
+    let dst = ins.op0_register();
+    let Some(h) = host_reg(dst) else {
+        return false;
+    };
+    let src = if dst.is_gpr16() {
+        Register::DI
+    } else if dst.is_gpr32() {
+        Register::EDI
+    } else {
+        return false;
+    };
+    let Ok(mov) = Instruction::with2(
+        if dst.is_gpr16() {
+            Code::Mov_r16_rm16
+        } else {
+            Code::Mov_r32_rm32
+        },
+        h,
+        src,
+    ) else {
+        return false;
+    };
+    let mut enc = Encoder::new(64);
+    if enc.encode(&mov, 0).is_err() {
+        return false;
+    }
+    let bytes = enc.take_buffer();
+    if !emit_ea(e, ins) {
+        return false;
+    }
+    e.ops.extend(bytes);
+    true
+}
+
+/// A native memory instruction (`host` = its bytes with the operand at
+/// `[rsi]`):
+///
+/// ```text
+///   pushfq ; pop [rbp+hflags]               (flags dirty in RFLAGS)
+///   <ea into edi>
+///   cmp edi, -(size-1) ; jae slow           (32-bit address, size > 1)
+///   mov esi, [rbp+seg_base(seg)] ; lea edi, [rdi+rsi]   (32-bit wrap)
+///   lea r10d, [rdi+size-1] ; xor r10d, edi ; test r10d, ~0xFFF ; jnz slow
+///   mov esi, edi ; shr esi, 12 ; mov r8d, edi ; shr r8d, 24
+///   xor esi, r8d ; and esi, 4095            (slot)
+///   mov r8, [rbp+shadow] ; mov r9d, [r8+rsi*8]          (tag)
+///   mov r10d, r9d ; xor r10d, edi ; test r10d, ~0xFFF ; jnz slow
+///   test r9d, perm ; jz slow
+///   mov esi, [r8+rsi*8+4] ; and edi, 0xFFF ; add rsi, rdi
+///   add rsi, [rbp+ram_base]
+///   push [rbp+hflags] ; popfq               (if it needs the flags)
+///   <instruction with [rsi]>
+/// resume:
+/// ```
+pub fn emit_access(e: &mut Emitter, m: &InsnMeta, u: MemUse, host: &[u8], live_after: u32) -> bool {
+    let ins = &m.ins;
+    let Some(seg) = seg_index(ins.memory_segment()) else {
+        return false;
+    };
+    let write = u != MemUse::Read;
+    if !seg_flat(e.key.mode, seg, write) || (write && !seg_flat(e.key.mode, seg, false)) {
+        return false;
+    }
+    let size = ins.memory_size().size() as i32;
+    if !(1..=4).contains(&size) {
+        return false;
+    }
+    if addr_reg(ins.memory_base()).is_none() || addr_reg(ins.memory_index()).is_none() {
+        return false;
+    }
+    let a32 = ins.memory_base().is_gpr32()
+        || ins.memory_index().is_gpr32()
+        || (ins.memory_base() == Register::None
+            && ins.memory_index() == Register::None
+            && ins.memory_displ_size() == 4);
+    let user = (e.key.mode >> mode::CPL_SHIFT) & 3 == 3;
+    let bit = match (user, write) {
+        (false, false) => perm::SUP_READ,
+        (false, true) => perm::SUP_WRITE,
+        (true, false) => perm::USER_READ,
+        (true, true) => perm::USER_WRITE,
+    };
+    // The slow path may fault: the guest's flags must be in `hflags`.
+    e.clobber_flags();
+    if !emit_ea(e, ins) {
+        // Nothing emitted by a failing `emit_ea`; the flags were only
+        // spilled, which the fallback does anyway.
+        return false;
+    }
+    let slow = e.ops.new_dynamic_label();
+    let resume = e.ops.new_dynamic_label();
+    if a32 && size > 1 {
+        dynasm!(e.ops ; .arch x64 ; cmp edi, 1 - size ; jae =>slow);
+    }
+    dynasm!(e.ops
+        ; .arch x64
+        ; mov esi, DWORD [rbp + off::seg_base(seg as usize)]
+        ; lea edi, [rdi + rsi]
+    );
+    if size > 1 {
+        dynasm!(e.ops
+            ; .arch x64
+            ; lea r10d, [rdi + size - 1]
+            ; xor r10d, edi
+            ; test r10d, 0xFFFF_F000u32 as i32
+            ; jnz =>slow
+        );
+    }
+    dynasm!(e.ops
+        ; .arch x64
+        ; mov esi, edi
+        ; shr esi, 12
+        ; mov r8d, edi
+        ; shr r8d, 24
+        ; xor esi, r8d
+        ; and esi, 4095
+        ; mov r8, QWORD [rbp + off::SHADOW]
+        ; mov r9d, DWORD [r8 + rsi * 8]
+        ; mov r10d, r9d
+        ; xor r10d, edi
+        ; test r10d, 0xFFFF_F000u32 as i32
+        ; jnz =>slow
+        ; test r9d, bit as i32
+        ; jz =>slow
+        ; mov esi, DWORD [r8 + rsi * 8 + 4]
+        ; and edi, 0xFFF
+        ; add rsi, rdi
+        ; add rsi, QWORD [rbp + off::RAM_BASE]
+    );
+    if flags::needed_before(ins, live_after) != 0 {
+        e.restore_flags();
+    }
+    e.ops.extend(host.iter().copied());
+    let flags_in_host = flags::modified(ins) != 0;
+    e.flags = FlagState {
+        in_host: flags_in_host,
+        dirty: flags_in_host,
+    };
+    dynasm!(e.ops ; .arch x64 ; =>resume);
+    e.cold.push(ColdPath {
+        slow,
+        resume,
+        meta: m as *const InsnMeta,
+        flags_in_host,
+    });
+    true
+}
+
+/// The slow paths of the block, after its code:
+///
+/// ```text
+/// slow:   <monitor call: exec_insn(ctx, meta)>   (leaves on fault etc.)
+///         push [rbp+hflags] ; popfq              (if the fast path left
+///                                                 the flags in RFLAGS)
+///         jmp resume
+/// ```
+pub fn emit_cold_paths(e: &mut Emitter) {
+    let cold = std::mem::take(&mut e.cold);
+    for c in cold {
+        dynasm!(e.ops ; .arch x64 ; =>c.slow);
+        // On every jump here the flags are in `hflags` (spilled before
+        // the lookup).
+        e.flags = FlagState {
+            in_host: false,
+            dirty: false,
+        };
+        e.call_monitor(helpers::exec_insn as *const () as usize, c.meta as u64);
+        if c.flags_in_host {
+            e.restore_flags();
+        }
+        dynasm!(e.ops ; .arch x64 ; jmp =>c.resume);
+    }
+}
