@@ -294,3 +294,76 @@ pub fn emit_cold_paths(e: &mut Emitter) {
         dynasm!(e.ops ; .arch x64 ; jmp =>c.resume);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use iced_x86::code_asm::*;
+
+    use super::super::native::tests::{asm32, assert_same, run_both, ARITH_EFLAGS};
+
+    const DATA: u32 = 0x8000;
+
+    fn program() -> Vec<u8> {
+        asm32(|a| {
+            a.mov(dword_ptr(DATA), 0x1122_3344u32)?;
+            a.add(dword_ptr(DATA), eax)?;
+            a.mov(ecx, dword_ptr(DATA))?;
+            a.inc(byte_ptr(DATA + 1))?;
+            a.cmp(dword_ptr(DATA), ecx)?;
+            a.setne(dl)?;
+            a.shl(word_ptr(DATA + 2), 1)?;
+            a.xchg(dword_ptr(DATA + 4), ebx)?;
+            a.movzx(esi, byte_ptr(DATA + 4))?;
+            a.test(dword_ptr(DATA), eax)?;
+            a.adc(dword_ptr(DATA + 8), edx)?;
+            a.bts(dword_ptr(DATA), 7)?;
+            a.mov(byte_ptr(edi + 0x10), ah)?;
+            a.imul_2(ebp, dword_ptr(edi + ebx * 1 - 0x8000))?;
+            // Crosses into the next page: slow path.
+            a.mov(dword_ptr(DATA + 0xFFE), eax)?;
+            a.sub(eax, dword_ptr(DATA + 0xFFE))?;
+            Ok(())
+        })
+    }
+
+    #[test]
+    fn memory_forms_agree_with_the_interpreter() {
+        let regs = [0x0102_0304, 5, 6, 0x8004, 0, 3, 0, DATA];
+        let (mut j, mut i, calls) = run_both(0, regs, &program());
+        assert_same(&mut j, &mut i, ARITH_EFLAGS);
+        // 0x11223344 + 0x01020304 = 0x12243648; the byte at +1 goes
+        // 0x36 -> 0x37.
+        assert_eq!(j.mem.read_u8(DATA as u64 + 1), 0x37);
+        // Monitor calls: first touches of the data page and of page 0
+        // (the IMUL reads [0x8000 + 0 - 0x8000]: EBX is 0 after the
+        // XCHG), the page-crossing store and load, and the HLT.
+        assert_eq!(calls, 5);
+    }
+
+    #[test]
+    fn segment_base_is_added() {
+        let regs = [0x0102_0304, 5, 6, 0x8004, 0, 3, 0, DATA];
+        let (mut j, mut i, _) = run_both(0x100, regs, &program());
+        assert_same(&mut j, &mut i, ARITH_EFLAGS);
+        // 0x11223344 + 0x01020304 = 0x12243648; INC of byte 1 gives
+        // 0x12243748; SHL of the high word 0x1224 gives 0x24483748; BTS
+        // bit 7 gives 0x244837C8.
+        assert_eq!(j.mem.read_u32(DATA as u64 + 0x100), 0x2448_37C8);
+    }
+
+    #[test]
+    fn moffs_forms() {
+        // A1 moffs32: mov eax, [DATA] ; A2 moffs8: mov [DATA+12], al.
+        let d = DATA.to_le_bytes();
+        let e = (DATA + 12).to_le_bytes();
+        let code = [
+            0xC7, 0x05, d[0], d[1], d[2], d[3], 0x78, 0x56, 0x34, 0x12, // mov [DATA], imm32
+            0xA1, d[0], d[1], d[2], d[3], // mov eax, [DATA]
+            0xA2, e[0], e[1], e[2], e[3], // mov [DATA+12], al
+        ];
+        let (mut j, mut i, _) = run_both(0, [0; 8], &code);
+        assert_same(&mut j, &mut i, ARITH_EFLAGS);
+        assert_eq!(j.cpu.reg32(0), 0x1234_5678);
+        assert_eq!(j.mem.read_u8(DATA as u64 + 12), 0x78);
+    }
+}

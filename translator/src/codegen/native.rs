@@ -302,3 +302,218 @@ pub fn emit(e: &mut Emitter, m: &InsnMeta, live_after: u32) -> bool {
         Some(Plan::Memory(u, bytes)) => mem::emit_access(e, m, u, &bytes, live_after),
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    //! Small guest programs run on the translator and on the interpreter;
+    //! registers, flags and memory must agree, and the expected values
+    //! are computed by hand where a test names them.
+
+    use iced_x86::code_asm::*;
+    use umbra_core::cpu::{attr, cr0, SegReg, Segment, FIXED1};
+    use umbra_core::engine::{Budget, Engine};
+    use umbra_core::interp::Interpreter;
+    use umbra_core::mem::GuestMemory;
+    use umbra_core::vm::Vm;
+
+    use crate::Translator;
+
+    /// Where test code goes (physical = linear).
+    pub const CODE: u32 = 0x1000;
+    /// CF PF AF ZF SF OF in EFLAGS.
+    pub const ARITH_EFLAGS: u32 = 0x8D5;
+
+    /// Flat 32-bit protected mode at CPL 0, paging off; DS based at
+    /// `ds_base`.
+    pub fn vm32(ds_base: u32) -> Vm {
+        let mut vm = Vm::new(GuestMemory::new(1 << 20).expect("guest memory"));
+        vm.cpu.cr0 |= cr0::PE;
+        vm.cpu.eflags = FIXED1;
+        let data = Segment {
+            selector: 0x10,
+            base: 0,
+            limit: 0xFFFF_FFFF,
+            attr: attr::P | attr::S | attr::RW | attr::ACCESSED | attr::DB | attr::G,
+        };
+        for s in SegReg::ALL {
+            *vm.cpu.seg_mut(s) = data;
+        }
+        vm.cpu.seg_mut(SegReg::Ds).base = ds_base;
+        let code_seg = vm.cpu.seg_mut(SegReg::Cs);
+        code_seg.selector = 0x08;
+        code_seg.attr |= attr::CODE;
+        vm.cpu.set_reg32(4, 0xF000);
+        vm
+    }
+
+    /// Run `code` (HLT appended) from `CODE` with `regs` (ESP stays
+    /// 0xF000) on the translator and on the interpreter. Returns both
+    /// machines and the translator's monitor calls.
+    pub fn run_both(ds_base: u32, regs: [u32; 8], code: &[u8]) -> (Vm, Vm, u64) {
+        let mut vms = [vm32(ds_base), vm32(ds_base)];
+        for vm in vms.iter_mut() {
+            let mut bytes = code.to_vec();
+            bytes.push(0xF4);
+            vm.mem.write(CODE as u64, &bytes);
+            vm.cpu.eip = CODE;
+            for (i, &r) in regs.iter().enumerate() {
+                if i != 4 {
+                    vm.cpu.set_reg32(i, r);
+                }
+            }
+        }
+        let [mut a, mut b] = vms;
+        let mut t = Translator::new(1 << 20).expect("code memory");
+        t.run(&mut a, Budget::insns(10_000));
+        Interpreter::new().run(&mut b, Budget::insns(10_000));
+        (a, b, t.stats().monitor_calls)
+    }
+
+    /// Registers, EIP and the flags in `flag_mask` agree, and the first
+    /// 64 KiB of memory.
+    pub fn assert_same(jit: &mut Vm, int: &mut Vm, flag_mask: u32) {
+        for i in 0..8 {
+            assert_eq!(
+                jit.cpu.reg32(i),
+                int.cpu.reg32(i),
+                "GPR {i}: jit {:#x} interp {:#x}",
+                jit.cpu.reg32(i),
+                int.cpu.reg32(i)
+            );
+        }
+        assert_eq!(jit.cpu.eip, int.cpu.eip, "EIP");
+        assert_eq!(
+            jit.cpu.eflags & flag_mask,
+            int.cpu.eflags & flag_mask,
+            "flags jit {:#x} interp {:#x}",
+            jit.cpu.eflags,
+            int.cpu.eflags
+        );
+        let (mut x, mut y) = (vec![0u8; 0x10000], vec![0u8; 0x10000]);
+        jit.mem.read(0, &mut x);
+        int.mem.read(0, &mut y);
+        if let Some(p) = (0..x.len()).find(|&p| x[p] != y[p]) {
+            panic!("memory at {p:#x}: jit {:#x} interp {:#x}", x[p], y[p]);
+        }
+    }
+
+    pub fn asm32(f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {
+        let mut a = CodeAssembler::new(32).expect("bitness");
+        f(&mut a).expect("assemble");
+        a.assemble(CODE as u64).expect("assemble")
+    }
+
+    #[test]
+    fn register_alu_block_runs_natively() {
+        let code = asm32(|a| {
+            a.mov(eax, 0x1234_5678u32)?;
+            a.mov(ecx, 5u32)?;
+            a.add(eax, ecx)?;
+            a.adc(ebx, eax)?;
+            a.sub(edx, 3)?;
+            a.xor(esi, esi)?;
+            a.inc(edi)?;
+            a.dec(ebp)?;
+            a.neg(ecx)?;
+            a.not(edx)?;
+            a.shl(eax, 3)?;
+            a.shr(ebx, cl)?;
+            a.sar(edx, 1)?;
+            a.rol(esi, 4)?;
+            a.imul_3(eax, ecx, 7)?;
+            a.mul(ecx)?;
+            a.movzx(ecx, ah)?;
+            a.movsx(edx, bl)?;
+            a.lea(esi, dword_ptr(eax + ecx * 4 + 0x100))?;
+            a.xchg(eax, ebx)?;
+            a.cmp(eax, ebx)?;
+            a.cmove(ecx, edx)?;
+            a.setb(al)?;
+            a.bt(eax, 3)?;
+            a.bts(ecx, 5)?;
+            a.bswap(edx)?;
+            a.cdq()?;
+            a.cwde()?;
+            a.nop()?;
+            a.cmp(eax, 0x80)?;
+            Ok(())
+        });
+        let (mut j, mut i, calls) = run_both(0, [1, 2, 3, 4, 0, 6, 7, 8], &code);
+        assert_same(&mut j, &mut i, ARITH_EFLAGS);
+        // Only the HLT ran in the monitor.
+        assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn partial_flag_writers_keep_the_others() {
+        // STC ; INC keeps CF ; ADC reads it: EBX = 0 + 0xFFFF_FFFF + 1,
+        // which carries out again.
+        let code = asm32(|a| {
+            a.stc()?;
+            a.inc(eax)?;
+            a.adc(ebx, ecx)?;
+            a.mov(ecx, 0u32)?;
+            a.shl(edx, cl)?; // count 0: flags stay
+            a.setb(cl)?;
+            Ok(())
+        });
+        let (mut j, mut i, _) = run_both(0, [7, 0xFFFF_FFFF, 1, 0, 0, 0, 0, 0], &code);
+        assert_same(&mut j, &mut i, ARITH_EFLAGS);
+        assert_eq!(j.cpu.reg32(0), 8);
+        assert_eq!(j.cpu.reg32(3), 0, "0 + 0xFFFFFFFF + CF wraps to 0");
+        assert_eq!(j.cpu.reg32(1), 1, "CF from ADC survives SHL by 0");
+    }
+
+    #[test]
+    fn byte_and_word_registers() {
+        // AH..BH with R12-R15 cannot be encoded: those fall back.
+        let code = asm32(|a| {
+            a.mov(ah, 0x12)?;
+            a.add(ah, bh)?;
+            a.mov(si, ax)?;
+            a.add(si, 0x7FFF)?;
+            a.xchg(cl, dh)?;
+            a.movzx(edi, ch)?; // falls back
+            a.mov(bp, 0xFFFF)?;
+            a.inc(bp)?;
+            Ok(())
+        });
+        let (mut j, mut i, calls) = run_both(
+            0,
+            [
+                0x1111_1111,
+                0x2222_3344,
+                0x5566_7788,
+                0x0000_4000,
+                0,
+                0xAAAA_0000,
+                0,
+                0,
+            ],
+            &code,
+        );
+        assert_same(&mut j, &mut i, ARITH_EFLAGS);
+        // AH = 0x12 + 0x40.
+        assert_eq!(j.cpu.reg32(0), 0x1111_5211);
+        // BP wraps at 16 bits, the upper half of EBP stays.
+        assert_eq!(j.cpu.reg32(5), 0xAAAA_0000);
+        assert_eq!(calls, 2);
+    }
+
+    #[test]
+    fn lea_wraps_at_its_address_size() {
+        // 67 8D 40 FE: lea eax, [bx+si-2] (16-bit address).
+        // 8D 44 CB 10: lea eax, [ebx+ecx*8+0x10]... into EDX: 8D 54 CB 10.
+        let code = [0x67, 0x8D, 0x40, 0xFE, 0x8D, 0x54, 0xCB, 0x10];
+        let (mut j, mut i, _) = run_both(
+            0,
+            [0, 0x2000_0001, 0, 0xFFFF_0001, 0, 0, 0x0000_FFFF, 0],
+            &code,
+        );
+        assert_same(&mut j, &mut i, ARITH_EFLAGS);
+        // 0x0001 + 0xFFFF - 2 = 0xFFFE (mod 2^16).
+        assert_eq!(j.cpu.reg32(0), 0xFFFE);
+        // 0xFFFF0001 + 0x100000008 + 0x10 = 0xFFFF0019 (mod 2^32).
+        assert_eq!(j.cpu.reg32(2), 0xFFFF_0019);
+    }
+}
