@@ -24,7 +24,7 @@ use umbra_core::mmu::shadow::perm;
 use super::native::{host_reg, MemUse, HOST32};
 use super::{flags, Emitter, FlagState};
 use crate::block::{mode, seg_flat, InsnMeta};
-use crate::ctx::off;
+use crate::ctx::{off, HOST_REG};
 use crate::helpers;
 
 /// An out-of-line slow path, emitted after the block's code.
@@ -62,6 +62,17 @@ fn addr_reg(r: Register) -> Option<Register> {
         return HOST32.get(r.number()).copied();
     }
     None
+}
+
+/// The shadow permission bit of a data access at the block's CPL.
+fn perm_bit(e: &Emitter, write: bool) -> u32 {
+    let user = (e.key.mode >> mode::CPL_SHIFT) & 3 == 3;
+    match (user, write) {
+        (false, false) => perm::SUP_READ,
+        (false, true) => perm::SUP_WRITE,
+        (true, false) => perm::USER_READ,
+        (true, true) => perm::USER_WRITE,
+    }
 }
 
 /// The effective address (offset in the segment) of `ins`'s memory
@@ -196,13 +207,7 @@ pub fn emit_access(e: &mut Emitter, m: &InsnMeta, u: MemUse, host: &[u8], live_a
         || (ins.memory_base() == Register::None
             && ins.memory_index() == Register::None
             && ins.memory_displ_size() == 4);
-    let user = (e.key.mode >> mode::CPL_SHIFT) & 3 == 3;
-    let bit = match (user, write) {
-        (false, false) => perm::SUP_READ,
-        (false, true) => perm::SUP_WRITE,
-        (true, false) => perm::USER_READ,
-        (true, true) => perm::USER_WRITE,
-    };
+    let bit = perm_bit(e, write);
     // The slow path may fault: the guest's flags must be in `hflags`.
     e.clobber_flags();
     if !emit_ea(e, ins) {
@@ -220,6 +225,135 @@ pub fn emit_access(e: &mut Emitter, m: &InsnMeta, u: MemUse, host: &[u8], live_a
         ; mov esi, DWORD [rbp + off::seg_base(seg as usize)]
         ; lea edi, [rdi + rsi]
     );
+    emit_lookup(e, size, bit, slow);
+    if flags::needed_before(ins, live_after) != 0 {
+        e.restore_flags();
+    }
+    e.ops.extend(host.iter().copied());
+    let flags_in_host = flags::modified(ins) != 0;
+    e.flags = FlagState {
+        in_host: flags_in_host,
+        dirty: flags_in_host,
+    };
+    dynasm!(e.ops ; .arch x64 ; =>resume);
+    e.cold.push(ColdPath {
+        slow,
+        resume,
+        meta: m as *const InsnMeta,
+        flags_in_host,
+    });
+    true
+}
+
+/// What a native PUSH stores.
+enum Pushed {
+    Reg(u8),
+    Imm(i32),
+}
+
+/// PUSH r16/r32/imm and POP r16/r32 (not POP (E)SP) through a flat SS:
+/// the stack pointer is ESP with a 32-bit stack (`mode::STACK32`), else
+/// SP (16-bit wrap, ESP's upper half kept). ESP changes only after the
+/// access succeeded, so a fault leaves it as it was (the slow path runs
+/// the whole instruction in the monitor).
+///
+/// ```text
+///   pushfq ; pop [rbp+hflags]          (flags dirty)
+///   lea edi, [r12-size] | lea edi, [r12+0]     (push | pop)
+///   movzx edi, di                      (16-bit stack)
+///   cmp edi, -(size-1) ; jae slow      (32-bit stack: offset wraps)
+///   mov r11d, edi                      (push: new SP)
+///   lea r11d, [rdi+size]               (pop: new SP)
+///   mov esi, [rbp+seg_base(SS)] ; lea edi, [rdi+rsi]
+///   <lookup: host pointer into rsi>
+///   mov [rsi], reg|imm                 (push)
+///   mov reg, [rsi]                     (pop)
+///   mov r12d, r11d | mov r12w, r11w
+/// resume:
+/// ```
+pub fn emit_stack(e: &mut Emitter, m: &InsnMeta) -> bool {
+    let ins = &m.ins;
+    if ins.has_lock_prefix() || !seg_flat(e.key.mode, SegReg::Ss, true) {
+        return false;
+    }
+    let (push, size, what) = match ins.code() {
+        Code::Push_r32 | Code::Push_r16 | Code::Pop_r32 | Code::Pop_r16 => {
+            let r = ins.op0_register();
+            let n = r.number();
+            let push = matches!(ins.code(), Code::Push_r32 | Code::Push_r16);
+            if n >= 8 || (!push && n == 4) {
+                return false;
+            }
+            (push, r.size() as i32, Pushed::Reg(HOST_REG[n]))
+        }
+        Code::Pushd_imm32 | Code::Pushd_imm8 => (true, 4, Pushed::Imm(ins.immediate(0) as i32)),
+        Code::Push_imm16 | Code::Pushw_imm8 => {
+            (true, 2, Pushed::Imm(ins.immediate(0) as i16 as i32))
+        }
+        _ => return false,
+    };
+    let stack32 = e.key.mode & mode::STACK32 != 0;
+    let bit = perm_bit(e, push);
+    e.clobber_flags();
+    let slow = e.ops.new_dynamic_label();
+    let resume = e.ops.new_dynamic_label();
+    let delta = if push { -size } else { 0 };
+    dynasm!(e.ops ; .arch x64 ; lea edi, [r12 + delta]);
+    if stack32 {
+        dynasm!(e.ops ; .arch x64 ; cmp edi, 1 - size ; jae =>slow);
+    } else {
+        dynasm!(e.ops ; .arch x64 ; movzx edi, di);
+    }
+    if push {
+        dynasm!(e.ops ; .arch x64 ; mov r11d, edi);
+    } else {
+        dynasm!(e.ops ; .arch x64 ; lea r11d, [rdi + size]);
+    }
+    dynasm!(e.ops
+        ; .arch x64
+        ; mov esi, DWORD [rbp + off::seg_base(SegReg::Ss as usize)]
+        ; lea edi, [rdi + rsi]
+    );
+    emit_lookup(e, size, bit, slow);
+    match (push, size, what) {
+        (true, 4, Pushed::Reg(r)) => dynasm!(e.ops ; .arch x64 ; mov DWORD [rsi], Rd(r)),
+        (true, _, Pushed::Reg(r)) => dynasm!(e.ops ; .arch x64 ; mov WORD [rsi], Rw(r)),
+        (true, 4, Pushed::Imm(v)) => dynasm!(e.ops ; .arch x64 ; mov DWORD [rsi], v),
+        (true, _, Pushed::Imm(v)) => dynasm!(e.ops ; .arch x64 ; mov WORD [rsi], v as i16),
+        (false, 4, Pushed::Reg(r)) => dynasm!(e.ops ; .arch x64 ; mov Rd(r), DWORD [rsi]),
+        (false, _, Pushed::Reg(r)) => dynasm!(e.ops ; .arch x64 ; mov Rw(r), WORD [rsi]),
+        (false, _, Pushed::Imm(_)) => {}
+    }
+    if stack32 {
+        dynasm!(e.ops ; .arch x64 ; mov r12d, r11d);
+    } else {
+        dynasm!(e.ops ; .arch x64 ; mov r12w, r11w);
+    }
+    dynasm!(e.ops ; .arch x64 ; =>resume);
+    e.cold.push(ColdPath {
+        slow,
+        resume,
+        meta: m as *const InsnMeta,
+        flags_in_host: false,
+    });
+    true
+}
+
+/// The inline shadow lookup of the linear address in EDI for an access
+/// of `size` bytes needing permission bit `bit`: host pointer into RSI,
+/// or a jump to `slow`. Clobbers RFLAGS, EDI, R8-R10.
+///
+/// ```text
+///   lea r10d, [rdi+size-1] ; xor r10d, edi ; test r10d, ~0xFFF ; jnz slow
+///   mov esi, edi ; shr esi, 12 ; mov r8d, edi ; shr r8d, 24
+///   xor esi, r8d ; and esi, 4095            (slot)
+///   mov r8, [rbp+shadow] ; mov r9d, [r8+rsi*8]          (tag)
+///   mov r10d, r9d ; xor r10d, edi ; test r10d, ~0xFFF ; jnz slow
+///   test r9d, bit ; jz slow
+///   mov esi, [r8+rsi*8+4] ; and edi, 0xFFF ; add rsi, rdi
+///   add rsi, [rbp+ram_base]
+/// ```
+fn emit_lookup(e: &mut Emitter, size: i32, bit: u32, slow: DynamicLabel) {
     if size > 1 {
         dynasm!(e.ops
             ; .arch x64
@@ -250,23 +384,6 @@ pub fn emit_access(e: &mut Emitter, m: &InsnMeta, u: MemUse, host: &[u8], live_a
         ; add rsi, rdi
         ; add rsi, QWORD [rbp + off::RAM_BASE]
     );
-    if flags::needed_before(ins, live_after) != 0 {
-        e.restore_flags();
-    }
-    e.ops.extend(host.iter().copied());
-    let flags_in_host = flags::modified(ins) != 0;
-    e.flags = FlagState {
-        in_host: flags_in_host,
-        dirty: flags_in_host,
-    };
-    dynasm!(e.ops ; .arch x64 ; =>resume);
-    e.cold.push(ColdPath {
-        slow,
-        resume,
-        meta: m as *const InsnMeta,
-        flags_in_host,
-    });
-    true
 }
 
 /// The slow paths of the block, after its code:
@@ -299,7 +416,9 @@ pub fn emit_cold_paths(e: &mut Emitter) {
 mod tests {
     use iced_x86::code_asm::*;
 
-    use super::super::native::tests::{asm32, assert_same, run_both, ARITH_EFLAGS};
+    use umbra_core::cpu::{attr, SegReg};
+
+    use super::super::native::tests::{asm32, assert_same, run_both, run_both_with, ARITH_EFLAGS};
 
     const DATA: u32 = 0x8000;
 
@@ -365,5 +484,57 @@ mod tests {
         assert_same(&mut j, &mut i, ARITH_EFLAGS);
         assert_eq!(j.cpu.reg32(0), 0x1234_5678);
         assert_eq!(j.mem.read_u8(DATA as u64 + 12), 0x78);
+    }
+
+    #[test]
+    fn push_and_pop() {
+        let code = asm32(|a| {
+            a.push(eax)?;
+            a.push(0x1234_5678u32)?;
+            a.push(-5i32)?;
+            a.push(esp)?;
+            a.push(sp)?;
+            a.pop(cx)?;
+            a.pop(edx)?;
+            a.pop(ebx)?;
+            a.pop(esi)?;
+            a.pop(edi)?;
+            Ok(())
+        });
+        let (mut j, mut i, calls) = run_both(0, [0xAABB_CCDD, 0, 0, 0, 0, 0, 0, 0], &code);
+        assert_same(&mut j, &mut i, ARITH_EFLAGS);
+        // ESP starts at 0xF000: PUSH ESP stores 0xEFF4, PUSH SP 0xEFF0.
+        assert_eq!(j.cpu.reg32(1) & 0xFFFF, 0xEFF0);
+        assert_eq!(j.cpu.reg32(2), 0xEFF4);
+        assert_eq!(j.cpu.reg32(3), 0xFFFF_FFFB);
+        assert_eq!(j.cpu.reg32(6), 0x1234_5678);
+        assert_eq!(j.cpu.reg32(7), 0xAABB_CCDD);
+        assert_eq!(j.cpu.reg32(4), 0xF000);
+        // The stack page is touched first by the slow path; then the HLT.
+        assert_eq!(calls, 2);
+    }
+
+    #[test]
+    fn sixteen_bit_stack_wraps_sp() {
+        let code = asm32(|a| {
+            a.push(eax)?;
+            a.pop(ebx)?;
+            a.push(eax)?;
+            Ok(())
+        });
+        let regs = [0x0102_0304, 0, 0, 0, 0, 0, 0, 0];
+        let (mut j, mut i, _) = run_both_with(
+            |vm| {
+                vm.cpu.seg_mut(SegReg::Ss).attr &= !attr::DB;
+                vm.cpu.set_reg32(4, 0x0001_0002);
+            },
+            regs,
+            &code,
+        );
+        assert_same(&mut j, &mut i, ARITH_EFLAGS);
+        // SP 2 - 4 wraps to 0xFFFE; ESP's upper half stays.
+        assert_eq!(j.cpu.reg32(4), 0x0001_FFFE);
+        assert_eq!(j.cpu.reg32(3), 0x0102_0304);
+        assert_eq!(j.mem.read_u32(0xFFFE), 0x0102_0304);
     }
 }

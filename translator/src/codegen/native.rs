@@ -284,6 +284,9 @@ pub fn is_register_native(ins: &Instruction) -> bool {
 /// ```
 pub fn emit(e: &mut Emitter, m: &InsnMeta, live_after: u32) -> bool {
     let ins = &m.ins;
+    if matches!(ins.mnemonic(), Mnemonic::Push | Mnemonic::Pop) {
+        return mem::emit_stack(e, m);
+    }
     match plan(ins) {
         None => false,
         Some(Plan::Nothing) => true,
@@ -350,7 +353,13 @@ pub(crate) mod tests {
     /// 0xF000) on the translator and on the interpreter. Returns both
     /// machines and the translator's monitor calls.
     pub fn run_both(ds_base: u32, regs: [u32; 8], code: &[u8]) -> (Vm, Vm, u64) {
-        let mut vms = [vm32(ds_base), vm32(ds_base)];
+        run_both_with(|vm| vm.cpu.seg_mut(SegReg::Ds).base = ds_base, regs, code)
+    }
+
+    /// `run_both` with `setup` applied to both machines after the
+    /// registers are set.
+    pub fn run_both_with(setup: impl Fn(&mut Vm), regs: [u32; 8], code: &[u8]) -> (Vm, Vm, u64) {
+        let mut vms = [vm32(0), vm32(0)];
         for vm in vms.iter_mut() {
             let mut bytes = code.to_vec();
             bytes.push(0xF4);
@@ -361,6 +370,7 @@ pub(crate) mod tests {
                     vm.cpu.set_reg32(i, r);
                 }
             }
+            setup(vm);
         }
         let [mut a, mut b] = vms;
         let mut t = Translator::new(1 << 20).expect("code memory");
