@@ -537,4 +537,31 @@ mod tests {
         assert_eq!(j.cpu.reg32(3), 0x0102_0304);
         assert_eq!(j.mem.read_u32(0xFFFE), 0x0102_0304);
     }
+
+    #[test]
+    fn locked_read_modify_write() {
+        let code = asm32(|a| {
+            a.mov(dword_ptr(DATA), 10u32)?;
+            a.lock().add(dword_ptr(DATA), ecx)?;
+            a.lock().xadd(dword_ptr(DATA), edx)?;
+            // EAX (0) differs from [DATA] (17): EAX takes it, ZF clear.
+            a.lock().cmpxchg(dword_ptr(DATA), ebx)?;
+            a.setne(cl)?;
+            // Now equal: [DATA] takes EBX, ZF set.
+            a.lock().cmpxchg(dword_ptr(DATA), ebx)?;
+            a.sete(ch)?;
+            a.xadd(esi, edi)?;
+            Ok(())
+        });
+        let regs = [0, 3, 4, 99, 0, 0, 1, 2];
+        let (mut j, mut i, _) = run_both(0, regs, &code);
+        assert_same(&mut j, &mut i, ARITH_EFLAGS);
+        // 10 + 3 = 13; XADD: EDX = 13, [DATA] = 17.
+        assert_eq!(j.cpu.reg32(2), 13);
+        assert_eq!(j.cpu.reg32(0), 17);
+        assert_eq!(j.cpu.reg32(1), 0x0101);
+        assert_eq!(j.mem.read_u32(DATA as u64), 99);
+        // XADD ESI, EDI: ESI = 3, EDI = 1.
+        assert_eq!((j.cpu.reg32(6), j.cpu.reg32(7)), (3, 1));
+    }
 }

@@ -7,11 +7,13 @@
 //!
 //! What runs natively: MOV, the eight ALU operations, TEST, INC DEC NEG
 //! NOT, the shifts and rotates, IMUL (all forms), MUL, MOVZX MOVSX, LEA,
-//! XCHG, CMOVcc, SETcc, BT BTS BTR BTC (register offset only with a
-//! register base), BSWAP r32, CBW CWDE CWD CDQ, NOP. What never does:
-//! DIV/IDIV (a host #DE would end the process), anything with LOCK or
-//! REP prefixes, instructions invalid in 64-bit mode other than the
-//! INC/DEC short forms (rewritten to their ModRM forms), BSF/BSR and their
+//! XCHG XADD CMPXCHG, CMOVcc, SETcc, BT BTS BTR BTC (register offset only
+//! with a register base), BSWAP r32, CBW CWDE CWD CDQ, NOP, LOCK on the
+//! lockable ones with a memory destination; PUSH/POP of registers and
+//! immediates (`mem::emit_stack`). What never does: DIV/IDIV (a host #DE
+//! would end the process), REP prefixes, any other LOCK (#UD),
+//! instructions invalid in 64-bit mode other than the INC/DEC short forms
+//! and MOV moffs (rewritten to their ModRM forms), BSF/BSR and their
 //! TZCNT/LZCNT encodings (the guest's F3 0F BC/BD is BSF/BSR: its CPUID
 //! has no BMI1/LZCNT, while the host would run them as TZCNT/LZCNT).
 //! An AH..BH operand next to a renamed R12-R15 register cannot be
@@ -135,11 +137,35 @@ pub fn count_may_be_zero(ins: &Instruction) -> bool {
 /// forms the answer is irrelevant (`Read`).
 fn native_use(ins: &Instruction) -> Option<MemUse> {
     use Mnemonic::*;
-    if ins.has_lock_prefix() || ins.has_rep_prefix() || ins.has_repne_prefix() {
+    if ins.has_rep_prefix() || ins.has_repne_prefix() {
         return None;
     }
     let m = ins.mnemonic();
     let op0_mem = ins.op0_kind() == OpKind::Memory;
+    // LOCK is valid only on these with a memory destination (SDM Vol. 2
+    // LOCK); anything else is #UD, which the monitor raises.
+    let lockable = matches!(
+        m,
+        Add | Or
+            | Adc
+            | Sbb
+            | And
+            | Sub
+            | Xor
+            | Inc
+            | Dec
+            | Neg
+            | Not
+            | Xchg
+            | Bts
+            | Btr
+            | Btc
+            | Xadd
+            | Cmpxchg
+    );
+    if ins.has_lock_prefix() && !(op0_mem && lockable) {
+        return None;
+    }
     let u = match m {
         Mov => {
             if op0_mem {
@@ -156,7 +182,7 @@ fn native_use(ins: &Instruction) -> Option<MemUse> {
             }
         }
         Cmp | Test | Imul | Mul | Movzx | Movsx => MemUse::Read,
-        Inc | Dec | Neg | Not | Xchg => MemUse::ReadWrite,
+        Inc | Dec | Neg | Not | Xchg | Xadd | Cmpxchg => MemUse::ReadWrite,
         Shl | Shr | Sar | Rol | Ror | Rcl | Rcr => MemUse::ReadWrite,
         Bt | Bts | Btr | Btc => {
             // A register bit offset with a memory base addresses beyond
