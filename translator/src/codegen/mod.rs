@@ -171,6 +171,7 @@ impl<'a> Emitter<'a> {
 /// entry:  sub qword [rbp+budget], n ; jl budget_out
 ///         <each instruction>
 ///         <exit to the fall-through EIP>
+///         <slow paths of native memory accesses (`mem::emit_cold_paths`)>
 /// budget_out:
 ///         add qword [rbp+budget], n
 ///         mov dword [rbp+eip], block_eip ; mov dword [rbp+exit], BUDGET
