@@ -564,4 +564,31 @@ mod tests {
         // XADD ESI, EDI: ESI = 3, EDI = 1.
         assert_eq!((j.cpu.reg32(6), j.cpu.reg32(7)), (3, 1));
     }
+
+    #[test]
+    fn sixteen_bit_addresses_wrap() {
+        // mov dword [0x8010], 0xCAFEF00D ; 67 8B 07: mov eax, [bx] ;
+        // 67 89 4A FE: mov [bp+si-2], ecx (SS).
+        let mut code = asm32(|a| {
+            a.mov(dword_ptr(0x8010), 0xCAFE_F00Du32)?;
+            Ok(())
+        });
+        code.extend_from_slice(&[0x67, 0x8B, 0x07, 0x67, 0x89, 0x4A, 0xFE]);
+        let regs = [
+            0,
+            0x5555_AAAA,
+            0,
+            0x1234_8010,
+            0,
+            0x0001_8000,
+            0x0000_8022,
+            0,
+        ];
+        let (mut j, mut i, _) = run_both(0, regs, &code);
+        assert_same(&mut j, &mut i, ARITH_EFLAGS);
+        // BX = 0x8010: the upper half of EBX is not part of the address.
+        assert_eq!(j.cpu.reg32(0), 0xCAFE_F00D);
+        // BP + SI - 2 = 0x8000 + 0x8022 - 2 = 0x10020, wrapped to 0x0020.
+        assert_eq!(j.mem.read_u32(0x20), 0x5555_AAAA);
+    }
 }
