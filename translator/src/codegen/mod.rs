@@ -44,6 +44,8 @@ pub struct Emitter<'a> {
     pub stubs: &'a Stubs,
     pub key: BlockKey,
     pub flags: FlagState,
+    /// Slow paths of native memory accesses, emitted after the block.
+    pub cold: Vec<mem::ColdPath>,
 }
 
 impl<'a> Emitter<'a> {
@@ -56,6 +58,7 @@ impl<'a> Emitter<'a> {
                 in_host: false,
                 dirty: false,
             },
+            cold: Vec::new(),
         }
     }
 
@@ -168,6 +171,7 @@ impl<'a> Emitter<'a> {
 /// entry:  sub qword [rbp+budget], n ; jl budget_out
 ///         <each instruction>
 ///         <exit to the fall-through EIP>
+///         <slow paths of native memory accesses (`mem::emit_cold_paths`)>
 /// budget_out:
 ///         add qword [rbp+budget], n
 ///         mov dword [rbp+eip], block_eip ; mov dword [rbp+exit], BUDGET
@@ -209,6 +213,7 @@ fn finish(
     first_eip: u32,
     stubs: &Stubs,
 ) -> Vec<u8> {
+    mem::emit_cold_paths(&mut e);
     let exit_store = stubs.exit_store;
     dynasm!(e.ops
         ; .arch x64
