@@ -12,6 +12,7 @@
 #![allow(clippy::useless_conversion)]
 
 pub mod block;
+pub mod cache;
 pub mod codegen;
 pub mod ctx;
 pub mod engine;
