@@ -303,3 +303,51 @@ fn jump_beyond_the_cs_limit_faults_on_the_jump() {
     assert_eq!(vj.cpu.gpr, vi.cpu.gpr);
     assert_eq!(vj.cpu.eip, vi.cpu.eip);
 }
+
+#[test]
+fn loop_counts_cx_only_in_16_bit_code() {
+    // CX = 0 with ECX's high half set: CX wraps to FFFF, so 65,536
+    // iterations, and the high half stays (SDM LOOP: the count is CX for
+    // a 16-bit address size).
+    let code = assemble(16, |a| {
+        let mut top = a.create_label();
+        a.mov(ecx, 0xABCD_0000u32)?;
+        a.xor(eax, eax)?;
+        a.set_label(&mut top)?;
+        a.inc(eax)?;
+        a.loop_(top)?;
+        a.hlt()
+    });
+    let (vm, x, t) = both(16, &code, 1 << 20, 100_000, 1_000_000);
+    assert_eq!(x, Exit::Halted);
+    assert_eq!(vm.cpu.gpr[0] as u32, 65_536);
+    assert_eq!(vm.cpu.gpr[1] as u32, 0xABCD_0000);
+    assert!(t.stats().chains >= 1, "{:?}", t.stats());
+}
+
+#[test]
+fn loopne_stops_on_zf_and_jecxz_branches_on_zero() {
+    // LOOPNE: EAX 1, 2, 3 go round (ECX 9, 8, 7); at EAX = 4 ZF stops it
+    // with ECX = 6. Then JECXZ with ECX = 0 skips `mov ebx, 1`.
+    let code = assemble(32, |a| {
+        let mut top = a.create_label();
+        let mut skip = a.create_label();
+        a.mov(ecx, 10)?;
+        a.xor(eax, eax)?;
+        a.set_label(&mut top)?;
+        a.inc(eax)?;
+        a.cmp(eax, 4)?;
+        a.loopne(top)?;
+        a.mov(edx, ecx)?;
+        a.xor(ecx, ecx)?;
+        a.jecxz(skip)?;
+        a.mov(ebx, 1)?;
+        a.set_label(&mut skip)?;
+        a.hlt()
+    });
+    let (vm, x, _) = both(32, &code, 1 << 20, 100_000, 1_000_000);
+    assert_eq!(x, Exit::Halted);
+    assert_eq!(vm.cpu.gpr[0] as u32, 4);
+    assert_eq!(vm.cpu.gpr[2] as u32, 6);
+    assert_eq!(vm.cpu.gpr[3] as u32, 0);
+}

@@ -14,7 +14,7 @@
 //! Far transfers stay with the generic fallback (they end blocks).
 
 use dynasmrt::{dynasm, DynasmApi, DynasmLabelApi};
-use iced_x86::{ConditionCode, Mnemonic, OpKind};
+use iced_x86::{Code, ConditionCode, Mnemonic, OpKind};
 
 use super::Emitter;
 use crate::block::InsnMeta;
@@ -108,6 +108,19 @@ pub fn emit(e: &mut Emitter, m: &InsnMeta) -> bool {
         emit_chain_exit(e, t);
         return true;
     }
+    if matches!(
+        ins.mnemonic(),
+        Mnemonic::Loop | Mnemonic::Loope | Mnemonic::Loopne | Mnemonic::Jcxz | Mnemonic::Jecxz
+    ) {
+        let Some(t) = rel_target(m).filter(|&t| t <= e.exits.cs_limit) else {
+            return false;
+        };
+        if e.exits.sites.len() + 2 > MAX_EXITS {
+            return false;
+        }
+        emit_loop(e, m, t);
+        return true;
+    }
     let near_ret = ins.mnemonic() == Mnemonic::Ret;
     if near_ret || ins.is_jmp_near_indirect() || ins.is_call_near_indirect() {
         emit_indirect(e, m);
@@ -198,6 +211,90 @@ fn emit_jcc(e: &mut Emitter, cc: ConditionCode, target: u32, next_eip: u32) {
     emit_chain_exit(e, next_eip);
     dynasm!(e.ops ; .arch x64 ; =>taken);
     emit_stub(e, jcc_end, target);
+}
+
+/// The count register of LOOPcc/JrCXZ is ECX (32-bit address size), not
+/// CX (as `interp::control::uses_ecx`).
+fn uses_ecx(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Loop_rel8_16_ECX
+            | Code::Loop_rel8_32_ECX
+            | Code::Loope_rel8_16_ECX
+            | Code::Loope_rel8_32_ECX
+            | Code::Loopne_rel8_16_ECX
+            | Code::Loopne_rel8_32_ECX
+            | Code::Jecxz_rel8_16
+            | Code::Jecxz_rel8_32
+    )
+}
+
+/// LOOP/LOOPE/LOOPNE/JCXZ/JECXZ with both exits chainable. Nothing here
+/// touches RFLAGS (LEA, MOV, MOVZX, JECXZ), so the guest's ZF is read by
+/// the host Jcc and the flags stay valid in `hflags` for the exits:
+///
+/// ```text
+///   pushfq ; pop [rbp+hflags]         (if RFLAGS is newer)
+///   push [rbp+hflags] ; popfq         (LOOPE/LOOPNE, if not current)
+///   lea ecx, [rcx-1]                  (LOOPcc, ECX)  | lea cx, [rcx-1] (CX)
+///   -- ECX:                           -- CX:
+///   jecxz zero                        mov esi, ecx ; movzx ecx, cx
+///                                     jecxz zero_cx ; mov ecx, esi
+///   jne/je fall                       (LOOPE/LOOPNE: ZF does not allow)
+///   jmp rel32 taken_stub              (site; JrCXZ: swapped with fall)
+///   [zero_cx: mov ecx, esi]
+/// zero / fall:
+///   jmp rel32 fall_stub               (site)
+///   <stubs>
+/// ```
+fn emit_loop(e: &mut Emitter, m: &InsnMeta, target: u32) {
+    let mn = m.ins.mnemonic();
+    let ecx = uses_ecx(m.ins.code());
+    let jcxz = matches!(mn, Mnemonic::Jcxz | Mnemonic::Jecxz);
+    e.spill_flags();
+    if matches!(mn, Mnemonic::Loope | Mnemonic::Loopne) {
+        e.restore_flags();
+    }
+    // For JrCXZ "zero" means taken; for LOOPcc it means fall through.
+    let (on_zero, other) = if jcxz {
+        (target, m.next_eip)
+    } else {
+        (m.next_eip, target)
+    };
+    let zero = e.ops.new_dynamic_label();
+    if !jcxz {
+        if ecx {
+            dynasm!(e.ops ; .arch x64 ; lea ecx, [rcx - 1]);
+        } else {
+            dynasm!(e.ops ; .arch x64 ; lea cx, [rcx - 1]);
+        }
+    }
+    if ecx {
+        dynasm!(e.ops ; .arch x64 ; jecxz =>zero);
+    } else {
+        let zero_cx = e.ops.new_dynamic_label();
+        let go = e.ops.new_dynamic_label();
+        dynasm!(e.ops
+            ; .arch x64
+            ; mov esi, ecx
+            ; movzx ecx, cx
+            ; jecxz =>zero_cx
+            ; mov ecx, esi
+            ; jmp =>go
+            ; =>zero_cx
+            ; mov ecx, esi
+            ; jmp =>zero
+            ; =>go
+        );
+    }
+    match mn {
+        Mnemonic::Loope => dynasm!(e.ops ; .arch x64 ; jne =>zero),
+        Mnemonic::Loopne => dynasm!(e.ops ; .arch x64 ; je =>zero),
+        _ => {}
+    }
+    emit_chain_exit(e, other);
+    dynasm!(e.ops ; .arch x64 ; =>zero);
+    emit_chain_exit(e, on_zero);
 }
 
 /// An indirect branch through the monitor, then the lookup of its
