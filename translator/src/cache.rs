@@ -333,6 +333,31 @@ impl Cache {
         Some(())
     }
 
+    /// Compare the bytes of every block on RAM frame `frame` with memory;
+    /// if all match, mark them valid at `gen` and return true. Direct
+    /// chains never leave a frame, so a block entered after this check
+    /// only chains into checked blocks.
+    pub fn revalidate_frame(&mut self, vm: &Vm, frame: u32, gen: u64) -> bool {
+        let Some(ids) = self.by_frame.get(&frame) else {
+            return false;
+        };
+        for &id in ids {
+            let Some(b) = self.blocks.get(id).and_then(|b| b.as_ref()) else {
+                return false;
+            };
+            let n = b.guest.bytes.len();
+            if vm.mem.ram_slice(b.key.phys as usize, n) != Some(&b.guest.bytes[..]) {
+                return false;
+            }
+        }
+        for &id in ids {
+            if let Some(b) = self.blocks.get_mut(id).and_then(|b| b.as_mut()) {
+                b.gen = gen;
+            }
+        }
+        true
+    }
+
     /// Drop every block on RAM frame `frame` (it was written) and stop
     /// watching it.
     pub fn invalidate_frame(&mut self, vm: &mut Vm, frame: u64, stats: &mut TranslatorStats) {

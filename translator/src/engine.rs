@@ -228,21 +228,20 @@ impl Translator {
         mon.stats.lookups += 1;
         if let Some(id) = mon.cache.find(&key) {
             let gen = vm.mem.code_gen;
-            let b = mon.cache.block_mut(id)?;
+            let b = mon.cache.block(id)?;
             if b.gen == gen {
                 mon.stats.hits += 1;
                 return Some(id);
             }
-            let n = b.guest.bytes.len();
-            if vm.mem.ram_slice(phys, n) == Some(&b.guest.bytes[..]) {
-                b.gen = gen;
+            // Memory may have changed behind the watch (another engine, a
+            // device). Blocks chained from this one are on its frame:
+            // check them all, or drop every block of the frame.
+            let frame = (phys >> PAGE_SHIFT) as u32;
+            if mon.cache.revalidate_frame(vm, frame, gen) {
                 mon.stats.hits += 1;
                 return Some(id);
             }
-            // Changed behind the watch (another engine, a device): drop
-            // every block of the frame.
-            let frame = (phys >> PAGE_SHIFT) as u64;
-            mon.invalidate_frame(vm, frame);
+            mon.invalidate_frame(vm, frame as u64);
         }
         self.translate(vm, key, cs.limit)
     }

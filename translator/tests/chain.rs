@@ -351,3 +351,37 @@ fn loopne_stops_on_zf_and_jecxz_branches_on_zero() {
     assert_eq!(vm.cpu.gpr[2] as u32, 6);
     assert_eq!(vm.cpu.gpr[3] as u32, 0);
 }
+
+#[test]
+fn code_changed_behind_the_watch_is_seen_through_chains() {
+    // Two blocks chained into a loop on one frame. Between runs the
+    // second block's immediate is changed through `ram_mut` (as a device
+    // or another engine would, unseen by the write watch): the chained
+    // jump into it must not run the old code.
+    let code = assemble(32, |a| {
+        let mut l = a.create_label();
+        let mut m = a.create_label();
+        a.set_label(&mut l)?;
+        a.add(eax, 1)?; // 05 imm32: 5 bytes
+        a.jmp(m)?; // EB 00: 2 bytes
+        a.set_label(&mut m)?;
+        a.add(ebx, 1)?; // 83 C3 01 at +7, imm at +9
+        a.jmp(l)
+    });
+    assert_eq!(&code[7..10], &[0x83, 0xC3, 0x01], "layout assumption");
+    let mut vj = machine(32, &code);
+    let mut vi = machine(32, &code);
+    let mut t = Translator::new(1 << 20).unwrap();
+    let mut i = Interpreter::new();
+    assert_eq!(t.run(&mut vj, Budget::insns(1000)), Exit::BudgetSpent);
+    assert_eq!(i.run(&mut vi, Budget::insns(1000)), Exit::BudgetSpent);
+    for vm in [&mut vj, &mut vi] {
+        vm.mem.ram_mut()[CODE as usize + 9] = 2;
+    }
+    assert_eq!(t.run(&mut vj, Budget::insns(1000)), Exit::BudgetSpent);
+    assert_eq!(i.run(&mut vi, Budget::insns(1000)), Exit::BudgetSpent);
+    // 250 iterations adding 1, then 250 adding 2 to EBX.
+    assert_eq!(vi.cpu.gpr[3] as u32, 750);
+    assert_eq!(vj.cpu.gpr, vi.cpu.gpr);
+    assert!(t.stats().chains >= 2, "{:?}", t.stats());
+}
