@@ -2,6 +2,7 @@
 //! (DESIGN.md "translator").
 //!
 //! - `block`: what a translation is keyed by, decoding a guest block.
+//! - `cache`: the translated blocks, their lookup, chaining and eviction.
 //! - `codegen`: host code for a block (dynasmrt), the shared stubs.
 //! - `ctx`: the state generated code works on, the register map.
 //! - `exec`: the executable memory (written, then published).
