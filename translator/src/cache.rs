@@ -402,3 +402,40 @@ fn patch(code: &mut ExecMem, rel_at: usize, target: usize) {
     let rel = (target as i64 - (rel_at as i64 + 4)) as i32;
     code.write(rel_at, &rel.to_le_bytes());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use umbra_core::mem::GuestMemory;
+
+    #[test]
+    fn regions_fill_round_robin() {
+        // 64 KiB with 256 bytes of stubs: 65,280 bytes in three regions
+        // of 21,760 (the 16 KiB minimum allows three).
+        let mut c = Cache::new(ExecMem::new(64 << 10).unwrap(), 256);
+        let mut vm = Vm::new(GuestMemory::new(1 << 20).unwrap());
+        let mut st = TranslatorStats::default();
+        assert_eq!(c.regions(), 3);
+        assert_eq!(c.region_size, 21_760);
+        let base = c.code.base();
+        // Larger than a region: never fits.
+        assert_eq!(c.make_room(&mut vm, 21_761, &mut st), None);
+        // Region 0 is [256, 22,016): after 20,000 bytes at 256 (the next
+        // start, 20,256, is 16-aligned), 1,760 bytes still fit, 1,761 not.
+        assert_eq!(c.make_room(&mut vm, 20_000, &mut st), Some(false));
+        assert_eq!(c.alloc(20_000), Some(base + 256));
+        assert_eq!(c.make_room(&mut vm, 1_760, &mut st), Some(false));
+        assert_eq!(c.make_room(&mut vm, 1_761, &mut st), Some(true));
+        // Now filling region 1, which starts at 22,016.
+        assert_eq!(c.alloc(1_761), Some(base + 22_016));
+        assert_eq!(st.region_evictions, 1);
+        // Two more wraps come back to region 0.
+        assert_eq!(c.make_room(&mut vm, 21_000, &mut st), Some(true));
+        assert_eq!(c.alloc(21_000), Some(base + 256 + 2 * 21_760));
+        assert_eq!(st.region_evictions, 2);
+        assert_eq!(c.make_room(&mut vm, 21_000, &mut st), Some(true));
+        assert_eq!(c.alloc(21_000), Some(base + 256));
+        assert_eq!(st.region_evictions, 3);
+        assert_eq!(st.flushes, 0);
+    }
+}
