@@ -528,6 +528,16 @@ impl Machine {
                 used as f64 / (1 << 20) as f64,
                 size >> 20,
             );
+            out += &format!(
+                "\ntranslation cache: chains {} unchains {}, evictions {} ({} regions emptied), \
+                 indirect lookups {} hits {}",
+                j.chains,
+                j.unchains,
+                j.evictions,
+                j.region_evictions,
+                j.indirect_lookups,
+                j.indirect_hits,
+            );
             if !j.unimplemented.is_empty() {
                 let u: Vec<String> = j
                     .unimplemented

@@ -39,6 +39,9 @@ pub mod exit {
     pub const MONITOR: u32 = 2;
     /// The machine shut down (triple fault); the reason is in the engine.
     pub const SHUTDOWN: u32 = 3;
+    /// A block exit whose jump can be chained: continue at `eip`;
+    /// `JitCtx::exit_site` names the exit (`branch::site_code`).
+    pub const CHAIN: u32 = 4;
 }
 
 /// The state translated code works on. `#[repr(C)]`: generated code uses
@@ -66,6 +69,9 @@ pub struct JitCtx {
     pub vm: *mut Vm,
     /// The engine, for monitor routines.
     pub engine: *mut core::ffi::c_void,
+    /// With `exit::CHAIN`: which block exit was taken (block id * 4 +
+    /// exit index).
+    pub exit_site: u32,
 }
 
 impl JitCtx {
@@ -81,6 +87,7 @@ impl JitCtx {
             seg_base: [0; 6],
             vm: core::ptr::null_mut(),
             engine: core::ptr::null_mut(),
+            exit_site: 0,
         }
     }
 
@@ -127,6 +134,7 @@ pub mod off {
     pub const BUDGET: i32 = offset_of!(JitCtx, budget) as i32;
     pub const RAM_BASE: i32 = offset_of!(JitCtx, ram_base) as i32;
     pub const SHADOW: i32 = offset_of!(JitCtx, shadow) as i32;
+    pub const EXIT_SITE: i32 = offset_of!(JitCtx, exit_site) as i32;
     pub const fn seg_base(i: usize) -> i32 {
         (offset_of!(JitCtx, seg_base) + 4 * i) as i32
     }

@@ -7,8 +7,14 @@
 //! set, an interrupt shadow, code outside RAM or an instruction crossing
 //! a page, and the last instructions of a budget smaller than the next
 //! block.
+//!
+//! After a block left through a chainable exit (`exit::CHAIN`), the
+//! dispatcher chains that exit to the block it finds next when the cache
+//! allows it (`Cache::chain`). Events are checked here before every entry;
+//! chained blocks and indirect lookups only continue in the same mode and
+//! only after instructions that cannot make an event deliverable.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use umbra_core::cpu::{SegReg, RF, TF};
 use umbra_core::engine::{Budget, Engine, Exit, ShutdownReason};
@@ -17,7 +23,8 @@ use umbra_core::mem::PAGE_SHIFT;
 use umbra_core::mmu::Access;
 use umbra_core::vm::Vm;
 
-use crate::block::{self, BlockKey, GuestBlock};
+use crate::block::{self, BlockKey};
+use crate::cache::Cache;
 use crate::codegen::{self, stubs::Stubs};
 use crate::ctx::{exit, JitCtx};
 use crate::exec::ExecMem;
@@ -40,8 +47,20 @@ pub struct TranslatorStats {
     pub host_bytes: u64,
     /// Blocks dropped because their frame was written.
     pub invalidations: u64,
-    /// Full flushes of the code memory when it filled up.
+    /// Full flushes of the code memory (only with a single region).
     pub flushes: u64,
+    /// Regions of the code memory emptied to make room.
+    pub region_evictions: u64,
+    /// Blocks dropped with their region.
+    pub evictions: u64,
+    /// Block exits patched to jump straight to their target block.
+    pub chains: u64,
+    /// Patched exits pointed back to their stubs (target dropped).
+    pub unchains: u64,
+    /// Lookups of an indirect branch's target from generated code.
+    pub indirect_lookups: u64,
+    /// Those that found a valid block and jumped to it.
+    pub indirect_hits: u64,
     /// Calls from generated code into monitor routines.
     pub monitor_calls: u64,
     /// Exceptions raised by instructions run in monitor routines.
@@ -54,16 +73,6 @@ pub struct TranslatorStats {
     pub unimplemented: BTreeMap<String, u64>,
 }
 
-/// One translated block.
-struct Block {
-    key: BlockKey,
-    /// Host address of its code.
-    code: usize,
-    /// `GuestMemory::code_gen` when its bytes last matched memory.
-    gen: u64,
-    guest: GuestBlock,
-}
-
 /// What monitor routines need while generated code runs, reached through
 /// `JitCtx::engine`.
 pub struct Monitor {
@@ -74,14 +83,10 @@ pub struct Monitor {
     pub retired_base: u64,
     /// Set by a routine whose exception delivery shut the machine down.
     pub shutdown: Option<ShutdownReason>,
-    blocks: Vec<Option<Block>>,
-    free: Vec<usize>,
-    map: HashMap<BlockKey, usize>,
-    /// RAM frame -> blocks decoded from it.
-    by_frame: HashMap<u32, Vec<usize>>,
-    /// Invalidated blocks, kept until generated code has returned (one of
-    /// them may be running, and its code refers to its `InsnMeta`s).
-    dead: Vec<Block>,
+    /// `block::mode_of` the CPU while generated code runs: fixed between
+    /// entry and exit (instructions that change it leave the block).
+    pub cur_mode: u32,
+    pub cache: Cache,
 }
 
 impl Monitor {
@@ -103,20 +108,36 @@ impl Monitor {
     }
 
     fn invalidate_frame(&mut self, vm: &mut Vm, frame: u64) {
-        let Some(ids) = self.by_frame.remove(&(frame as u32)) else {
-            return;
-        };
-        for id in ids {
-            if let Some(b) = self.blocks[id].take() {
-                self.map.remove(&b.key);
-                self.free.push(id);
-                self.stats.invalidations += 1;
-                // The code stays in memory until the next flush: it may be
-                // the block running now.
-                self.dead.push(b);
-            }
+        self.cache.invalidate_frame(vm, frame, &mut self.stats);
+    }
+
+    /// The host code of the valid block at the current CS:EIP in the
+    /// running mode, after an indirect branch in generated code; `None`
+    /// leaves it to the dispatcher. The fetch goes through the shadow
+    /// lookup like the dispatcher's (same physical frame as the key).
+    pub(crate) fn indirect_target(&mut self, vm: &mut Vm) -> Option<usize> {
+        self.stats.indirect_lookups += 1;
+        let cpu = &vm.cpu;
+        let cs = cpu.seg(SegReg::Cs);
+        let eip = cpu.eip;
+        if eip > cs.limit {
+            return None;
         }
-        vm.mmu.unwatch_frame(&mut vm.mem, frame);
+        let lin = cs.base.wrapping_add(eip);
+        let phys = vm.mmu.lookup_ram(lin, Access::FETCH.at_cpl(cpu.cpl()))?;
+        let key = BlockKey {
+            phys: phys as u32,
+            lin,
+            cs_base: cs.base,
+            mode: self.cur_mode,
+        };
+        let id = self.cache.find(&key)?;
+        let b = self.cache.block(id)?;
+        if b.gen != vm.mem.code_gen {
+            return None;
+        }
+        self.stats.indirect_hits += 1;
+        Some(b.code)
     }
 }
 
@@ -125,10 +146,10 @@ pub struct Translator {
     ctx: Box<JitCtx>,
     interp: Interpreter,
     table: Table,
-    code: ExecMem,
     stubs: Stubs,
-    /// Bytes at the bottom of `code` that hold the stubs.
-    stub_bytes: usize,
+    /// The exit taken last if it can be chained: (block id, exit index,
+    /// block serial).
+    pending_chain: Option<(usize, usize, u64)>,
 }
 
 impl Translator {
@@ -150,18 +171,14 @@ impl Translator {
                 budget_start: 0,
                 retired_base: 0,
                 shutdown: None,
-                blocks: Vec::new(),
-                free: Vec::new(),
-                map: HashMap::new(),
-                by_frame: HashMap::new(),
-                dead: Vec::new(),
+                cur_mode: 0,
+                cache: Cache::new(code, stub_bytes),
             }),
             ctx: Box::new(JitCtx::new()),
             interp: Interpreter::new(),
             table: Table::build(),
-            code,
             stubs,
-            stub_bytes,
+            pending_chain: None,
         })
     }
 
@@ -176,7 +193,8 @@ impl Translator {
 
     /// Code memory in use and its size, in bytes.
     pub fn cache_usage(&self) -> (usize, usize) {
-        (self.code.used(), self.code.size())
+        let c = &self.mon.cache;
+        (c.code.used(), c.code.size())
     }
 
     /// The block for the current CS:EIP, translated if needed; `None` when
@@ -208,23 +226,22 @@ impl Translator {
         };
         let mon = &mut *self.mon;
         mon.stats.lookups += 1;
-        if let Some(&id) = mon.map.get(&key) {
+        if let Some(id) = mon.cache.find(&key) {
             let gen = vm.mem.code_gen;
-            let b = mon.blocks[id].as_mut().expect("mapped blocks are live");
+            let b = mon.cache.block(id)?;
             if b.gen == gen {
                 mon.stats.hits += 1;
                 return Some(id);
             }
-            let n = b.guest.bytes.len();
-            if vm.mem.ram_slice(phys, n) == Some(&b.guest.bytes[..]) {
-                b.gen = gen;
+            // Memory may have changed behind the watch (another engine, a
+            // device). Blocks chained from this one are on its frame:
+            // check them all, or drop every block of the frame.
+            let frame = (phys >> PAGE_SHIFT) as u32;
+            if mon.cache.revalidate_frame(vm, frame, gen) {
                 mon.stats.hits += 1;
                 return Some(id);
             }
-            // Changed behind the watch (another engine, a device): drop
-            // every block of the frame.
-            let frame = (phys >> PAGE_SHIFT) as u64;
-            mon.invalidate_frame(vm, frame);
+            mon.invalidate_frame(vm, frame as u64);
         }
         self.translate(vm, key, cs.limit)
     }
@@ -243,61 +260,34 @@ impl Translator {
             key.mode & block::mode::CODE32 != 0,
             cs_limit,
         )?;
-        let mut addr = self.code.next_addr();
-        let mut bytes = codegen::emit_block(&guest, key, addr, &self.stubs);
-        if self.code.alloc(bytes.len()).is_none() {
-            self.flush(vm);
-            addr = self.code.next_addr();
-            bytes = codegen::emit_block(&guest, key, addr, &self.stubs);
-            self.code.alloc(bytes.len())?;
-        }
-        self.code.write(addr, &bytes);
-        let frame = key.phys >> PAGE_SHIFT;
-        vm.mmu.watch_frame(&mut vm.mem, frame as u64);
-        vm.mem.mark_code_frame(frame as usize);
         let mon = &mut *self.mon;
+        let emit = |c: &Cache| {
+            let addr = c.code.next_addr();
+            let id = c.next_id() as u32;
+            let (bytes, sites) = codegen::emit_block(&guest, key, addr, &self.stubs, id, cs_limit);
+            (addr, bytes, sites)
+        };
+        let (mut addr, mut bytes, mut sites) = emit(&mon.cache);
+        if mon.cache.make_room(vm, bytes.len(), &mut mon.stats)? {
+            (addr, bytes, sites) = emit(&mon.cache);
+        }
+        let at = mon.cache.alloc(bytes.len())?;
+        debug_assert_eq!(at, addr);
+        mon.cache.code.write(addr, &bytes);
         mon.stats.translations += 1;
         mon.stats.insns_translated += guest.insns.len() as u64;
         mon.stats.host_bytes += bytes.len() as u64;
-        let b = Block {
-            key,
-            code: addr,
-            gen: vm.mem.code_gen,
-            guest,
-        };
-        let id = match mon.free.pop() {
-            Some(id) => {
-                mon.blocks[id] = Some(b);
-                id
-            }
-            None => {
-                mon.blocks.push(Some(b));
-                mon.blocks.len() - 1
-            }
-        };
-        mon.map.insert(key, id);
-        mon.by_frame.entry(frame).or_default().push(id);
-        Some(id)
-    }
-
-    /// Drop every block and reuse the code memory (it filled up).
-    fn flush(&mut self, vm: &mut Vm) {
-        let mon = &mut *self.mon;
-        mon.stats.flushes += 1;
-        for (&f, _) in mon.by_frame.iter() {
-            vm.mmu.unwatch_frame(&mut vm.mem, f as u64);
-        }
-        mon.by_frame.clear();
-        mon.map.clear();
-        mon.blocks.clear();
-        mon.free.clear();
-        self.code.reset_to(self.stub_bytes);
+        Some(mon.cache.insert(vm, key, addr, guest, sites))
     }
 
     /// Run generated code from block `id` until it exits. Returns the
     /// instructions it consumed.
     fn enter(&mut self, vm: &mut Vm, id: usize, left: u64) -> u64 {
-        let code = self.mon.blocks[id].as_ref().expect("live block").code;
+        let Some(b) = self.mon.cache.block(id) else {
+            return 0;
+        };
+        let (code, mode) = (b.code, b.key.mode);
+        self.mon.cur_mode = mode;
         let ctx = &mut *self.ctx;
         ctx.load(&vm.cpu);
         ctx.budget = left as i64;
@@ -326,7 +316,14 @@ impl Translator {
         let ctx = &*self.ctx;
         ctx.store(&mut vm.cpu);
         vm.cpu.eip = ctx.eip;
-        self.mon.dead.clear();
+        self.mon.cache.reap();
+        self.pending_chain = None;
+        if ctx.exit == exit::CHAIN {
+            let (id, idx) = ((ctx.exit_site >> 2) as usize, (ctx.exit_site & 3) as usize);
+            if let Some(b) = self.mon.cache.block(id) {
+                self.pending_chain = Some((id, idx, b.serial));
+            }
+        }
         let consumed = (left as i64 - ctx.budget).max(0) as u64;
         vm.clock.retired = self.mon.retired_base + consumed;
         consumed
@@ -354,9 +351,12 @@ impl Engine for Translator {
                 || event_deliverable(vm);
             if !blocked {
                 if let Some(id) = self.block_here(vm) {
-                    let n = self.mon.blocks[id]
-                        .as_ref()
-                        .map_or(0, |b| b.guest.insns.len());
+                    if let Some((src, idx, serial)) = self.pending_chain.take() {
+                        let limit = vm.cpu.seg(SegReg::Cs).limit;
+                        let mon = &mut *self.mon;
+                        mon.cache.chain(src, idx, serial, id, limit, &mut mon.stats);
+                    }
+                    let n = self.mon.cache.block(id).map_or(0, |b| b.guest.insns.len());
                     if (n as u64) <= left {
                         let used = self.enter(vm, id, left);
                         left = left.saturating_sub(used);
@@ -369,6 +369,7 @@ impl Engine for Translator {
                     }
                 }
             }
+            self.pending_chain = None;
             self.mon.stats.interp_steps += 1;
             match self.interp.step(vm) {
                 Step::Retired => {}

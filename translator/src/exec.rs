@@ -55,20 +55,32 @@ impl ExecMem {
     pub fn used(&self) -> usize {
         self.used
     }
-    /// Address the next `alloc` returns.
+    /// Address the next `alloc` returns (16-byte aligned).
     pub fn next_addr(&self) -> usize {
-        self.base as usize + self.used
+        self.base as usize + self.used.next_multiple_of(16)
     }
 
     /// Room for `len` bytes (16-byte aligned start), or `None` when full.
     pub fn alloc(&mut self, len: usize) -> Option<usize> {
+        self.alloc_below(len, self.size)
+    }
+
+    /// Like `alloc`, but the room must end at or before offset `limit`
+    /// (the end of the cache's current region).
+    pub fn alloc_below(&mut self, len: usize, limit: usize) -> Option<usize> {
         let start = self.used.next_multiple_of(16);
         let end = start.checked_add(len)?;
-        if end > self.size {
+        if end > limit.min(self.size) {
             return None;
         }
         self.used = end;
         Some(self.base as usize + start)
+    }
+
+    /// Move the bump pointer to offset `at` (the start of a region whose
+    /// blocks were just evicted): what lies above it is free again.
+    pub fn set_cursor(&mut self, at: usize) {
+        self.used = at.min(self.size);
     }
 
     /// Forget everything written after offset `keep` (a full flush keeps
@@ -80,10 +92,10 @@ impl ExecMem {
     /// Copy `bytes` to `addr` (inside what `alloc` handed out): the pages
     /// are writable, not executable, while the copy runs.
     pub fn write(&mut self, addr: usize, bytes: &[u8]) {
-        let start = addr - self.base as usize;
+        let start = addr.wrapping_sub(self.base as usize);
         assert!(
-            start + bytes.len() <= self.used,
-            "write outside allocated code"
+            start <= self.size && bytes.len() <= self.size - start,
+            "write outside the code memory"
         );
         let first = start & !(PAGE - 1);
         let last = (start + bytes.len()).next_multiple_of(PAGE);

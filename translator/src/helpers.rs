@@ -2,10 +2,12 @@
 //! not do inline. Each takes the context and one argument, works on the
 //! synchronised `CpuState` with the interpreter's own implementation, and
 //! returns 0 to go on with the block or 1 to leave it (with `JitCtx::eip`
-//! and `exit` set).
+//! and `exit` set); `exec_indirect` returns host code to jump to instead.
 
 use umbra_core::exception::Fault;
-use umbra_core::interp::{interrupt, Ctx};
+use umbra_core::interp::{event_deliverable, interrupt, Ctx};
+
+use umbra_core::cpu::{RF, TF};
 
 use crate::block::InsnMeta;
 use crate::ctx::{exit, JitCtx};
@@ -26,11 +28,74 @@ use crate::engine::Monitor;
 /// Only generated code calls it, with the running context and an
 /// `InsnMeta` of the running block.
 pub unsafe extern "sysv64" fn exec_insn(ctx: *mut JitCtx, meta: *const InsnMeta) -> u32 {
+    // SAFETY: as `run_insn` requires (the caller's contract).
+    unsafe { run_insn(ctx, meta, false) as u32 }
+}
+
+/// A near CALL rel as the block's last instruction: like `exec_insn`, but
+/// the transfer itself does not leave the block (its exit to the target
+/// follows, chainable). Faults and code writes still leave.
+///
+/// # Safety
+/// As `exec_insn`.
+pub unsafe extern "sysv64" fn exec_call(ctx: *mut JitCtx, meta: *const InsnMeta) -> u32 {
+    // SAFETY: as `run_insn` requires (the caller's contract).
+    unsafe { run_insn(ctx, meta, true) as u32 }
+}
+
+/// A near indirect branch (RET, JMP/CALL r/m) as the block's last
+/// instruction: run it, then look up the block at the new CS:EIP in the
+/// same mode (`Monitor::indirect_target`). Returns the host code to jump
+/// to with the guest state in the context (a block entry), or 0 after
+/// setting `eip` and `exit` to leave for the dispatcher (a fault, a code
+/// write, an event to check, no valid block there).
+///
+/// # Safety
+/// As `exec_insn`.
+pub unsafe extern "sysv64" fn exec_indirect(ctx: *mut JitCtx, meta: *const InsnMeta) -> usize {
+    // SAFETY: as `run_insn` requires (the caller's contract).
+    if unsafe { run_insn(ctx, meta, true) } {
+        return 0;
+    }
+    // SAFETY: as in `run_insn`; its borrows ended.
+    let (ctx, vm, mon) = unsafe {
+        let ctx = &mut *ctx;
+        (
+            ctx as *mut JitCtx,
+            &mut *ctx.vm,
+            &mut *(ctx.engine as *mut Monitor),
+        )
+    };
+    // SAFETY: `ctx` is the live context (above).
+    let ctx = unsafe { &mut *ctx };
+    let cpu = &vm.cpu;
+    let clear = !cpu.halted
+        && !cpu.interrupt_shadow
+        && cpu.eflags & (TF | RF) == 0
+        && !event_deliverable(vm);
+    if clear {
+        if let Some(code) = mon.indirect_target(vm) {
+            return code;
+        }
+    }
+    ctx.eip = vm.cpu.eip;
+    ctx.exit = exit::MONITOR;
+    0
+}
+
+/// The body of the routines above. `branch_ok`: a transfer of control by
+/// the instruction (or its ending blocks) does not by itself leave the
+/// block. Returns whether to leave (with `eip`, `exit` and the budget of
+/// the instructions not run set).
+///
+/// # Safety
+/// `ctx` is the running context and `meta` an `InsnMeta` of the running
+/// block (generated code passes both).
+unsafe fn run_insn(ctx: *mut JitCtx, meta: *const InsnMeta, branch_ok: bool) -> bool {
     // SAFETY: generated code passes the context the dispatcher entered it
     // with (live for the whole run, not otherwise borrowed while generated
     // code runs) and a pointer to an `InsnMeta` of the running block,
-    // which the cache keeps alive until the next flush from the
-    // dispatcher.
+    // which the cache keeps alive until the dispatcher runs again.
     let (ctx, meta) = unsafe { (&mut *ctx, &*meta) };
     // SAFETY: `vm` and `engine` were set by the dispatcher from live
     // exclusive borrows that it does not use while generated code runs.
@@ -62,7 +127,7 @@ pub unsafe extern "sysv64" fn exec_insn(ctx: *mut JitCtx, meta: *const InsnMeta)
         Ok(()) => {
             vm.cpu.eip = next;
             vm.cpu.interrupt_shadow = shadow;
-            next != meta.next_eip || shadow || meta.ends
+            shadow || (!branch_ok && (next != meta.next_eip || meta.ends))
         }
         Err(f) => {
             mon.stats.exceptions += 1;
@@ -90,8 +155,6 @@ pub unsafe extern "sysv64" fn exec_insn(ctx: *mut JitCtx, meta: *const InsnMeta)
         } else {
             exit::MONITOR
         };
-        1
-    } else {
-        0
     }
+    leave
 }

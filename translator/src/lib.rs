@@ -2,6 +2,7 @@
 //! (DESIGN.md "translator").
 //!
 //! - `block`: what a translation is keyed by, decoding a guest block.
+//! - `cache`: the translated blocks, their lookup, chaining and eviction.
 //! - `codegen`: host code for a block (dynasmrt), the shared stubs.
 //! - `ctx`: the state generated code works on, the register map.
 //! - `exec`: the executable memory (written, then published).
@@ -12,6 +13,7 @@
 #![allow(clippy::useless_conversion)]
 
 pub mod block;
+pub mod cache;
 pub mod codegen;
 pub mod ctx;
 pub mod engine;

@@ -46,6 +46,8 @@ pub struct Emitter<'a> {
     pub flags: FlagState,
     /// Slow paths of native memory accesses, emitted after the block.
     pub cold: Vec<mem::ColdPath>,
+    /// The block's chainable exits (`branch`).
+    pub exits: branch::Exits,
 }
 
 impl<'a> Emitter<'a> {
@@ -59,6 +61,10 @@ impl<'a> Emitter<'a> {
                 dirty: false,
             },
             cold: Vec::new(),
+            exits: branch::Exits {
+                addr,
+                ..Default::default()
+            },
         }
     }
 
@@ -164,8 +170,9 @@ impl<'a> Emitter<'a> {
 }
 
 /// Host code of `block` (keyed `key`) for placement at host address
-/// `addr`. `block` must stay where it is while the code can run: the code
-/// refers to its `InsnMeta`s.
+/// `addr`, and its chainable exits. `block` must stay where it is while
+/// the code can run: the code refers to its `InsnMeta`s. `id` and
+/// `cs_limit` go to `branch::Exits`.
 ///
 /// ```text
 /// entry:  sub qword [rbp+budget], n ; jl budget_out
@@ -177,8 +184,17 @@ impl<'a> Emitter<'a> {
 ///         mov dword [rbp+eip], block_eip ; mov dword [rbp+exit], BUDGET
 ///         jmp exit_store
 /// ```
-pub fn emit_block(block: &GuestBlock, key: BlockKey, addr: usize, stubs: &Stubs) -> Vec<u8> {
+pub fn emit_block(
+    block: &GuestBlock,
+    key: BlockKey,
+    addr: usize,
+    stubs: &Stubs,
+    id: u32,
+    cs_limit: u32,
+) -> (Vec<u8>, Vec<branch::ExitSite>) {
     let mut e = Emitter::new(addr, stubs, key);
+    e.exits.block_id = id;
+    e.exits.cs_limit = cs_limit;
     let n = block.insns.len() as i32;
     let first_eip = key.lin.wrapping_sub(key.cs_base);
     let budget_out = e.ops.new_dynamic_label();
@@ -212,7 +228,7 @@ fn finish(
     n: i32,
     first_eip: u32,
     stubs: &Stubs,
-) -> Vec<u8> {
+) -> (Vec<u8>, Vec<branch::ExitSite>) {
     mem::emit_cold_paths(&mut e);
     let exit_store = stubs.exit_store;
     dynasm!(e.ops
@@ -223,5 +239,9 @@ fn finish(
         ; mov DWORD [rbp + off::EXIT], exit::BUDGET as i32
         ; jmp extern exit_store
     );
-    e.ops.finalize().expect("block labels are all defined")
+    let sites = std::mem::take(&mut e.exits.sites);
+    (
+        e.ops.finalize().expect("block labels are all defined"),
+        sites,
+    )
 }
