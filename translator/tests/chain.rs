@@ -202,7 +202,7 @@ fn tiny_cache_evicts_and_still_agrees() {
 #[test]
 fn eviction_unchains_jumps_into_evicted_blocks() {
     // A hot loop of 120 blocks (its back edge, translated last, chains to
-    // its first block), then 200 cold blocks that wrap the tiny cache's
+    // its first block), then 1000 cold blocks that wrap the tiny cache's
     // regions and evict the loop's first blocks while the back edge
     // lives; three rounds.
     let code = assemble(32, |a| {
@@ -220,7 +220,7 @@ fn eviction_unchains_jumps_into_evicted_blocks() {
         }
         a.dec(ecx)?;
         a.jne(hot)?;
-        for i in 0..200 {
+        for i in 0..1000 {
             let mut next = a.create_label();
             a.add(ebx, i)?;
             a.jmp(next)?;
@@ -232,9 +232,9 @@ fn eviction_unchains_jumps_into_evicted_blocks() {
     });
     let (vm, x, t) = both(32, &code, 64 << 10, 10_000, 10_000_000);
     assert_eq!(x, Exit::Halted);
-    // 3 rounds * 5 * (0 + ... + 119) and 3 * (0 + ... + 199).
+    // 3 rounds * 5 * (0 + ... + 119) and 3 * (0 + ... + 999).
     assert_eq!(vm.cpu.gpr[0] as u32, 15 * 7140);
-    assert_eq!(vm.cpu.gpr[3] as u32, 3 * 19900);
+    assert_eq!(vm.cpu.gpr[3] as u32, 3 * 499_500);
     let s = t.stats();
     assert!(s.unchains > 0 && s.evictions > 0, "{s:?}");
 }
