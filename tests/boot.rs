@@ -144,12 +144,25 @@ fn run_guest(extra: &[&str]) -> Output {
 
 #[test]
 fn debian_kernel_runs_the_workload_on_the_interpreter() {
+    workload_gives_the_native_results("interp");
+}
+
+#[test]
+fn debian_kernel_runs_the_workload_on_the_translator() {
+    workload_gives_the_native_results("jit");
+}
+
+/// Boot the default guest with the workload on `engine`: every result
+/// equals the natively computed one, and the guest powers off.
+fn workload_gives_the_native_results(engine: &str) {
     let g = guest();
     let o = run_guest(&[
         "--append",
         "console=ttyS0 umbra.workload=1 cryptomgr.notests",
         "--memory",
         "256M",
+        "--engine",
+        engine,
         "--stats",
     ]);
     let serial = text(&o.stdout);
