@@ -30,8 +30,9 @@ pub enum Command {
     /// Debian i386 guest, fetched and built on first use.
     ///
     /// The serial console (COM1) is the terminal in raw mode: Ctrl-A X
-    /// quits, Ctrl-A H lists the keys, Ctrl-A C prints statistics. The
-    /// process exits with 0 when the guest powers off through ACPI, with
+    /// quits, Ctrl-A H lists the keys, Ctrl-A C prints statistics, Ctrl-A S
+    /// writes the --screenshot PNG. The process exits with 0 when the guest
+    /// powers off through ACPI, with
     /// (V << 1) | 1 when it writes V to port 0xF4, and with 2 on a triple
     /// fault (the CPU state is printed) or a host-side error.
     Run(RunArgs),

@@ -25,9 +25,6 @@ use super::MachineError;
 
 /// Shortest host time between two terminal redraws (20 per second).
 pub const REDRAW_PERIOD: Duration = Duration::from_millis(50);
-/// Most bytes left in the keyboard's queue before more keys are given to
-/// it (its queue holds 64; the rest waits here, so a paste is not lost).
-const KBD_QUEUE_ROOM: usize = 32;
 
 /// Where the guest's screen is shown.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -65,8 +62,8 @@ pub struct Display {
     entered: bool,
     last_draw: Option<Instant>,
     shown: Option<Shown>,
-    /// Set 2 byte groups (one key's make and break) not yet queued.
-    keys: VecDeque<Vec<u8>>,
+    /// Set 2 bytes not yet given to the keyboard.
+    keys: VecDeque<u8>,
 }
 
 impl Display {
@@ -141,19 +138,24 @@ impl Display {
 
     /// Bytes typed on the terminal, as PS/2 keys.
     pub fn type_bytes(&mut self, bytes: &[u8]) {
-        self.keys.extend(terminal_keys(bytes));
+        self.keys.extend(terminal_keys(bytes).into_iter().flatten());
         self.feed_keys();
     }
 
-    /// Give waiting keys to the keyboard while its queue has room.
+    /// Give the keyboard the next waiting byte once the controller's
+    /// output buffer and the keyboard's queue are empty. One byte at a
+    /// time, as a real keyboard clocks them out: the i8042 refills its
+    /// output buffer in the same port read that empties it, so bytes
+    /// queued together reach the guest without a new IRQ1 edge and the
+    /// BIOS's IRQ handler sees only the first. A paste waits here.
     fn feed_keys(&mut self) {
-        while let Some(k) = self.keys.front() {
-            let mut kbd = self.i8042.borrow_mut();
-            if kbd.state().kbd.queue.len() + k.len() > KBD_QUEUE_ROOM {
-                break;
-            }
-            kbd.key(k);
-            self.keys.pop_front();
+        let mut kbd = self.i8042.borrow_mut();
+        let st = kbd.state();
+        if st.obuf.is_some() || !st.kbd.queue.is_empty() {
+            return;
+        }
+        if let Some(b) = self.keys.pop_front() {
+            kbd.key(&[b]);
         }
     }
 
