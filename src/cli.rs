@@ -30,8 +30,9 @@ pub enum Command {
     /// Debian i386 guest, fetched and built on first use.
     ///
     /// The serial console (COM1) is the terminal in raw mode: Ctrl-A X
-    /// quits, Ctrl-A H lists the keys, Ctrl-A C prints statistics. The
-    /// process exits with 0 when the guest powers off through ACPI, with
+    /// quits, Ctrl-A H lists the keys, Ctrl-A C prints statistics, Ctrl-A S
+    /// writes the --screenshot PNG. The process exits with 0 when the guest
+    /// powers off through ACPI, with
     /// (V << 1) | 1 when it writes V to port 0xF4, and with 2 on a triple
     /// fault (the CPU state is printed) or a host-side error.
     Run(RunArgs),
@@ -205,13 +206,26 @@ pub struct RunArgs {
     pub cdrom: Option<PathBuf>,
 
     /// Where COM1 goes: stdio (the terminal, raw mode), file:PATH (output
-    /// only) or none.
+    /// only) or none. With --display terminal the terminal shows the
+    /// screen, so COM1 goes nowhere unless file:PATH is given.
     #[arg(long, value_name = "TARGET", default_value = "stdio", value_parser = parse_target)]
     pub serial: CharTarget,
 
     /// Where the port 0xE9 debug console goes: stdio, file:PATH or none.
     #[arg(long, value_name = "TARGET", default_value = "none", value_parser = parse_target)]
     pub debugcon: CharTarget,
+
+    /// Where the guest's screen is shown. `terminal` (with --bios): VGA
+    /// text modes are drawn on the terminal (a graphics mode shows one
+    /// status line) and typed keys go to the PS/2 keyboard instead of
+    /// COM1; Ctrl-A X still quits.
+    #[arg(long, value_enum, default_value_t = DisplayArg::None)]
+    pub display: DisplayArg,
+
+    /// With --bios: write the screen as a PNG to FILE at exit, and when
+    /// Ctrl-A S is pressed.
+    #[arg(long, value_name = "FILE")]
+    pub screenshot: Option<PathBuf>,
 
     /// Print execution statistics (instructions, shadow paging, exceptions)
     /// on stderr at exit.
@@ -238,6 +252,16 @@ pub enum EngineArg {
     Interp,
     /// The binary translator.
     Jit,
+}
+
+/// Displays of `umbra run`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum DisplayArg {
+    /// No screen shown.
+    #[default]
+    None,
+    /// VGA text on the terminal, keys to the PS/2 keyboard.
+    Terminal,
 }
 
 /// `stdio`, `none` or `file:PATH`.

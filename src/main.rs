@@ -12,11 +12,12 @@ use clap::Parser;
 
 #[cfg(test)]
 use cli::ModeArg;
-use cli::{Cli, Command, DiffArgs, EngineArg, RunArgs};
+use cli::{Cli, Command, DiffArgs, DisplayArg, EngineArg, RunArgs};
 use umbra::diff::forms::Class;
 use umbra::diff::{self, Campaign, DiffError, GenConfig, Program, Session};
 use umbra::guests;
 use umbra::machine::console::Console;
+use umbra::machine::display::{DisplayConfig, DisplayKind};
 use umbra::machine::{Boot, CharTarget, EngineKind, Machine, MachineConfig, MachineError, Outcome};
 
 /// Exit status when a comparison found divergences.
@@ -105,6 +106,18 @@ fn run_machine(args: &RunArgs) -> Result<ExitCode, CliError> {
             }
         }
     };
+    let display = DisplayConfig {
+        kind: match args.display {
+            DisplayArg::None => DisplayKind::None,
+            DisplayArg::Terminal => DisplayKind::Terminal,
+        },
+        screenshot: args.screenshot.clone(),
+    };
+    // The terminal shows the screen: COM1 only to a file.
+    let serial = match (&args.serial, display.kind) {
+        (CharTarget::Stdio, DisplayKind::Terminal) => CharTarget::None,
+        (s, _) => s.clone(),
+    };
     let cfg = MachineConfig {
         memory: args.memory,
         boot,
@@ -113,21 +126,22 @@ fn run_machine(args: &RunArgs) -> Result<ExitCode, CliError> {
             EngineArg::Jit => EngineKind::Jit,
         },
         deterministic: args.deterministic,
-        serial: args.serial.clone(),
+        serial: serial.clone(),
         debugcon: args.debugcon.clone(),
         max_instructions: args.max_instructions,
         disk: args.disk.clone(),
         cdrom: args.cdrom.clone(),
     };
-    let mut console = if args.serial == CharTarget::Stdio {
+    let mut console = if serial == CharTarget::Stdio || display.kind == DisplayKind::Terminal {
         Console::stdin()
     } else {
         Console::none()
     };
     // A guest reset starts the machine anew from the same configuration,
     // as a PC's reset line does (QEMU's default too).
-    let (machine, outcome) = loop {
+    let (mut machine, outcome) = loop {
         let mut machine = Machine::new(&cfg)?;
+        machine.attach_display(display.clone())?;
         if args.profile {
             machine.enable_profile();
         }
@@ -137,6 +151,7 @@ fn run_machine(args: &RunArgs) -> Result<ExitCode, CliError> {
         }
         eprint!("\r\numbra: the guest reset the machine; starting again\r\n");
     };
+    machine.finish_display();
     console.restore();
     let _ = std::io::stdout().flush();
     match &outcome {

@@ -1,7 +1,8 @@
 //! The serial console on the terminal: raw mode while the guest runs
 //! (restored on drop, also on error paths), a thread that reads stdin into
 //! a channel, and QEMU's escape keys: Ctrl-A X quits, Ctrl-A H lists the
-//! keys, Ctrl-A C prints the statistics line, Ctrl-A Ctrl-A sends Ctrl-A.
+//! keys, Ctrl-A C prints the statistics line, Ctrl-A S writes the
+//! `--screenshot` file, Ctrl-A Ctrl-A sends Ctrl-A.
 
 use std::io::{Read, Write};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -19,6 +20,8 @@ pub enum ConsoleEvent {
     Quit,
     /// Ctrl-A C: print statistics.
     Stats,
+    /// Ctrl-A S: write the screenshot file.
+    Screenshot,
 }
 
 /// Splits raw terminal bytes into guest input and escape commands.
@@ -45,9 +48,13 @@ impl EscapeParser {
                         let _ = help.write_all(HELP.as_bytes());
                         let _ = help.flush();
                     }
-                    b'c' | b's' => {
+                    b'c' => {
                         flush_input(&mut out, &mut input);
                         out.push(ConsoleEvent::Stats);
+                    }
+                    b's' => {
+                        flush_input(&mut out, &mut input);
+                        out.push(ConsoleEvent::Screenshot);
                     }
                     ESCAPE => input.push(ESCAPE),
                     // Anything else after Ctrl-A is dropped, as QEMU does.
@@ -73,6 +80,7 @@ fn flush_input(out: &mut Vec<ConsoleEvent>, input: &mut Vec<u8>) {
 const HELP: &str = "\r\nC-a h    print this help\r\n\
 C-a x    exit umbra\r\n\
 C-a c    print statistics\r\n\
+C-a s    write the --screenshot PNG\r\n\
 C-a C-a  send C-a to the guest\r\n";
 
 /// The terminal side of the console: stdin bytes arrive on a channel.

@@ -6,6 +6,7 @@
 //! waits while the CPU is halted.
 
 pub mod console;
+pub mod display;
 
 use std::fs::File;
 use std::io::Write;
@@ -25,6 +26,7 @@ use umbra_devices::PlatformRequest;
 use umbra_firmware::BootError;
 
 use console::{Console, ConsoleEvent};
+use display::{Display, DisplayConfig};
 
 /// Most instructions an engine runs before the loop looks at the devices
 /// and the console again.
@@ -183,6 +185,8 @@ pub struct Machine {
     idle: Duration,
     /// `--profile`: guest EIP at the end of each slice, counted.
     profile: Option<std::collections::HashMap<u32, u64>>,
+    /// `--display` / `--screenshot` (firmware path only).
+    display: Option<Display>,
 }
 
 fn open_target(t: &CharTarget) -> Result<Option<Box<dyn Write>>, MachineError> {
@@ -340,6 +344,7 @@ impl Machine {
             started: None,
             idle: Duration::ZERO,
             profile: None,
+            display: None,
         })
     }
 
@@ -350,6 +355,9 @@ impl Machine {
         loop {
             let now = self.vm.clock.now_ns();
             self.platform.poll(now);
+            if let Some(d) = &mut self.display {
+                d.tick();
+            }
             if let Some(o) = self.take_request() {
                 return o;
             }
@@ -439,11 +447,47 @@ impl Machine {
 
     fn console_event(&mut self, ev: ConsoleEvent) -> Option<Outcome> {
         match ev {
-            ConsoleEvent::Input(b) => self.input.extend(b),
+            ConsoleEvent::Input(b) => match &mut self.display {
+                Some(d) if d.takes_keys() => d.type_bytes(&b),
+                _ => self.input.extend(b),
+            },
+            ConsoleEvent::Screenshot => self.screenshot(),
             ConsoleEvent::Quit => return Some(Outcome::Quit),
             ConsoleEvent::Stats => eprint!("\r\n{}\r\n", self.stats().replace('\n', "\r\n")),
         }
         None
+    }
+
+    /// Show the screen and take the keyboard as `cfg` asks (see
+    /// display.rs); an error without the firmware path's VGA.
+    pub fn attach_display(&mut self, cfg: DisplayConfig) -> Result<(), MachineError> {
+        display::check_config(&cfg, self.firmware.is_some())?;
+        if let Some(f) = &self.firmware {
+            let i8042 = self.platform.i8042.clone();
+            self.display = Some(Display::new(cfg, f.vga.clone(), i8042));
+        }
+        Ok(())
+    }
+
+    /// Write the `--screenshot` file now and say so on stderr.
+    pub fn screenshot(&mut self) {
+        match self.display.as_ref().and_then(|d| d.screenshot()) {
+            Some(Ok(p)) => eprint!("\r\numbra: screenshot written to {}\r\n", p.display()),
+            Some(Err(e)) => eprint!("\r\numbra: {e}\r\n"),
+            None => eprint!("\r\numbra: no --screenshot FILE was given\r\n"),
+        }
+    }
+
+    /// At exit: give the terminal back and write the `--screenshot` file.
+    pub fn finish_display(&mut self) {
+        if let Some(d) = &mut self.display {
+            d.restore();
+            match d.screenshot() {
+                Some(Ok(p)) => eprintln!("umbra: screenshot written to {}", p.display()),
+                Some(Err(e)) => eprintln!("umbra: {e}"),
+                None => {}
+            }
+        }
     }
 
     /// Move pending console bytes into COM1 as its FIFO has room.
