@@ -544,6 +544,10 @@ impl I8042 {
                     None => self.state.last_read,
                 };
                 self.state.obuf_flags = 0;
+                // The interrupt request follows the output buffer: it drops
+                // with the read and rises again when the next byte comes
+                // in, so an edge-triggered PIC sees one edge per byte.
+                self.update_irq();
                 self.refill();
                 v
             }
@@ -686,6 +690,46 @@ mod tests {
             r.clone(),
         );
         (k, l, r)
+    }
+
+    /// Counts rising edges per IRQ line.
+    #[derive(Default)]
+    struct Edges {
+        level: [bool; 16],
+        rises: [u32; 16],
+    }
+    impl IrqSink for Edges {
+        fn set_irq(&mut self, irq: u8, level: bool) {
+            let i = irq as usize;
+            if level && !self.level[i] {
+                self.rises[i] += 1;
+            }
+            self.level[i] = level;
+        }
+    }
+
+    #[test]
+    fn every_queued_key_byte_raises_its_own_irq1_edge() {
+        let e = Rc::new(RefCell::new(Edges::default()));
+        let mut k = I8042::new(
+            IrqLine::new(e.clone(), 1),
+            IrqLine::new(e.clone(), 12),
+            Requests::new(),
+        );
+        // Command byte: keyboard interrupt on, translation on.
+        k.write(0x64, 0x60);
+        k.write(0x60, CTR_KBDINT | CTR_XLATE);
+        // Up arrow, make and break in set 2: E0 75 E0 F0 75, which the
+        // controller translates to E0 48 E0 C8 (four bytes out).
+        k.key(&[0xE0, 0x75, 0xE0, 0xF0, 0x75]);
+        let mut got = Vec::new();
+        while k.read(0x64) & STS_OBF != 0 {
+            got.push(k.read(0x60));
+        }
+        assert_eq!(got, vec![0xE0, 0x48, 0xE0, 0xC8]);
+        // A PC's 8259 is edge triggered on IRQ1: one rising edge a byte.
+        assert_eq!(e.borrow().rises[1], 4);
+        assert!(!e.borrow().level[1]);
     }
 
     /// All bytes currently readable from port 0x60.
