@@ -174,6 +174,14 @@ impl Translator {
         &self.interp
     }
 
+    /// How many REP iterations one step of a string instruction may run,
+    /// in generated code and in the interpreter it falls back on (1 in
+    /// lockstep comparisons, as single-stepping hardware does).
+    pub fn set_rep_batch(&mut self, n: u32) {
+        self.mon.rep_batch = n.max(1);
+        self.interp.rep_batch = n.max(1);
+    }
+
     /// Code memory in use and its size, in bytes.
     pub fn cache_usage(&self) -> (usize, usize) {
         (self.code.used(), self.code.size())
