@@ -182,6 +182,13 @@ impl Translator {
         self.interp.rep_batch = n.max(1);
     }
 
+    /// Find the block at the current CS:EIP, translating it on a miss, as
+    /// the dispatcher does before entering one; whether there is one. For
+    /// benchmarks of the lookup and of translation.
+    pub fn lookup_block(&mut self, vm: &mut Vm) -> bool {
+        self.block_here(vm).is_some()
+    }
+
     /// Code memory in use and its size, in bytes.
     pub fn cache_usage(&self) -> (usize, usize) {
         (self.code.used(), self.code.size())
