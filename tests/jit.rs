@@ -722,3 +722,44 @@ fn a_budget_that_ends_inside_a_block_is_exact() {
         check("jit", &vm, total);
     }
 }
+
+/// A device (DMA) rewrites code between two runs, through `Vm::write_phys`
+/// or plain `GuestMemory::write`: the next run must execute the new bytes.
+#[test]
+fn code_rewritten_by_the_host_between_runs() {
+    let (code, mov_at) = asm32_self(layout::CODE_BASE, |a, _| {
+        let mut top = a.create_label();
+        a.set_label(&mut top)?;
+        a.mov(eax, 0x1111_1111u32)?;
+        a.inc(ecx)?;
+        a.jmp(top)?;
+        Ok(top)
+    });
+    let p = Program::new(Mode::Prot32, code);
+    for via_phys in [false, true] {
+        let mut out = Vec::new();
+        for (name, mut e) in [("jit", jit()), ("interp", interp())] {
+            let mut vm = p.build_vm().unwrap();
+            // 300 passes of 3 instructions: back at the MOV, hot.
+            e.run(&mut vm, Budget::insns(900));
+            assert_eq!((r32(&vm, ECX), vm.cpu.eip), (300, mov_at), "{name}");
+            let imm = mov_at as u64 + 1;
+            if via_phys {
+                vm.write_phys(imm, 4, 0x5555_5555);
+            } else {
+                vm.mem.write(imm, &0x6666_6666u32.to_le_bytes());
+            }
+            // One more pass: the MOV runs with the new immediate.
+            e.run(&mut vm, Budget::insns(3));
+            let want = if via_phys { 0x5555_5555 } else { 0x6666_6666 };
+            assert_eq!(
+                r32(&vm, EAX),
+                want,
+                "{name}: new code (write_phys {via_phys})"
+            );
+            assert_eq!(r32(&vm, ECX), 301, "{name}");
+            out.push(vm);
+        }
+        assert_same(&out[0], &out[1]);
+    }
+}
