@@ -1,7 +1,8 @@
 //! Focused tests of the translator (`umbra_translator::Translator`): small
 //! guest programs that stress what a block cache can get wrong —
 //! self-modifying code (same block, next block, a block reached by a
-//! direct jump, a store through another linear alias of the code frame),
+//! direct jump, a store through another linear alias of the code frame,
+//! a device rewriting code between runs),
 //! a page fault in the middle of a hot block, an interrupt that must stop
 //! a loop that never ends, a CR3 switch under shared code, REP string
 //! instructions across a page boundary, code across a page boundary, and a
