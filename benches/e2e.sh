@@ -10,7 +10,8 @@
 # previous WORKLOAD line) to its own WORKLOAD line. The guest's own time
 # for a part (last field of its line, from the guest clock) is kept in the
 # raw log but not used: guest clocks of different engines are not
-# comparable.
+# comparable. Progress on stderr: each BOOT-OK/WORKLOAD line as it
+# arrives, and a heartbeat after 30 s without serial output.
 #
 # Usage: benches/e2e.sh [options]
 #   --engines LIST   comma-separated, of interp, jit, qemu (default all)
@@ -119,9 +120,24 @@ run_engine() {
     echo "== $name: ${cmd[*]}" >&2
     local t0="$EPOCHREALTIME" last="$EPOCHREALTIME"
     timeout "$timeout_s" "${cmd[@]}" </dev/null >"$fifo" 2>"$logdir/$name.stderr" &
-    local pid=$! line now part got=""
+    local pid=$! line now part got="" pending="" lines=0 rc
     : >"$log"
-    while IFS= read -r line; do
+    while :; do
+        # A heartbeat every 30 s of silence; a line cut by the timeout is
+        # kept and completed by the next read.
+        if IFS= read -r -t 30 line; then
+            line="$pending$line"
+            pending=""
+        else
+            rc=$?
+            if [ "$rc" -gt 128 ]; then
+                pending="$pending$line"
+                echo "[$name $(since "$t0")s] running, $lines serial lines so far" >&2
+                continue
+            fi
+            break
+        fi
+        lines=$((lines + 1))
         line="${line%$'\r'}"
         printf '%s %s\n' "$(since "$t0")" "$line" >>"$log"
         case "$line" in
@@ -150,7 +166,7 @@ run_engine() {
     done <"$fifo"
     # Quick mode stops reading at BOOT-OK: end the run we started.
     kill "$pid" 2>/dev/null || true
-    local rc=0
+    rc=0
     wait "$pid" || rc=$?
     rm -f "$fifo"
     if [ "$rc" = 124 ]; then
