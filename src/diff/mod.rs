@@ -58,8 +58,11 @@ pub fn make_engine(name: &str, vm: &mut Vm, lockstep: bool) -> Result<Box<dyn En
             Ok(Box::new(i))
         }
         "jit" => {
-            let t = umbra_translator::Translator::new(umbra_translator::DEFAULT_CACHE_BYTES)
+            let mut t = umbra_translator::Translator::new(umbra_translator::DEFAULT_CACHE_BYTES)
                 .map_err(|e| DiffError::Generate(format!("code memory: {e}")))?;
+            if lockstep {
+                t.set_rep_batch(1);
+            }
             Ok(Box::new(t))
         }
         "kvm" => crate::kvm::KvmEngine::new(vm)

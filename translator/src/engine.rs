@@ -191,6 +191,21 @@ impl Translator {
         &self.interp
     }
 
+    /// How many REP iterations one step of a string instruction may run,
+    /// in generated code and in the interpreter it falls back on (1 in
+    /// lockstep comparisons, as single-stepping hardware does).
+    pub fn set_rep_batch(&mut self, n: u32) {
+        self.mon.rep_batch = n.max(1);
+        self.interp.rep_batch = n.max(1);
+    }
+
+    /// Find the block at the current CS:EIP, translating it on a miss, as
+    /// the dispatcher does before entering one; whether there is one. For
+    /// benchmarks of the lookup and of translation.
+    pub fn lookup_block(&mut self, vm: &mut Vm) -> bool {
+        self.block_here(vm).is_some()
+    }
+
     /// Code memory in use and its size, in bytes.
     pub fn cache_usage(&self) -> (usize, usize) {
         let c = &self.mon.cache;

@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: boots the workload guest (guests/build.sh made it;
+# ~/.cache/umbra/guests/guest.env names KERNEL and INITRD) on Umbra's
+# engines and on QEMU (TCG) with the same kernel, initrd and command line,
+# one after the other, and prints for boot-to-userspace (BOOT-OK) and each
+# workload part the host wall time on each and the ratio to QEMU.
+#
+# Times are taken on the host when each line arrives on the serial console:
+# boot = launch to BOOT-OK, a part = the previous line (BOOT-OK or the
+# previous WORKLOAD line) to its own WORKLOAD line. The guest's own time
+# for a part (last field of its line, from the guest clock) is kept in the
+# raw log but not used: guest clocks of different engines are not
+# comparable. Progress on stderr: each BOOT-OK/WORKLOAD line as it
+# arrives, and a heartbeat after 30 s without serial output.
+#
+# Usage: benches/e2e.sh [options]
+#   --engines LIST   comma-separated, of interp, jit, qemu (default all)
+#   --quick          boot to BOOT-OK only (umbra.poweroff=1), no workload
+#   --timeout SECS   per engine (default 3600; the workload on the
+#                    interpreter takes ~20 min)
+#   --memory SIZE    guest RAM, MiB (default 256)
+#   --umbra PATH     umbra binary (default target/release/umbra, built
+#                    with cargo build --release if missing)
+#   --qemu PATH      QEMU binary (default qemu-system-i386 on PATH; the
+#                    qemu column is left out when there is none)
+#   --log DIR        keep each engine's serial output there (default a
+#                    temporary directory, printed at the end)
+set -euo pipefail
+
+engines="interp,jit,qemu"
+quick=0
+timeout_s=3600
+memory=256
+here="$(cd "$(dirname "$0")/.." && pwd)"
+umbra="$here/target/release/umbra"
+qemu="$(command -v qemu-system-i386 || true)"
+logdir=""
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit "${1:-0}"; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --engines) engines="$2"; shift 2 ;;
+    --quick) quick=1; shift ;;
+    --timeout) timeout_s="$2"; shift 2 ;;
+    --memory) memory="$2"; shift 2 ;;
+    --umbra) umbra="$2"; shift 2 ;;
+    --qemu) qemu="$2"; shift 2 ;;
+    --log) logdir="$2"; shift 2 ;;
+    -h | --help) usage 0 ;;
+    *) echo "e2e.sh: unknown option $1" >&2; usage 2 >&2 ;;
+    esac
+done
+
+env_file="${UMBRA_GUEST_ENV:-$HOME/.cache/umbra/guests/guest.env}"
+if [ ! -r "$env_file" ]; then
+    echo "e2e.sh: no $env_file: build the guest first (guests/build.sh)" >&2
+    exit 2
+fi
+# shellcheck disable=SC1090
+. "$env_file"
+for f in "$KERNEL" "$INITRD"; do
+    [ -r "$f" ] || { echo "e2e.sh: missing $f: rerun guests/build.sh" >&2; exit 2; }
+done
+
+if [ "$quick" = 1 ]; then
+    append="console=ttyS0 umbra.poweroff=1 cryptomgr.notests"
+else
+    append="console=ttyS0 umbra.workload=1 cryptomgr.notests"
+fi
+
+IFS=, read -r -a list <<<"$engines"
+run_list=()
+for e in "${list[@]}"; do
+    case "$e" in
+    interp | jit)
+        if [ ! -x "$umbra" ]; then
+            echo "e2e.sh: building $umbra" >&2
+            (cd "$here" && cargo build --release >&2)
+        fi
+        run_list+=("$e")
+        ;;
+    qemu)
+        if [ -z "$qemu" ]; then
+            echo "e2e.sh: skipped qemu: no qemu-system-i386 (apt-get install qemu-system-x86)" >&2
+        else
+            run_list+=("$e")
+        fi
+        ;;
+    *) echo "e2e.sh: unknown engine $e (interp, jit, qemu)" >&2; exit 2 ;;
+    esac
+done
+[ "${#run_list[@]}" -gt 0 ] || { echo "e2e.sh: no engine to run" >&2; exit 2; }
+
+[ -n "$logdir" ] || logdir="$(mktemp -d /tmp/umbra-e2e.XXXXXX)"
+mkdir -p "$logdir"
+
+# Results: secs[engine.part] and the parts in the order they appeared.
+declare -A secs status
+parts=(boot)
+
+# Seconds since $1 (an $EPOCHREALTIME), three decimals.
+since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b - a }'; }
+
+# run_engine NAME: boot the guest on NAME, record the times.
+run_engine() {
+    local name="$1" cmd
+    case "$name" in
+    interp | jit)
+        cmd=("$umbra" run --engine "$name" --kernel "$KERNEL" --initrd "$INITRD"
+            --append "$append" --memory "${memory}M" --serial stdio) ;;
+    qemu)
+        cmd=("$qemu" -accel tcg -m "$memory" -kernel "$KERNEL" -initrd "$INITRD"
+            -append "$append" -nodefaults -display none -serial stdio
+            -monitor none -no-reboot) ;;
+    esac
+    local log="$logdir/$name.serial" fifo="$logdir/$name.fifo"
+    rm -f "$fifo"
+    mkfifo "$fifo"
+    echo "== $name: ${cmd[*]}" >&2
+    local t0="$EPOCHREALTIME" last="$EPOCHREALTIME"
+    timeout "$timeout_s" "${cmd[@]}" </dev/null >"$fifo" 2>"$logdir/$name.stderr" &
+    local pid=$! line now part got="" pending="" lines=0 rc
+    : >"$log"
+    while :; do
+        # A heartbeat every 30 s of silence; a line cut by the timeout is
+        # kept and completed by the next read.
+        if IFS= read -r -t 30 line; then
+            line="$pending$line"
+            pending=""
+        else
+            rc=$?
+            if [ "$rc" -gt 128 ]; then
+                pending="$pending$line"
+                echo "[$name $(since "$t0")s] running, $lines serial lines so far" >&2
+                continue
+            fi
+            break
+        fi
+        lines=$((lines + 1))
+        line="${line%$'\r'}"
+        printf '%s %s\n' "$(since "$t0")" "$line" >>"$log"
+        case "$line" in
+        BOOT-OK*)
+            now="$(since "$t0")"
+            secs[$name.boot]="$now"
+            last="$EPOCHREALTIME"
+            echo "[$name ${now}s] $line" >&2
+            got=boot
+            [ "$quick" = 1 ] && break
+            ;;
+        "WORKLOAD "*)
+            part="$(awk '{ print $2 }' <<<"$line")"
+            secs[$name.$part]="$(since "$last")"
+            last="$EPOCHREALTIME"
+            echo "[$name $(since "$t0")s] $line" >&2
+            case " ${parts[*]} " in *" $part "*) ;; *) parts+=("$part") ;; esac
+            got="$part"
+            ;;
+        WORK-DONE*)
+            secs[$name.total]="$(since "$t0")"
+            echo "[$name $(since "$t0")s] WORK-DONE" >&2
+            got=done
+            ;;
+        esac
+    done <"$fifo"
+    # Quick mode stops reading at BOOT-OK: end the run we started.
+    kill "$pid" 2>/dev/null || true
+    rc=0
+    wait "$pid" || rc=$?
+    rm -f "$fifo"
+    if [ "$rc" = 124 ]; then
+        status[$name]="timeout after ${timeout_s}s (last: ${got:-nothing})"
+    elif [ -z "$got" ]; then
+        status[$name]="no BOOT-OK (exit $rc, see $logdir/$name.stderr)"
+    elif [ "$quick" = 0 ] && [ "$got" != done ]; then
+        status[$name]="stopped after $got (exit $rc)"
+    else
+        status[$name]=ok
+    fi
+    echo "== $name: ${status[$name]}" >&2
+}
+
+for e in "${run_list[@]}"; do
+    run_engine "$e"
+done
+[ "$quick" = 1 ] || parts+=(total)
+
+# The table: seconds per engine, then each Umbra engine's ratio to QEMU.
+has_qemu=0
+case " ${run_list[*]} " in *" qemu "*) has_qemu=1 ;; esac
+{
+    printf '%-8s' part
+    for e in "${run_list[@]}"; do printf ' %10s' "$e s"; done
+    if [ "$has_qemu" = 1 ]; then
+        for e in "${run_list[@]}"; do
+            [ "$e" = qemu ] || printf ' %12s' "$e/qemu"
+        done
+    fi
+    echo
+    for p in "${parts[@]}"; do
+        printf '%-8s' "$p"
+        for e in "${run_list[@]}"; do printf ' %10s' "${secs[$e.$p]:--}"; done
+        if [ "$has_qemu" = 1 ]; then
+            for e in "${run_list[@]}"; do
+                [ "$e" = qemu ] && continue
+                awk -v a="${secs[$e.$p]:-}" -v b="${secs[qemu.$p]:-}" 'BEGIN {
+                    if (a == "" || b == "" || b + 0 == 0) printf " %12s", "-";
+                    else printf " %12.2f", a / b }'
+            done
+        fi
+        echo
+    done
+    for e in "${run_list[@]}"; do
+        [ "${status[$e]}" = ok ] || echo "$e: ${status[$e]}"
+    done
+} | tee "$logdir/table.txt"
+echo "serial logs and table in $logdir" >&2
