@@ -179,8 +179,9 @@ pub struct RunArgs {
     #[arg(long, short = 'm', value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
     pub memory: u64,
 
-    /// Execution engine.
-    #[arg(long, value_enum, default_value_t = EngineArg::Interp)]
+    /// Execution engine: jit (the binary translator) or interp (the
+    /// reference interpreter, slower, the translator's oracle).
+    #[arg(long, value_enum, default_value_t = EngineArg::Jit)]
     pub engine: EngineArg,
 
     /// Derive time from retired instructions instead of the host clock, and
@@ -248,9 +249,9 @@ pub struct RunArgs {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum EngineArg {
     /// The reference interpreter.
-    #[default]
     Interp,
     /// The binary translator.
+    #[default]
     Jit,
 }
 
