@@ -67,27 +67,10 @@ if ! up_to_date "$DISK_INITRD" "$MODS_ROOT/load-order" "$BUSYBOX" "$GUESTS_DIR/i
     spec=$(mktemp)
     trap 'rm -f "$spec"' EXIT
     {
-        cat <<SPEC
-dir   bin       755
-dir   sbin      755
-dir   usr       755
-dir   usr/bin   755
-dir   usr/sbin  755
-dir   dev       755
-dir   proc      555
-dir   sys       555
-dir   tmp       1777
-dir   root      700
-dir   etc       755
-dir   mnt       755
-dir   lib       755
-dir   lib/modules 755
-file  bin/busybox 755 $BUSYBOX
-link  bin/sh    busybox
-cdev  dev/console 600 5 1
-file  init      755 $GUESTS_DIR/init.sh
-file  workload.sh 644 $GUESTS_DIR/workload.sh
-SPEC
+        base_initramfs_spec
+        echo "dir   mnt       755"
+        echo "dir   lib       755"
+        echo "dir   lib/modules 755"
         echo "file  lib/modules/load-order 644 $MODS_ROOT/load-order"
         while read -r m; do
             echo "file  lib/modules/$(basename "$m") 644 $MODDIR/$m"

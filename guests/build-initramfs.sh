@@ -12,23 +12,6 @@ command -v python3 >/dev/null 2>&1 || die "python3 not found (needed to write th
 log "building $INITRD ..."
 tmp="$INITRD.tmp.$$"
 trap 'rm -f "$tmp"' EXIT
-python3 "$GUESTS_DIR/newc.py" "$tmp" <<SPEC || die "writing the cpio archive failed"
-dir   bin       755
-dir   sbin      755
-dir   usr       755
-dir   usr/bin   755
-dir   usr/sbin  755
-dir   dev       755
-dir   proc      555
-dir   sys       555
-dir   tmp       1777
-dir   root      700
-dir   etc       755
-file  bin/busybox 755 $BUSYBOX
-link  bin/sh    busybox
-cdev  dev/console 600 5 1
-file  init      755 $GUESTS_DIR/init.sh
-file  workload.sh 644 $GUESTS_DIR/workload.sh
-SPEC
+base_initramfs_spec | python3 "$GUESTS_DIR/newc.py" "$tmp" || die "writing the cpio archive failed"
 mv -f "$tmp" "$INITRD"
 trap - EXIT

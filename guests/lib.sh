@@ -40,3 +40,26 @@ up_to_date() {
     done
     return 0
 }
+
+# The newc.py spec lines of the default initramfs (busybox, /init, the
+# workload); build-disk.sh adds its modules after them.
+base_initramfs_spec() {
+    cat <<SPEC
+dir   bin       755
+dir   sbin      755
+dir   usr       755
+dir   usr/bin   755
+dir   usr/sbin  755
+dir   dev       755
+dir   proc      555
+dir   sys       555
+dir   tmp       1777
+dir   root      700
+dir   etc       755
+file  bin/busybox 755 $BUSYBOX
+link  bin/sh    busybox
+cdev  dev/console 600 5 1
+file  init      755 $GUESTS_DIR/init.sh
+file  workload.sh 644 $GUESTS_DIR/workload.sh
+SPEC
+}
