@@ -154,7 +154,7 @@ fn ret(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
 }
 
 /// Whether a LOOPcc/JrCXZ uses ECX (32-bit address size) rather than CX.
-fn uses_ecx(code: Code) -> bool {
+pub fn uses_ecx(code: Code) -> bool {
     matches!(
         code,
         Code::Loop_rel8_16_ECX

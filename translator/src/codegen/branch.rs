@@ -14,7 +14,9 @@
 //! Far transfers stay with the generic fallback (they end blocks).
 
 use dynasmrt::{dynasm, DynasmApi, DynasmLabelApi};
-use iced_x86::{Code, ConditionCode, Mnemonic, OpKind};
+use iced_x86::{ConditionCode, Mnemonic, OpKind};
+
+use umbra_core::interp::control::uses_ecx;
 
 use super::Emitter;
 use crate::block::InsnMeta;
@@ -211,22 +213,6 @@ fn emit_jcc(e: &mut Emitter, cc: ConditionCode, target: u32, next_eip: u32) {
     emit_chain_exit(e, next_eip);
     dynasm!(e.ops ; .arch x64 ; =>taken);
     emit_stub(e, jcc_end, target);
-}
-
-/// The count register of LOOPcc/JrCXZ is ECX (32-bit address size), not
-/// CX (as `interp::control::uses_ecx`).
-fn uses_ecx(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Loop_rel8_16_ECX
-            | Code::Loop_rel8_32_ECX
-            | Code::Loope_rel8_16_ECX
-            | Code::Loope_rel8_32_ECX
-            | Code::Loopne_rel8_16_ECX
-            | Code::Loopne_rel8_32_ECX
-            | Code::Jecxz_rel8_16
-            | Code::Jecxz_rel8_32
-    )
 }
 
 /// LOOP/LOOPE/LOOPNE/JCXZ/JECXZ with both exits chainable. Nothing here
