@@ -3,34 +3,15 @@
 //! is on the VGA text screen, and umbra writes that screen as a PNG at
 //! exit.
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// Instructions (under --deterministic) by which syslinux has drawn its
 /// menu: the SeaBIOS banner is up at ~8 M, syslinux's banner by 20 M, the
 /// menu (blue box) by 40 M, measured.
+mod common;
+use common::bios;
+
 const MENU_BUDGET: &str = "40000000";
-
-fn disk() -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("guests/build-disk.sh");
-    let o = Command::new("bash")
-        .arg(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("bash runs");
-    assert!(o.status.success(), "guests/build-disk.sh failed");
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    out.lines()
-        .find_map(|l| l.strip_prefix("disk:"))
-        .map(|v| PathBuf::from(v.trim()))
-        .unwrap_or_else(|| panic!("build-disk.sh printed no `disk:` line: {out}"))
-}
-
-fn bios() -> PathBuf {
-    umbra_firmware::seabios::find_debian_seabios()
-        .expect("Debian's SeaBIOS is missing: run guests/fetch-seabios.sh (CI does)")
-        .join("bios.bin")
-}
 
 #[test]
 fn screenshot_of_the_syslinux_menu() {
@@ -42,7 +23,7 @@ fn screenshot_of_the_syslinux_menu() {
         .arg("--bios")
         .arg(bios())
         .arg("--disk")
-        .arg(disk())
+        .arg(common::media().0)
         .args(["--engine", "jit", "--deterministic", "--serial", "none"])
         .args(["--max-instructions", MENU_BUDGET])
         .arg("--screenshot")
