@@ -764,3 +764,44 @@ fn code_rewritten_by_the_host_between_runs() {
         assert_same(&out[0], &out[1]);
     }
 }
+
+/// The dirty bitmap (`Vm::take_dirty`) sees every store, including the
+/// translator's native stores through the shadow page table, and sees a
+/// frame again after it was taken: a hot loop stores to data page 0 and
+/// only loads from data page 2.
+#[test]
+fn dirty_bitmap_sees_native_stores_after_each_take() {
+    let store = layout::DATA_BASE as u64 >> 12;
+    let loaded = (layout::DATA_BASE as u64 + 0x2000) >> 12;
+    let code = asm32(layout::CODE_BASE, |a| {
+        let mut top = a.create_label();
+        a.set_label(&mut top)?;
+        a.mov(dword_ptr(layout::DATA_BASE + 0x100), ecx)?;
+        a.mov(edx, dword_ptr(layout::DATA_BASE + 0x2100))?;
+        a.inc(ecx)?;
+        a.jmp(top)?;
+        Ok(())
+    });
+    for mode in [Mode::Prot32, Mode::Paging] {
+        let p = Program::new(mode, code.clone());
+        for (name, mut e) in [("jit", jit()), ("interp", interp())] {
+            let mut vm = p.build_vm().unwrap();
+            vm.take_dirty(); // the harness's own writes
+            for round in 1..=3u32 {
+                // 100 passes of 4 instructions: the loop is hot and chained.
+                e.run(&mut vm, Budget::insns(400));
+                assert_eq!(r32(&vm, ECX), 100 * round, "{name} {mode:?}");
+                let d = vm.take_dirty();
+                assert!(
+                    d.contains(&store),
+                    "{name} {mode:?} round {round}: stored frame {store:#x} not dirty: {d:x?}"
+                );
+                assert!(
+                    !d.contains(&loaded),
+                    "{name} {mode:?} round {round}: loaded-only frame {loaded:#x} dirty"
+                );
+                assert!(vm.take_dirty().is_empty(), "{name} {mode:?}: taken twice");
+            }
+        }
+    }
+}

@@ -42,6 +42,15 @@ impl Vm {
         }
     }
 
+    /// RAM frames written since the last call (by any engine, including
+    /// the translator's direct stores), cleared on return; writes after
+    /// it are seen again because every shadow write permission is taken
+    /// away with the bits.
+    pub fn take_dirty(&mut self) -> Vec<u64> {
+        self.mmu.revoke_all_writes();
+        self.mem.take_dirty()
+    }
+
     /// IN: read `size` bytes from `port` at the current virtual time.
     #[inline]
     pub fn port_in(&mut self, port: u16, size: u8) -> u32 {

@@ -562,7 +562,17 @@ impl GuestMemory {
     pub fn is_dirty(&self, frame: u64) -> bool {
         self.dirty.get(frame as usize).map(|b| *b).unwrap_or(false)
     }
-    /// Frames written since the last call, cleared on return.
+    /// Mark RAM frame `frame` written (the MMU does it when it lets an
+    /// engine store to the frame directly).
+    pub fn mark_dirty(&mut self, frame: u64) {
+        if let Some(mut b) = self.dirty.get_mut(frame as usize) {
+            *b = true;
+        }
+    }
+
+    /// Frames written through this object since the last call, cleared on
+    /// return. With an engine running, use `Vm::take_dirty`, which also
+    /// covers stores the engine made through the shadow page table.
     pub fn take_dirty(&mut self) -> Vec<u64> {
         let v = self.dirty.iter_ones().map(|f| f as u64).collect();
         self.dirty.fill(false);

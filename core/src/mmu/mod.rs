@@ -99,6 +99,24 @@ fn mode_sig(cpu: &CpuState) -> u64 {
 /// Shadow permission bits for a guest translation with `rights`; writes
 /// only when the mapping is dirty (so the first write walks and sets D)
 /// and the frame is not write-watched.
+/// Whether a shadow entry filled for `acc` may grant writes to RAM frame
+/// `frame`, and the dirty bitmap's part in that: engines store through a
+/// writable entry without telling `GuestMemory` (the translator's native
+/// stores), so an entry grants writes only to a frame already marked
+/// dirty, and a fill for a write marks it. `Vm::take_dirty` takes every
+/// write permission away when it clears the bitmap, so the next store to
+/// each frame comes back here. Write-watched frames never get one.
+fn grant_write(mem: &mut GuestMemory, frame: u64, acc: Access) -> bool {
+    if mem.is_watched(frame) {
+        return false;
+    }
+    if acc.is_write() {
+        mem.mark_dirty(frame);
+        return true;
+    }
+    mem.is_dirty(frame)
+}
+
 fn shadow_perms(r: Rights, wp: bool, write_ok: bool) -> u32 {
     let mut p = perm::SUP_READ;
     if !wp || r.write {
@@ -233,7 +251,7 @@ impl Mmu {
         if !cpu.paging() {
             let p = self.a20_mask(lin as u64);
             if mem.frame_is_ram(p) {
-                let write_ok = !mem.is_watched(p >> PAGE_SHIFT);
+                let write_ok = grant_write(mem, p >> PAGE_SHIFT, acc);
                 let perms = if write_ok {
                     perm::ALL
                 } else {
@@ -268,7 +286,7 @@ impl Mmu {
                 }
             }
             let frame = w.phys >> PAGE_SHIFT;
-            let write_ok = w.dirty && !mem.is_watched(frame);
+            let write_ok = w.dirty && grant_write(mem, frame, acc);
             let perms = shadow_perms(w.rights, ctl.wp, write_ok);
             self.shadow
                 .fill(lin, perms, w.phys as u32 & !0xFFF, deps, w.global);
@@ -407,6 +425,12 @@ impl Mmu {
     /// 3 4.10.4.1).
     pub fn invlpg(&mut self, _cpu: &CpuState, lin: u32) {
         self.shadow.invlpg(lin);
+    }
+
+    /// The dirty bitmap was cleared: no shadow entry may grant writes
+    /// until the next write fill marks its frame again (`grant_write`).
+    pub fn revoke_all_writes(&mut self) {
+        self.shadow.revoke_all_writes();
     }
 
     /// CR0.PG/WP or CR4.PSE/PAE/PGE (or EFER.NXE, A20, the ROM/MMIO

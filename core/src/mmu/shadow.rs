@@ -420,6 +420,19 @@ impl Shadow {
         revoke_in(&mut self.global, ram_frame);
     }
 
+    /// No entry of any table grants writes any more (the dirty bitmap was
+    /// cleared: the next store to each frame must be seen again).
+    pub fn revoke_all_writes(&mut self) {
+        let clear = |t: &mut Table| t.iter_mut().for_each(|e| e.tag &= !perm::WRITES);
+        clear(&mut self.cur);
+        for (i, c) in self.ctxs.iter_mut().enumerate() {
+            if i != self.active && c.key.is_some() {
+                clear(&mut c.table);
+            }
+        }
+        clear(&mut self.global);
+    }
+
     /// Whether any entry of any table maps `ram_frame` writable (tests).
     #[cfg(test)]
     pub fn grants_write(&self, ram_frame: u32) -> bool {
