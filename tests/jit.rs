@@ -805,3 +805,49 @@ fn dirty_bitmap_sees_native_stores_after_each_take() {
         }
     }
 }
+
+/// With CR0.AM and EFLAGS.AC set at CPL 3, a misaligned load in a hot
+/// loop raises #AC (SDM Vol. 3 6.15, vector 17) on the translator as on
+/// the interpreter: the loop counts 49 aligned passes, then faults on the
+/// load. (The layout has no TSS for the switch to CPL 0, so the delivery
+/// ends in a triple fault with EIP still at the load.)
+#[test]
+fn alignment_check_at_cpl3_faults_on_both_engines() {
+    let (code, load_at) = asm32_self(layout::CODE_BASE, |a, _| {
+        let mut top = a.create_label();
+        let mut aligned = a.create_label();
+        a.set_label(&mut top)?;
+        a.inc(ecx)?;
+        // Aligned until ECX reaches 50, then 1 byte off.
+        a.mov(edx, layout::DATA_BASE + 0x100)?;
+        a.cmp(ecx, 50)?;
+        a.jb(aligned)?;
+        a.inc(edx)?;
+        a.set_label(&mut aligned)?;
+        a.mov(eax, dword_ptr(edx))?;
+        a.jmp(top)?;
+        Ok(aligned)
+    });
+    let p = Program::new(Mode::Prot32, code);
+    let mut out = Vec::new();
+    for (name, mut e) in [("jit", jit()), ("interp", interp())] {
+        let mut vm = p.build_vm().unwrap();
+        vm.cpu.cr0 |= 1 << 18; // CR0.AM
+        vm.cpu.eflags |= 1 << 18; // EFLAGS.AC
+        // CPL 3 on the flat segments (RPL and DPL 3 in the caches).
+        for s in [SegReg::Cs, SegReg::Ss] {
+            let seg = &mut vm.cpu.seg[s as usize];
+            seg.selector |= 3;
+            seg.attr |= 3 << 5;
+        }
+        let x = e.run(&mut vm, Budget::insns(2_000));
+        assert!(matches!(x, Exit::Shutdown(_)), "{name}: {x:?}");
+        assert_eq!(
+            (r32(&vm, ECX), vm.cpu.eip),
+            (50, load_at),
+            "{name}: faulted on the first misaligned load"
+        );
+        out.push(vm);
+    }
+    assert_same(&out[0], &out[1]);
+}

@@ -4,7 +4,8 @@
 //!
 //! The dispatcher hands an instruction to the interpreter whenever the
 //! block path does not apply: an event to deliver, a halted CPU, TF or RF
-//! set, an interrupt shadow, code outside RAM or an instruction crossing
+//! set, alignment checking on (CR0.AM, EFLAGS.AC, CPL 3: native accesses
+//! do not check alignment), an interrupt shadow, code outside RAM or an instruction crossing
 //! a page, and the last instructions of a budget smaller than the next
 //! block.
 //!
@@ -363,6 +364,7 @@ impl Engine for Translator {
             let blocked = cpu.halted
                 || cpu.interrupt_shadow
                 || cpu.eflags & (TF | RF) != 0
+                || cpu.alignment_checked()
                 || event_deliverable(vm);
             if !blocked {
                 if let Some(id) = self.block_here(vm) {

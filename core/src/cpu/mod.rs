@@ -350,6 +350,13 @@ impl CpuState {
         }
     }
 
+    /// Misaligned data accesses raise #AC (SDM Vol. 3 6.15, interrupt 17):
+    /// CR0.AM, EFLAGS.AC and CPL 3 together.
+    #[inline]
+    pub fn alignment_checked(&self) -> bool {
+        self.cr0 & cr0::AM != 0 && self.eflags & flags::AC != 0 && self.cpl() == 3
+    }
+
     #[inline]
     pub fn protected(&self) -> bool {
         self.cr0 & cr0::PE != 0

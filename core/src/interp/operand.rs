@@ -9,7 +9,7 @@
 use iced_x86::{Instruction, OpKind, Register};
 
 use super::Ctx;
-use crate::cpu::{attr, cr0, flags, SegReg};
+use crate::cpu::{attr, SegReg};
 use crate::exception::Fault;
 use crate::mmu::Access;
 
@@ -183,13 +183,7 @@ impl Ctx<'_> {
     /// Alignment check (SDM Vol. 3 6.15, #AC): CR0.AM, EFLAGS.AC, CPL 3.
     #[inline]
     fn align_check(&self, lin: u32, size: usize) -> Result<(), Fault> {
-        let cpu = &self.vm.cpu;
-        if size > 1
-            && lin as usize & (size - 1) != 0
-            && cpu.cr0 & cr0::AM != 0
-            && cpu.eflags & flags::AC != 0
-            && cpu.cpl() == 3
-        {
+        if size > 1 && lin as usize & (size - 1) != 0 && self.vm.cpu.alignment_checked() {
             return Err(Fault::ac());
         }
         Ok(())
