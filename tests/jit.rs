@@ -834,7 +834,7 @@ fn alignment_check_at_cpl3_faults_on_both_engines() {
         let mut vm = p.build_vm().unwrap();
         vm.cpu.cr0 |= 1 << 18; // CR0.AM
         vm.cpu.eflags |= 1 << 18; // EFLAGS.AC
-        // CPL 3 on the flat segments (RPL and DPL 3 in the caches).
+                                  // CPL 3 on the flat segments (RPL and DPL 3 in the caches).
         for s in [SegReg::Cs, SegReg::Ss] {
             let seg = &mut vm.cpu.seg[s as usize];
             seg.selector |= 3;
@@ -847,6 +847,41 @@ fn alignment_check_at_cpl3_faults_on_both_engines() {
             (50, load_at),
             "{name}: faulted on the first misaligned load"
         );
+        out.push(vm);
+    }
+    assert_same(&out[0], &out[1]);
+}
+
+/// A block translated under one CS limit does not run under a smaller
+/// one: after the loop is hot, the limit is cut to its first byte, and the
+/// next instruction fetched past it raises #GP(0) (SDM Vol. 3 5.3).
+#[test]
+fn a_smaller_cs_limit_is_not_run_past() {
+    const GP: u32 = 13;
+    let code = asm32(layout::CODE_BASE, |a| {
+        let mut top = a.create_label();
+        a.set_label(&mut top)?;
+        a.inc(ecx)?;
+        a.inc(edx)?;
+        a.jmp(top)?;
+        Ok(())
+    });
+    let p = Program::new(Mode::Prot32, code);
+    let mut out = Vec::new();
+    for (name, mut e) in [("jit", jit()), ("interp", interp())] {
+        let mut vm = p.build_vm().unwrap();
+        // 100 passes of 3 instructions: hot, back at the top.
+        e.run(&mut vm, Budget::insns(300));
+        assert_eq!(
+            (r32(&vm, ECX), vm.cpu.eip),
+            (100, layout::CODE_BASE),
+            "{name}"
+        );
+        // Only the INC ECX at CODE_BASE stays inside CS.
+        vm.cpu.seg[SegReg::Cs as usize].limit = layout::CODE_BASE;
+        run_to_hlt(name, &mut *e, &mut vm);
+        assert_eq!(hlt_at(&vm), layout::STUB_BASE + GP, "{name}: #GP taken");
+        assert_eq!((r32(&vm, ECX), r32(&vm, EDX)), (101, 100), "{name}");
         out.push(vm);
     }
     assert_same(&out[0], &out[1]);

@@ -46,6 +46,9 @@ pub struct BlockKey {
     pub cs_base: u32,
     /// `mode::*`.
     pub mode: u32,
+    /// CS limit: the block was decoded, and its exits chained, against
+    /// it (a CS reload with another limit must not run it).
+    pub cs_limit: u32,
 }
 
 /// The segment allows reads / writes anywhere in 4 GiB without checks.

@@ -88,6 +88,7 @@ const EMPTY_KEY: BlockKey = BlockKey {
     lin: 0,
     cs_base: 0,
     mode: 0,
+    cs_limit: 0,
 };
 
 impl Cache {
@@ -257,7 +258,8 @@ impl Cache {
             && (s.key.lin ^ tkey.lin) >> PAGE_SHIFT == 0
             && (s.key.phys ^ tkey.phys) >> PAGE_SHIFT == 0
             && s.key.mode == tkey.mode
-            && s.key.cs_base == tkey.cs_base;
+            && s.key.cs_base == tkey.cs_base
+            && s.key.cs_limit == tkey.cs_limit;
         if !ok {
             return false;
         }

@@ -131,6 +131,7 @@ impl Monitor {
             lin,
             cs_base: cs.base,
             mode: self.cur_mode,
+            cs_limit: cs.limit,
         };
         let id = self.cache.find(&key)?;
         let b = self.cache.block(id)?;
@@ -239,6 +240,7 @@ impl Translator {
             lin,
             cs_base: cs.base,
             mode,
+            cs_limit: cs.limit,
         };
         let mon = &mut *self.mon;
         mon.stats.lookups += 1;
@@ -259,11 +261,12 @@ impl Translator {
             }
             mon.invalidate_frame(vm, frame as u64);
         }
-        self.translate(vm, key, cs.limit)
+        self.translate(vm, key)
     }
 
     #[cold]
-    fn translate(&mut self, vm: &mut Vm, key: BlockKey, cs_limit: u32) -> Option<usize> {
+    fn translate(&mut self, vm: &mut Vm, key: BlockKey) -> Option<usize> {
+        let cs_limit = key.cs_limit;
         let phys = key.phys as usize;
         let page_end = (phys | 0xFFF) + 1;
         let code = vm.mem.ram_slice(phys, page_end - phys)?;
