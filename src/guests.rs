@@ -133,6 +133,18 @@ fn run_recipe(script: &str, steps: u64) -> Result<(), GuestError> {
 /// initramfs, disk, two ISOs).
 const DISK_STEPS: u64 = 5;
 
+/// The natively computed workload results (guests/expected.sh writes
+/// `name result...` lines) as (name, result) pairs; a guest's line
+/// `WORKLOAD name result... <time>s` matches when it starts with the
+/// result.
+pub fn read_expected(path: &Path) -> std::io::Result<Vec<(String, String)>> {
+    Ok(std::fs::read_to_string(path)?
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect())
+}
+
 /// Steps guests/build.sh announces with a `umbra-guests: ... ...` line on
 /// a first build (download and extract two packages, the initramfs, the
 /// expected results).

@@ -4,7 +4,9 @@
 //! initramfs, and Linux drives the disk with its own ATA driver (ata_piix,
 //! loaded from the initramfs). The tests pick a boot menu entry by replacing
 //! syslinux.cfg in a copy of the image with mtools, as a user would, and
-//! read what the guest wrote back out of the image with mtools.
+//! read what the guest wrote back out of the image with mtools. The
+//! workload test leaves out --bios: the firmware is then the default one,
+//! Debian's SeaBIOS.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -75,6 +77,47 @@ fn umbra_bios(media_args: &[&str], serial: &Path) -> Command {
         .arg(format!("file:{}", serial.display()))
         .stdin(Stdio::null());
     c
+}
+
+#[test]
+fn disk_image_runs_the_workload_with_the_native_results() {
+    let g = umbra::guests::default_guest().expect("the default guest (guests/build.sh)");
+    let want = umbra::guests::read_expected(g.expected.as_ref().expect("guest.env EXPECTED"))
+        .expect("expected.txt");
+    assert_eq!(want.len(), 5, "five workload results");
+    let dir = tmpdir("workload");
+    let disk = disk_booting("workload", &dir);
+    let serial = dir.join("serial.txt");
+    let o = Command::new(env!("CARGO_BIN_EXE_umbra"))
+        .args(["run", "--disk"])
+        .arg(&disk)
+        .args(["--memory", "256M", "--engine", "jit", "--stats"])
+        .arg("--serial")
+        .arg(format!("file:{}", serial.display()))
+        .stdin(Stdio::null())
+        .output()
+        .expect("umbra runs");
+    let log = std::fs::read_to_string(&serial)
+        .unwrap_or_default()
+        .replace('\r', "");
+    eprintln!("{log}\n{}", text(&o.stderr));
+    assert!(log.contains("SYSLINUX"), "syslinux ran");
+    assert!(log.contains("BOOT-OK"), "Linux reached user space");
+    for (name, result) in &want {
+        let prefix = format!("WORKLOAD {name} ");
+        let line = log
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` line"));
+        let got = &line[prefix.len()..];
+        assert!(
+            got.starts_with(result.as_str()),
+            "{name}: got `{got}`, native `{result}`"
+        );
+    }
+    assert!(log.contains("WORK-DONE"), "the workload finished");
+    assert_eq!(o.status.code(), Some(0), "power off ends with status 0");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `seq 1 N` as the guest's busybox writes it.

@@ -51,7 +51,9 @@ pub enum BackendError {
         size: u64,
         sector: u64,
     },
-    #[error("{path} is a directory, not an image file: give the path of a raw disk image or an ISO")]
+    #[error(
+        "{path} is a directory, not an image file: give the path of a raw disk image or an ISO"
+    )]
     NotAFile { path: String },
     #[error("image file {path} is empty (0 bytes): check the path, or give it a size first (`truncate -s 64M {path}`)")]
     Empty { path: String },
@@ -435,7 +437,10 @@ mod tests {
         // The same bytes cut short of a 2048-byte sector: truncated.
         std::fs::write(&p, &iso[..iso.len() - 512]).unwrap();
         let e = RawFile::open_iso(&p).unwrap_err();
-        assert!(matches!(e, BackendError::Truncated { sector: 2048, .. }), "{e}");
+        assert!(
+            matches!(e, BackendError::Truncated { sector: 2048, .. }),
+            "{e}"
+        );
         std::fs::remove_file(p).unwrap();
     }
 
@@ -464,7 +469,11 @@ mod tests {
         let mut b = [0u8; 512];
         s.read_at(0, &mut b).unwrap();
         assert_eq!(b, [7; 512]);
-        assert_eq!(std::fs::read(&p).unwrap(), vec![0u8; 1024], "file untouched");
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            vec![0u8; 1024],
+            "file untouched"
+        );
         std::fs::remove_file(p).unwrap();
     }
 
