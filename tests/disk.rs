@@ -166,6 +166,41 @@ fn guest_writes_a_file_to_the_disk_that_mtools_reads_back() {
 }
 
 #[test]
+fn linux_cannot_change_a_write_protected_image() {
+    let dir = tmpdir("ro");
+    let disk = disk_booting("disktest", &dir);
+    let before = std::fs::read(&disk).unwrap();
+    let mut perm = std::fs::metadata(&disk).unwrap().permissions();
+    perm.set_readonly(true);
+    std::fs::set_permissions(&disk, perm).unwrap();
+    let serial = dir.join("serial.txt");
+    let o = umbra_bios(&["--disk", disk.to_str().unwrap()], &serial)
+        .output()
+        .expect("umbra runs");
+    let log = std::fs::read_to_string(&serial)
+        .unwrap_or_default()
+        .replace('\r', "");
+    let err = text(&o.stderr);
+    eprintln!("{log}\n{err}");
+    assert!(err.contains("write-protected"), "the user is told: {err}");
+    assert!(log.contains("BOOT-OK"), "Linux reached user space");
+    // Linux's ATA driver sees the drive abort each write (ERR, ABRT) and
+    // reports an I/O error; the guest carries on and powers off.
+    assert!(
+        log.contains("error: { ABRT }"),
+        "the drive aborted the writes"
+    );
+    assert!(log.contains("I/O error, dev sda"), "Linux saw I/O errors");
+    assert_eq!(o.status.code(), Some(0), "power off ends with status 0");
+    assert!(
+        std::fs::read(&disk).unwrap() == before,
+        "not one byte of the image changed"
+    );
+    // Unlinking needs only the directory's write permission.
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn image_survives_sigkill_while_the_guest_writes() {
     let dir = tmpdir("kill");
     let disk = disk_booting("diskloop", &dir);
