@@ -80,6 +80,41 @@ fn umbra_bios(media_args: &[&str], serial: &Path) -> Command {
 }
 
 #[test]
+fn plain_run_boots_the_default_guests_disk_through_seabios() {
+    let (disk, _) = media();
+    let before = std::fs::read(&disk).unwrap();
+    let dir = tmpdir("plain");
+    let (serial, debug) = (dir.join("serial.txt"), dir.join("debugcon.txt"));
+    // No --kernel, --bios, --disk: SeaBIOS boots the default guest's disk.
+    // Stop in syslinux's menu: the point is what boots, not Linux.
+    let o = Command::new(env!("CARGO_BIN_EXE_umbra"))
+        .args(["run", "--deterministic", "--max-instructions", "150000000"])
+        .arg("--serial")
+        .arg(format!("file:{}", serial.display()))
+        .arg("--debugcon")
+        .arg(format!("file:{}", debug.display()))
+        .stdin(Stdio::null())
+        .output()
+        .expect("umbra runs");
+    let log = std::fs::read_to_string(&serial).unwrap_or_default();
+    let dbg = std::fs::read_to_string(&debug).unwrap_or_default();
+    eprintln!("{dbg}\n{log}\n{}", text(&o.stderr));
+    assert!(
+        dbg.contains("ata0-0: UMBRA HARDDISK"),
+        "SeaBIOS found the disk"
+    );
+    assert!(dbg.contains("Booting from Hard Disk"), "and booted it");
+    assert!(log.contains("SYSLINUX"), "syslinux ran");
+    assert!(log.contains("Umbra test guest"), "its menu is the guest's");
+    assert_eq!(o.status.code(), Some(0), "stopped by --max-instructions");
+    assert!(
+        std::fs::read(&disk).unwrap() == before,
+        "the cached image is unchanged (snapshot)"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn disk_image_runs_the_workload_with_the_native_results() {
     let g = umbra::guests::default_guest().expect("the default guest (guests/build.sh)");
     let want = umbra::guests::read_expected(g.expected.as_ref().expect("guest.env EXPECTED"))
