@@ -162,14 +162,15 @@ fn show_progress(stderr: impl std::io::Read, steps: u64) {
     pb.enable_steady_tick(Duration::from_millis(120));
     for line in BufReader::new(stderr).lines().map_while(Result::ok) {
         match line.strip_prefix("umbra-guests: ") {
-            // An error stays on screen (the bar is cleared at the end).
-            Some(err) if err.starts_with("error:") => pb.println(&line),
+            // An error stays on screen (the bar is cleared at the end;
+            // `println` would print nothing when stderr is not a terminal).
+            Some(err) if err.starts_with("error:") => pb.suspend(|| eprintln!("{line}")),
             Some(step) if step.ends_with("...") => {
                 pb.inc(1);
                 pb.set_message(step.trim_end_matches(" ...").to_string());
             }
             Some(info) => pb.set_message(info.to_string()),
-            None => pb.println(line),
+            None => pb.suspend(|| eprintln!("{line}")),
         }
     }
     pb.finish_and_clear();
