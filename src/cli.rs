@@ -25,9 +25,13 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Boot a PC guest: a Linux bzImage or multiboot kernel given with
-    /// --kernel, a ROM given with --bios, or (with neither) the default
-    /// Debian i386 guest, fetched and built on first use.
+    /// Boot a PC guest. Without --kernel it boots as a PC does: the
+    /// firmware (--bios, by default Debian's SeaBIOS from
+    /// /usr/share/seabios) starts from the reset vector and boots the
+    /// --disk image or the --cdrom ISO; with neither, the default Debian
+    /// i386 guest's syslinux disk image (fetched and built on first use,
+    /// attached as a --snapshot). With --kernel, a Linux bzImage or
+    /// multiboot kernel is loaded directly, without a BIOS.
     ///
     /// The serial console (COM1) is the terminal in raw mode: Ctrl-A X
     /// quits, Ctrl-A H lists the keys, Ctrl-A C prints statistics, Ctrl-A S
@@ -160,9 +164,9 @@ pub struct DiffArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Kernel to boot directly: a Linux bzImage or a multiboot (v1) ELF or
-    /// a.out-kludge kernel. Without it (and without --bios) the default
-    /// guest is booted.
+    /// Kernel to boot directly, without a BIOS: a Linux bzImage or a
+    /// multiboot (v1) ELF or a.out-kludge kernel. Without it the machine
+    /// boots through the firmware (--bios).
     #[arg(long, value_name = "FILE")]
     pub kernel: Option<PathBuf>,
 
@@ -170,9 +174,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE", requires = "kernel")]
     pub initrd: Option<PathBuf>,
 
-    /// Kernel command line (the default guest's: `console=ttyS0
-    /// cryptomgr.notests`; add `umbra.workload=1` to run the workload).
-    #[arg(long, value_name = "ARGS")]
+    /// With --kernel: the kernel command line (empty by default; the
+    /// default guest's is `console=ttyS0 cryptomgr.notests`, add
+    /// `umbra.workload=1` to run the workload). On the firmware path the
+    /// boot loader's menu gives the command line.
+    #[arg(long, value_name = "ARGS", requires = "kernel")]
     pub append: Option<String>,
 
     /// Guest RAM, with a K, M or G suffix (default MiB).
@@ -189,22 +195,31 @@ pub struct RunArgs {
     #[arg(long)]
     pub deterministic: bool,
 
-    /// A ROM image (64 KiB to 256 KiB, e.g. Debian's
-    /// /usr/share/seabios/bios.bin) mapped below 4 GiB and, its last 128 KiB,
-    /// as the PAM-shadowed ROM below 1 MiB, started at the reset vector
-    /// instead of booting a kernel directly. Adds fw_cfg, VGA (with
-    /// vgabios-stdvga.bin from the same folder) and IDE. SeaBIOS support
-    /// is work in progress.
+    /// The firmware ROM (64 KiB to 256 KiB; default: Debian's SeaBIOS,
+    /// /usr/share/seabios/bios.bin from the `seabios` package) mapped below
+    /// 4 GiB and, its last 128 KiB, as the PAM-shadowed ROM below 1 MiB,
+    /// started at the reset vector. The machine has fw_cfg, VGA (with
+    /// vgabios-stdvga.bin from the ROM's folder) and IDE. With --bios and
+    /// no --disk or --cdrom, no drive is attached.
     #[arg(long, value_name = "FILE", conflicts_with = "kernel")]
     pub bios: Option<PathBuf>,
 
-    /// With --bios: a raw disk image on the primary IDE master.
-    #[arg(long, value_name = "FILE", requires = "bios")]
+    /// A raw disk image on the primary IDE master, booted by the firmware.
+    /// It is written in place (FLUSH CACHE syncs it to the host disk); an
+    /// image the user may not write is attached write-protected.
+    #[arg(long, value_name = "FILE", conflicts_with = "kernel")]
     pub disk: Option<PathBuf>,
 
-    /// With --bios: an ISO image in the CD-ROM drive (secondary master).
-    #[arg(long, value_name = "FILE", requires = "bios")]
+    /// An ISO 9660 image in the CD-ROM drive (secondary master), booted by
+    /// the firmware when there is no bootable --disk.
+    #[arg(long, value_name = "FILE", conflicts_with = "kernel")]
     pub cdrom: Option<PathBuf>,
+
+    /// Keep the guest's writes to the --disk image in memory and drop them
+    /// at exit: the image file is opened read-only and never changes (the
+    /// default guest's disk is always attached this way).
+    #[arg(long, conflicts_with = "kernel")]
+    pub snapshot: bool,
 
     /// Where COM1 goes: stdio (the terminal, raw mode), file:PATH (output
     /// only) or none. With --display terminal the terminal shows the
@@ -216,15 +231,15 @@ pub struct RunArgs {
     #[arg(long, value_name = "TARGET", default_value = "none", value_parser = parse_target)]
     pub debugcon: CharTarget,
 
-    /// Where the guest's screen is shown. `terminal` (with --bios): VGA
+    /// Where the guest's screen is shown. `terminal` (not with --kernel): VGA
     /// text modes are drawn on the terminal (a graphics mode shows one
     /// status line) and typed keys go to the PS/2 keyboard instead of
     /// COM1; Ctrl-A X still quits.
     #[arg(long, value_enum, default_value_t = DisplayArg::None)]
     pub display: DisplayArg,
 
-    /// With --bios: write the screen as a PNG to FILE at exit, and when
-    /// Ctrl-A S is pressed.
+    /// Write the screen as a PNG to FILE at exit, and when Ctrl-A S is
+    /// pressed (not with --kernel: there is no VGA).
     #[arg(long, value_name = "FILE")]
     pub screenshot: Option<PathBuf>,
 

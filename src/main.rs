@@ -83,29 +83,35 @@ fn main() -> ExitCode {
     }
 }
 
-/// Kernel command line of the default guest.
-const DEFAULT_APPEND: &str = "console=ttyS0 cryptomgr.notests";
-
-fn run_machine(args: &RunArgs) -> Result<ExitCode, CliError> {
-    let boot = match (&args.kernel, &args.bios) {
-        (Some(k), _) => Boot::Kernel {
+/// What `umbra run` boots and from which disk: the kernel directly with
+/// --kernel; otherwise the firmware (--bios, else Debian's SeaBIOS) with the
+/// --disk/--cdrom given, or with none of them the default guest's disk
+/// image as a snapshot (the cached image stays as built, and the tests'
+/// copies of it stay consistent).
+fn boot_choice(args: &RunArgs) -> Result<(Boot, Option<std::path::PathBuf>, bool), CliError> {
+    if let Some(k) = &args.kernel {
+        let boot = Boot::Kernel {
             kernel: k.clone(),
             initrd: args.initrd.clone(),
             append: args.append.clone().unwrap_or_default(),
-        },
-        (None, Some(b)) => Boot::Bios(b.clone()),
-        (None, None) => {
-            let g = guests::default_guest()?;
-            Boot::Kernel {
-                kernel: g.kernel,
-                initrd: Some(g.initrd),
-                append: args
-                    .append
-                    .clone()
-                    .unwrap_or_else(|| DEFAULT_APPEND.to_string()),
-            }
-        }
+        };
+        return Ok((boot, None, false));
+    }
+    let default_guest = args.bios.is_none() && args.disk.is_none() && args.cdrom.is_none();
+    let (disk, snapshot) = if default_guest {
+        (Some(guests::default_disk()?), true)
+    } else {
+        (args.disk.clone(), args.snapshot)
     };
+    let bios = match &args.bios {
+        Some(b) => b.clone(),
+        None => guests::seabios(default_guest)?,
+    };
+    Ok((Boot::Bios(bios), disk, snapshot))
+}
+
+fn run_machine(args: &RunArgs) -> Result<ExitCode, CliError> {
+    let (boot, disk, snapshot) = boot_choice(args)?;
     let display = DisplayConfig {
         kind: match args.display {
             DisplayArg::None => DisplayKind::None,
@@ -129,8 +135,9 @@ fn run_machine(args: &RunArgs) -> Result<ExitCode, CliError> {
         serial: serial.clone(),
         debugcon: args.debugcon.clone(),
         max_instructions: args.max_instructions,
-        disk: args.disk.clone(),
+        disk,
         cdrom: args.cdrom.clone(),
+        snapshot,
     };
     let mut console = if serial == CharTarget::Stdio || display.kind == DisplayKind::Terminal {
         Console::stdin()
@@ -139,8 +146,15 @@ fn run_machine(args: &RunArgs) -> Result<ExitCode, CliError> {
     };
     // A guest reset starts the machine anew from the same configuration,
     // as a PC's reset line does (QEMU's default too).
+    let mut noted = false;
     let (mut machine, outcome) = loop {
         let mut machine = Machine::new(&cfg)?;
+        if !noted {
+            for n in &machine.notes {
+                eprintln!("umbra: {n}");
+            }
+            noted = true;
+        }
         machine.attach_display(display.clone())?;
         if args.profile {
             machine.enable_profile();

@@ -4,7 +4,9 @@
 //! initramfs, and Linux drives the disk with its own ATA driver (ata_piix,
 //! loaded from the initramfs). The tests pick a boot menu entry by replacing
 //! syslinux.cfg in a copy of the image with mtools, as a user would, and
-//! read what the guest wrote back out of the image with mtools.
+//! read what the guest wrote back out of the image with mtools. The
+//! workload test leaves out --bios: the firmware is then the default one,
+//! Debian's SeaBIOS.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -77,6 +79,82 @@ fn umbra_bios(media_args: &[&str], serial: &Path) -> Command {
     c
 }
 
+#[test]
+fn plain_run_boots_the_default_guests_disk_through_seabios() {
+    let (disk, _) = media();
+    let before = std::fs::read(&disk).unwrap();
+    let dir = tmpdir("plain");
+    let (serial, debug) = (dir.join("serial.txt"), dir.join("debugcon.txt"));
+    // No --kernel, --bios, --disk: SeaBIOS boots the default guest's disk.
+    // Stop in syslinux's menu: the point is what boots, not Linux.
+    let o = Command::new(env!("CARGO_BIN_EXE_umbra"))
+        .args(["run", "--deterministic", "--max-instructions", "150000000"])
+        .arg("--serial")
+        .arg(format!("file:{}", serial.display()))
+        .arg("--debugcon")
+        .arg(format!("file:{}", debug.display()))
+        .stdin(Stdio::null())
+        .output()
+        .expect("umbra runs");
+    let log = std::fs::read_to_string(&serial).unwrap_or_default();
+    let dbg = std::fs::read_to_string(&debug).unwrap_or_default();
+    eprintln!("{dbg}\n{log}\n{}", text(&o.stderr));
+    assert!(
+        dbg.contains("ata0-0: UMBRA HARDDISK"),
+        "SeaBIOS found the disk"
+    );
+    assert!(dbg.contains("Booting from Hard Disk"), "and booted it");
+    assert!(log.contains("SYSLINUX"), "syslinux ran");
+    assert!(log.contains("Umbra test guest"), "its menu is the guest's");
+    assert_eq!(o.status.code(), Some(0), "stopped by --max-instructions");
+    assert!(
+        std::fs::read(&disk).unwrap() == before,
+        "the cached image is unchanged (snapshot)"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn disk_image_runs_the_workload_with_the_native_results() {
+    let g = umbra::guests::default_guest().expect("the default guest (guests/build.sh)");
+    let want = umbra::guests::read_expected(g.expected.as_ref().expect("guest.env EXPECTED"))
+        .expect("expected.txt");
+    assert_eq!(want.len(), 5, "five workload results");
+    let dir = tmpdir("workload");
+    let disk = disk_booting("workload", &dir);
+    let serial = dir.join("serial.txt");
+    let o = Command::new(env!("CARGO_BIN_EXE_umbra"))
+        .args(["run", "--disk"])
+        .arg(&disk)
+        .args(["--memory", "256M", "--engine", "jit", "--stats"])
+        .arg("--serial")
+        .arg(format!("file:{}", serial.display()))
+        .stdin(Stdio::null())
+        .output()
+        .expect("umbra runs");
+    let log = std::fs::read_to_string(&serial)
+        .unwrap_or_default()
+        .replace('\r', "");
+    eprintln!("{log}\n{}", text(&o.stderr));
+    assert!(log.contains("SYSLINUX"), "syslinux ran");
+    assert!(log.contains("BOOT-OK"), "Linux reached user space");
+    for (name, result) in &want {
+        let prefix = format!("WORKLOAD {name} ");
+        let line = log
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` line"));
+        let got = &line[prefix.len()..];
+        assert!(
+            got.starts_with(result.as_str()),
+            "{name}: got `{got}`, native `{result}`"
+        );
+    }
+    assert!(log.contains("WORK-DONE"), "the workload finished");
+    assert_eq!(o.status.code(), Some(0), "power off ends with status 0");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `seq 1 N` as the guest's busybox writes it.
 fn seq(n: u32) -> String {
     (1..=n).map(|i| format!("{i}\n")).collect()
@@ -119,6 +197,41 @@ fn guest_writes_a_file_to_the_disk_that_mtools_reads_back() {
         "fsck.fat -n is clean: {}",
         text(&fsck.stdout)
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn linux_cannot_change_a_write_protected_image() {
+    let dir = tmpdir("ro");
+    let disk = disk_booting("disktest", &dir);
+    let before = std::fs::read(&disk).unwrap();
+    let mut perm = std::fs::metadata(&disk).unwrap().permissions();
+    perm.set_readonly(true);
+    std::fs::set_permissions(&disk, perm).unwrap();
+    let serial = dir.join("serial.txt");
+    let o = umbra_bios(&["--disk", disk.to_str().unwrap()], &serial)
+        .output()
+        .expect("umbra runs");
+    let log = std::fs::read_to_string(&serial)
+        .unwrap_or_default()
+        .replace('\r', "");
+    let err = text(&o.stderr);
+    eprintln!("{log}\n{err}");
+    assert!(err.contains("write-protected"), "the user is told: {err}");
+    assert!(log.contains("BOOT-OK"), "Linux reached user space");
+    // Linux's ATA driver sees the drive abort each write (ERR, ABRT) and
+    // reports an I/O error; the guest carries on and powers off.
+    assert!(
+        log.contains("error: { ABRT }"),
+        "the drive aborted the writes"
+    );
+    assert!(log.contains("I/O error, dev sda"), "Linux saw I/O errors");
+    assert_eq!(o.status.code(), Some(0), "power off ends with status 0");
+    assert!(
+        std::fs::read(&disk).unwrap() == before,
+        "not one byte of the image changed"
+    );
+    // Unlinking needs only the directory's write permission.
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -24,6 +24,7 @@ fn seabios_prints_its_banner_on_the_vga_text_screen() {
         max_instructions: Some(8_000_000),
         disk: None,
         cdrom: None,
+        snapshot: false,
     };
     let mut m = Machine::new(&cfg).expect("machine");
     let outcome = m.run(&mut Console::none());

@@ -7,8 +7,12 @@
 //! told to start. Devices never see guest memory themselves; the hook
 //! lends it to them through their small DMA traits.
 //!
-//! Not yet: the VBE linear framebuffer BAR is not mapped (the legacy
-//! 0xA0000 window is), and IDE timing is instant.
+//! PCI BARs follow the guest: the IDE bus-master block (BAR4) and the ACPI
+//! PM block are decoded by `PciIoPorts` at each access from the registers
+//! as last written, and so is the VBE linear framebuffer (the VGA's BAR0)
+//! by `PciMemWindow`, which claims the whole PCI memory window; a BAR the
+//! firmware or Linux moves answers at its new address at once, the old one
+//! floats. IDE timing is instant.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -32,6 +36,11 @@ pub const FW_CFG_PORTS: (u16, u16) = (0x510, 12);
 pub const SEABIOS_DEBUG_PORT: u16 = 0x402;
 /// The legacy VGA memory window.
 pub const VGA_WINDOW: (u64, u64) = (0xA_0000, 0x2_0000);
+/// The PCI memory window below 4 GiB: from the end of the RAM hole's
+/// start (`layout::MMIO_HOLE_START` in umbra-firmware, where guest RAM
+/// ends at the latest) up to the I/O APIC. SeaBIOS assigns memory BARs in
+/// it (BUILD_PCIMEM_START..BUILD_PCIMEM_END).
+pub const PCI_MEM_WINDOW: (u64, u64) = (0xE000_0000, 0xFEC0_0000 - 0xE000_0000);
 /// Lowest I/O port the firmware assigns to PCI I/O BARs: the IDE
 /// bus-master block is looked for above it.
 pub const PCI_IO_START: u16 = 0x1000;
@@ -89,6 +98,12 @@ impl FirmwareDevices {
         bus.add_ports(0x1CE, 3, Box::new(VgaPorts(vga.clone())));
         mem.add_mmio(VGA_WINDOW.0, VGA_WINDOW.1);
         bus.add_mmio(VGA_WINDOW.0, VGA_WINDOW.1, Box::new(VgaWindow(vga.clone())));
+        mem.add_mmio(PCI_MEM_WINDOW.0, PCI_MEM_WINDOW.1);
+        bus.add_mmio(
+            PCI_MEM_WINDOW.0,
+            PCI_MEM_WINDOW.1,
+            Box::new(PciMemWindow { vga: vga.clone() }),
+        );
         for (base, n) in [(0x1F0, 8), (0x3F6, 1), (0x170, 8), (0x376, 1)] {
             bus.add_ports(base, n, Box::new(IdePorts(ide.clone())));
         }
@@ -245,6 +260,37 @@ impl Mmio for VgaWindow {
     }
 }
 
+/// The PCI memory window: the VBE linear framebuffer where the VGA's BAR0
+/// is now (while the BAR is assigned, i.e. not 0); the rest of the window
+/// floats (reads all ones, writes dropped), as an unclaimed PCI memory
+/// cycle ends in a master abort.
+struct PciMemWindow {
+    vga: Shared<Vga>,
+}
+
+impl PciMemWindow {
+    /// Offset in the framebuffer of `addr`, if the LFB decodes it.
+    fn lfb_offset(&self, addr: u64) -> Option<u64> {
+        let base = u64::from(self.vga.borrow().lfb_base());
+        let off = addr.wrapping_sub(base);
+        (base != 0 && off < crate::vga::LFB_SIZE as u64).then_some(off)
+    }
+}
+
+impl Mmio for PciMemWindow {
+    fn read(&mut self, addr: u64, size: u8, _now: u64) -> u64 {
+        match self.lfb_offset(addr) {
+            Some(off) => self.vga.borrow().lfb_read(off, size),
+            None => u64::MAX >> (64 - 8 * u32::from(size.clamp(1, 8))),
+        }
+    }
+    fn write(&mut self, addr: u64, size: u8, value: u64, _now: u64) {
+        if let Some(off) = self.lfb_offset(addr) {
+            self.vga.borrow_mut().lfb_write(off, size, value);
+        }
+    }
+}
+
 struct IdePorts(Shared<Ide>);
 
 impl PortIo for IdePorts {
@@ -315,5 +361,95 @@ impl PortIo for PciIoPorts {
             PciIo::Acpi(p) => self.acpi.borrow_mut().write(p, size, value, now),
             PciIo::Nothing => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pci::{CMD_IO, CMD_MEMORY};
+    use crate::platform::PlatformConfig;
+    use umbra_core::mem::Region;
+
+    struct Pc {
+        bus: Bus,
+        mem: GuestMemory,
+        devs: FirmwareDevices,
+        _platform: Platform,
+    }
+
+    fn pc() -> Pc {
+        let platform = Platform::new(PlatformConfig {
+            ram_bytes: 16 << 20,
+            serial_out: [None, None, None, None],
+            debugcon: None,
+            start_unix_secs: 0,
+        });
+        let mut bus = Bus::new();
+        let mut mem = GuestMemory::new(16 << 20).unwrap();
+        platform.attach(&mut bus);
+        let (devs, _hook) = FirmwareDevices::attach(&platform, &mut bus, &mut mem);
+        Pc {
+            bus,
+            mem,
+            devs,
+            _platform: platform,
+        }
+    }
+
+    /// A dword write to bus 0 `slot`'s config register `reg` through
+    /// configuration mechanism #1 (PCI 3.0 3.2.2.3.2).
+    fn cfg_write(pc: &mut Pc, slot: (u8, u8), reg: u8, value: u32) {
+        let addr = 0x8000_0000 | u32::from(slot.0) << 11 | u32::from(slot.1) << 8 | u32::from(reg);
+        pc.bus.io_write(0xCF8, 4, addr, 0);
+        pc.bus.io_write(0xCFC, 4, value, 0);
+    }
+
+    #[test]
+    fn vbe_framebuffer_follows_bar0_and_memory_enable() {
+        let mut pc = pc();
+        let (a, b) = (0xE000_0000u64, 0xFD00_0000u64);
+        assert_eq!(pc.mem.region(a), Region::Mmio);
+        assert_eq!(pc.mem.region(b + 0x100), Region::Mmio);
+        // Unassigned: the window floats.
+        assert_eq!(pc.bus.mmio_read(a + 0x100, 4, 0), Some(0xFFFF_FFFF));
+        cfg_write(&mut pc, VGA_SLOT, 0x10, a as u32);
+        cfg_write(&mut pc, VGA_SLOT, 0x04, u32::from(CMD_MEMORY));
+        assert!(pc.bus.mmio_write(a + 0x100, 4, 0xDEAD_BEEF, 0));
+        assert_eq!(pc.devs.vga.borrow().lfb_read(0x100, 4), 0xDEAD_BEEF);
+        // The guest moves the BAR: the pixels answer at the new address,
+        // the old one floats and a write there reaches nothing.
+        cfg_write(&mut pc, VGA_SLOT, 0x10, b as u32);
+        assert_eq!(pc.bus.mmio_read(b + 0x100, 4, 0), Some(0xDEAD_BEEF));
+        assert_eq!(pc.bus.mmio_read(a + 0x100, 4, 0), Some(0xFFFF_FFFF));
+        pc.bus.mmio_write(a + 0x100, 4, 0x1234_5678, 0);
+        assert_eq!(pc.devs.vga.borrow().lfb_read(0x100, 4), 0xDEAD_BEEF);
+        // The last byte of the 16 MiB BAR decodes, the next one floats.
+        let end = b + crate::vga::LFB_SIZE as u64;
+        pc.bus.mmio_write(end - 1, 1, 0x5A, 0);
+        assert_eq!(pc.bus.mmio_read(end - 1, 1, 0), Some(0x5A));
+        assert_eq!(pc.bus.mmio_read(end, 1, 0), Some(0xFF));
+        // Memory space disabled: nothing decodes.
+        cfg_write(&mut pc, VGA_SLOT, 0x04, 0);
+        assert_eq!(pc.bus.mmio_read(b + 0x100, 4, 0), Some(0xFFFF_FFFF));
+    }
+
+    #[test]
+    fn ide_bus_master_block_follows_bar4() {
+        let mut pc = pc();
+        let (a, b) = (0xC000u16, 0xD040u16);
+        // BAR4 (PIIX3 datasheet 2.3.9 BMIBA) at `a`, I/O space on.
+        cfg_write(&mut pc, IDE_SLOT, 0x20, u32::from(a) | 1);
+        cfg_write(&mut pc, IDE_SLOT, 0x04, u32::from(CMD_IO));
+        // Primary PRD table address register, offset 4 (dword aligned).
+        pc.bus.io_write(a + 4, 4, 0x0012_3400, 0);
+        assert_eq!(pc.bus.io_read(a + 4, 4, 0), 0x0012_3400);
+        cfg_write(&mut pc, IDE_SLOT, 0x20, u32::from(b) | 1);
+        assert_eq!(pc.bus.io_read(b + 4, 4, 0), 0x0012_3400, "new base");
+        assert_eq!(pc.bus.io_read(a + 4, 4, 0), 0xFFFF_FFFF, "old base floats");
+        pc.bus.io_write(a + 4, 4, 0x0055_0000, 0);
+        assert_eq!(pc.bus.io_read(b + 4, 4, 0), 0x0012_3400);
+        cfg_write(&mut pc, IDE_SLOT, 0x04, 0);
+        assert_eq!(pc.bus.io_read(b + 4, 4, 0), 0xFFFF_FFFF, "I/O space off");
     }
 }

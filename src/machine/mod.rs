@@ -20,7 +20,7 @@ use umbra_core::interp::Interpreter;
 use umbra_core::mem::{GuestMemory, MemError};
 use umbra_core::vm::Vm;
 use umbra_devices::firmware_devices::FirmwareDevices;
-use umbra_devices::ide::RawFile;
+use umbra_devices::ide::{BackendError, BlockBackend, RawFile, Snapshot};
 use umbra_devices::platform::{Platform, PlatformConfig, ACPI_PM_BASE, SCI_IRQ};
 use umbra_devices::PlatformRequest;
 use umbra_firmware::BootError;
@@ -113,6 +113,9 @@ pub struct MachineConfig {
     pub disk: Option<PathBuf>,
     /// ISO image in the secondary IDE master CD-ROM drive (firmware boot).
     pub cdrom: Option<PathBuf>,
+    /// Keep the guest's disk writes in memory (`Snapshot`): the image file
+    /// is opened read-only and never changes.
+    pub snapshot: bool,
 }
 
 /// Host-side failures while building the machine.
@@ -187,6 +190,10 @@ pub struct Machine {
     profile: Option<std::collections::HashMap<u32, u64>>,
     /// `--display` / `--screenshot` (firmware path only).
     display: Option<Display>,
+    /// Things the user should know about the configuration (an image
+    /// attached write-protected, an ISO given as a disk), for the CLI to
+    /// print before the run.
+    pub notes: Vec<String>,
 }
 
 fn open_target(t: &CharTarget) -> Result<Option<Box<dyn Write>>, MachineError> {
@@ -200,6 +207,44 @@ fn open_target(t: &CharTarget) -> Result<Option<Box<dyn Write>>, MachineError> {
             }
         })?)),
     })
+}
+
+/// Open the `--disk` image: read-write; with `snapshot`, read-only under a
+/// `Snapshot` overlay. A file the user may not write is attached
+/// write-protected, as a drive with its write-protect jumper set: the
+/// guest reads it, and every write command ends with ERR and ABRT in the
+/// status (ATA-6 7.15.6; ata.rs), which Linux reports as an I/O error. Adds
+/// to `notes` what the user should know.
+fn open_disk(
+    path: &std::path::Path,
+    snapshot: bool,
+    notes: &mut Vec<String>,
+) -> Result<Box<dyn BlockBackend>, MachineError> {
+    let image = |e: BackendError| MachineError::Image(e.to_string());
+    let mut disk: Box<dyn BlockBackend> = if snapshot {
+        Box::new(Snapshot::new(Box::new(
+            RawFile::open_disk(path, true).map_err(image)?,
+        )))
+    } else {
+        match RawFile::open_disk(path, false) {
+            Ok(f) => Box::new(f),
+            Err(BackendError::ReadOnlyFile { .. }) => {
+                notes.push(format!(
+                    "{} is not writable: the disk is attached write-protected (the guest's writes fail); make it writable (chmod u+w) or add --snapshot to keep the writes in memory",
+                    path.display()
+                ));
+                Box::new(RawFile::open_disk(path, true).map_err(image)?)
+            }
+            Err(e) => return Err(image(e)),
+        }
+    };
+    if umbra_devices::ide::backend::looks_like_iso(disk.as_mut()) {
+        notes.push(format!(
+            "{} is an ISO 9660 image attached as a raw hard disk; to boot it from the CD-ROM drive, give it with --cdrom",
+            path.display()
+        ));
+    }
+    Ok(disk)
 }
 
 fn read_file(what: &'static str, path: &PathBuf) -> Result<Vec<u8>, MachineError> {
@@ -237,6 +282,7 @@ impl Machine {
         platform.attach(&mut vm.bus);
         vm.intc = Some(platform.interrupt_controller());
         let mut firmware = None;
+        let mut notes = Vec::new();
         match &cfg.boot {
             Boot::Kernel {
                 kernel,
@@ -316,9 +362,7 @@ impl Machine {
                     }
                 }
                 if let Some(d) = &cfg.disk {
-                    let b = RawFile::open_disk(d, false)
-                        .map_err(|e| MachineError::Image(e.to_string()))?;
-                    devs.attach_disk(0, false, Box::new(b));
+                    devs.attach_disk(0, false, open_disk(d, cfg.snapshot, &mut notes)?);
                 }
                 if let Some(c) = &cfg.cdrom {
                     let b = RawFile::open_iso(c).map_err(|e| MachineError::Image(e.to_string()))?;
@@ -345,6 +389,7 @@ impl Machine {
             idle: Duration::ZERO,
             profile: None,
             display: None,
+            notes,
         })
     }
 

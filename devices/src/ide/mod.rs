@@ -37,7 +37,7 @@ pub mod dma;
 use serde::{Deserialize, Serialize};
 
 use crate::IrqLine;
-pub use backend::{BackendError, BlockBackend, MemBackend, RawFile};
+pub use backend::{BackendError, BlockBackend, MemBackend, RawFile, Snapshot};
 pub use dma::{DmaMemory, IdePciFunction};
 
 /// Legacy command block base of the primary channel.

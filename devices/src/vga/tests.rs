@@ -518,7 +518,13 @@ fn pci_function_identity_and_bar() {
     assert_eq!(f.read_config(0x10, 4), 0xff00_0008);
     f.write_config(0x10, 4, 0xfd00_0000);
     assert_eq!(f.read_config(0x10, 4), 0xfd00_0008);
+    assert_eq!(v.lfb_base(), 0, "memory space still disabled");
+    // Command register bit 1, Memory Space Enable (PCI 3.0 6.2.2).
+    f.write_config(0x04, 2, 0x0002);
     assert_eq!(v.lfb_base(), 0xfd00_0000);
+    f.write_config(0x04, 2, 0x0000);
+    assert_eq!(v.lfb_base(), 0, "decoding off again");
+    f.write_config(0x04, 2, 0x0002);
     // A fresh Vga (as after deserializing) adopts the function's BAR.
     let mut w = Vga::new();
     w.attach_pci_function(&f);

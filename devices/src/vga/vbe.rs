@@ -13,7 +13,7 @@ use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::pci::{ConfigSpace, PciFunction, CFG_BAR0};
+use crate::pci::{ConfigSpace, PciFunction, CFG_BAR0, CFG_COMMAND, CMD_MEMORY};
 
 /// VBE index port.
 pub const PORT_VBE_INDEX: u16 = 0x1ce;
@@ -260,7 +260,10 @@ impl PciFunction for VgaPciFunction {
     }
     fn write_config(&mut self, offset: u8, size: u8, value: u32) {
         self.config.write(offset, size, value);
+        // The BAR decodes only while memory space is enabled in the
+        // command register (PCI 3.0 6.2.2); 0 = not decoded.
         let bar = self.config.read(CFG_BAR0, 4) & BAR_MEM_ADDR_MASK;
-        self.lfb_base.set(bar);
+        let on = self.config.read(CFG_COMMAND, 2) as u16 & CMD_MEMORY != 0;
+        self.lfb_base.set(if on { bar } else { 0 });
     }
 }
