@@ -155,6 +155,14 @@ pub struct KvmEngine {
     /// The vCPU's sregs after the last compatibility-mode step (the next
     /// step starts from them); None after anything else touched them.
     sregs_cache: Option<kvm_bindings::kvm_sregs>,
+    /// KVM offers KVM_CAP_SYNC_REGS: registers and system registers
+    /// travel through kvm_run's sync area instead of their own ioctls.
+    sync: bool,
+    /// The sync area holds the vCPU's (or the next entry's) registers /
+    /// system registers: KVM copied them out on the last exit, or we put
+    /// them there for the next entry.
+    fresh_regs: bool,
+    fresh_sregs: bool,
     /// Private IVT for exact real-mode steps (mapped into the VM).
     _ivt: realstep::PrivateIvt,
     /// Copies of the guest's ROMs, mapped read-only into the VM.
@@ -315,13 +323,21 @@ impl KvmEngine {
         unsafe { vm_fd.set_user_memory_region(region) }
             .map_err(ioctl("KVM_SET_USER_MEMORY_REGION (private IVT)"))?;
 
-        let vcpu = vm_fd.create_vcpu(0).map_err(ioctl("KVM_CREATE_VCPU"))?;
+        let mut vcpu = vm_fd.create_vcpu(0).map_err(ioctl("KVM_CREATE_VCPU"))?;
         let ents = cpuid::entries();
         let cpuid = CpuId::from_entries(&ents).map_err(|_| KvmError::Ioctl {
             what: "building the CPUID table",
             err: kvm_ioctls::Error::new(libc::E2BIG),
         })?;
         vcpu.set_cpuid2(&cpuid).map_err(ioctl("KVM_SET_CPUID2"))?;
+        // Each vCPU ioctl costs a full vCPU load and put (on nested hosts
+        // several microseconds); a single step needs the registers in and
+        // out, so they ride along with KVM_RUN where KVM allows it.
+        let sync = kvm.check_extension(kvm_ioctls::Cap::SyncRegs);
+        if sync {
+            vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::Register);
+            vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::SystemRegister);
+        }
 
         Ok(KvmEngine {
             vm_fd,
@@ -333,6 +349,9 @@ impl KvmEngine {
             known: None,
             io_pending: false,
             sregs_cache: None,
+            sync,
+            fresh_regs: false,
+            fresh_sregs: false,
             _ivt: ivt,
             _roms: roms,
             interp: {
@@ -384,7 +403,7 @@ impl KvmEngine {
 
     /// Load every register of `cpu` into the vCPU.
     fn load(&mut self, cpu: &CpuState) -> Result<(), KvmError> {
-        let mut sregs = self.vcpu.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
+        let mut sregs = self.get_sregs()?;
         state::to_kvm_sregs(cpu, &mut sregs);
         self.load_with_sregs(cpu, &sregs)
     }
@@ -404,10 +423,8 @@ impl KvmEngine {
             let ents = state::msr_entries(cpu);
             self.set_msrs_lenient(&ents);
         }
-        self.vcpu.set_sregs(sregs).map_err(ioctl("KVM_SET_SREGS"))?;
-        self.vcpu
-            .set_regs(&state::to_kvm_regs(cpu))
-            .map_err(ioctl("KVM_SET_REGS"))?;
+        self.set_sregs(sregs)?;
+        self.set_regs(&state::to_kvm_regs(cpu))?;
         if !same(&|k| k.fpu == cpu.fpu && k.sse == cpu.sse) {
             self.vcpu
                 .set_fpu(&state::to_kvm_fpu(cpu))
@@ -479,9 +496,9 @@ impl KvmEngine {
 
     /// Store every register of the vCPU into `cpu`.
     fn store(&mut self, cpu: &mut CpuState) -> Result<(), KvmError> {
-        let regs = self.vcpu.get_regs().map_err(ioctl("KVM_GET_REGS"))?;
+        let regs = self.get_regs()?;
         state::from_kvm_regs(cpu, &regs);
-        let sregs = self.vcpu.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
+        let sregs = self.get_sregs()?;
         state::from_kvm_sregs(cpu, &sregs);
         self.store_common(cpu, true)
     }
@@ -574,6 +591,11 @@ impl KvmEngine {
             let run_ptr: *mut kvm_run = self.vcpu.get_kvm_run();
             self.io_pending = false;
             let exit = self.vcpu.run();
+            // KVM copied the registers out on this exit unless it failed
+            // (see `run_vcpu_raw`).
+            let fresh = self.sync && exit.is_ok();
+            self.fresh_regs = fresh;
+            self.fresh_sregs = fresh;
             match exit {
                 Ok(VcpuExit::IoOut(port, data)) => {
                     self.io_pending = true;
@@ -745,29 +767,112 @@ impl KvmEngine {
         }
         self.io_pending = false;
         self.vcpu.set_kvm_immediate_exit(1);
-        let _ = self.vcpu.run();
+        // EINTR is the expected answer to an immediate exit.
+        let _ = self.run_vcpu_raw();
         self.vcpu.set_kvm_immediate_exit(0);
     }
 
     fn point_idt_at_private_ivt(&mut self) -> Result<(), KvmError> {
-        let mut s = self.vcpu.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
+        let mut s = self.get_sregs()?;
         s.idt.base = realstep::IVT_ADDR;
-        self.vcpu.set_sregs(&s).map_err(ioctl("KVM_SET_SREGS"))
+        self.set_sregs(&s)
     }
 
-    /// Whether the vCPU kept EFLAGS.VM as loaded (PVM hosts drop it).
-    fn vm_flag_sticks(&self) -> bool {
+    /// Whether the vCPU kept EFLAGS.VM as loaded (PVM hosts drop it): the
+    /// vCPU's own copy, after the load really reached it.
+    fn vm_flag_sticks(&mut self) -> bool {
+        if self.flush_sync().is_err() {
+            return false;
+        }
         self.vcpu
             .get_regs()
             .map(|r| r.rflags & umbra_core::cpu::flags::VM as u64 != 0)
             .unwrap_or(false)
     }
 
-    fn rip_is_private(&self) -> bool {
-        self.vcpu
-            .get_regs()
+    fn rip_is_private(&mut self) -> bool {
+        self.get_regs()
             .map(|r| r.rip >= paging::BASE)
             .unwrap_or(false)
+    }
+
+    // ---- registers in and out -------------------------------------------
+    //
+    // With KVM_CAP_SYNC_REGS, KVM copies the registers and system
+    // registers into kvm_run on every exit (kvm_valid_regs) and loads the
+    // ones we mark dirty on the next entry (kvm_dirty_regs), so a step
+    // costs one ioctl instead of five. A set is then deferred to the next
+    // KVM_RUN; anything that must see the vCPU's own copy first makes it
+    // current (`flush_sync`).
+
+    /// KVM_RUN, keeping track of what the sync area holds.
+    fn run_vcpu_raw(&mut self) -> Result<(), kvm_ioctls::Error> {
+        let r = self.vcpu.run().map(|_| ());
+        // On an error KVM may have left before copying out.
+        let fresh = self.sync && r.is_ok();
+        self.fresh_regs = fresh;
+        self.fresh_sregs = fresh;
+        r
+    }
+
+    /// Load registers still waiting in the sync area with their ioctls.
+    fn flush_sync(&mut self) -> Result<(), KvmError> {
+        if !self.sync {
+            return Ok(());
+        }
+        let dirty = self.vcpu.get_kvm_run().kvm_dirty_regs;
+        let regs_bit = kvm_ioctls::SyncReg::Register as u64;
+        let sregs_bit = kvm_ioctls::SyncReg::SystemRegister as u64;
+        if dirty & regs_bit != 0 {
+            let r = self.vcpu.sync_regs().regs;
+            self.vcpu.set_regs(&r).map_err(ioctl("KVM_SET_REGS"))?;
+            self.vcpu
+                .clear_sync_dirty_reg(kvm_ioctls::SyncReg::Register);
+        }
+        if dirty & sregs_bit != 0 {
+            let r = self.vcpu.sync_regs().sregs;
+            self.vcpu.set_sregs(&r).map_err(ioctl("KVM_SET_SREGS"))?;
+            self.vcpu
+                .clear_sync_dirty_reg(kvm_ioctls::SyncReg::SystemRegister);
+        }
+        Ok(())
+    }
+
+    fn get_regs(&mut self) -> Result<kvm_bindings::kvm_regs, KvmError> {
+        if self.fresh_regs {
+            return Ok(self.vcpu.sync_regs().regs);
+        }
+        self.flush_sync()?;
+        self.vcpu.get_regs().map_err(ioctl("KVM_GET_REGS"))
+    }
+
+    fn get_sregs(&mut self) -> Result<kvm_bindings::kvm_sregs, KvmError> {
+        if self.fresh_sregs {
+            return Ok(self.vcpu.sync_regs().sregs);
+        }
+        self.flush_sync()?;
+        self.vcpu.get_sregs().map_err(ioctl("KVM_GET_SREGS"))
+    }
+
+    fn set_regs(&mut self, r: &kvm_bindings::kvm_regs) -> Result<(), KvmError> {
+        if !self.sync {
+            return self.vcpu.set_regs(r).map_err(ioctl("KVM_SET_REGS"));
+        }
+        self.vcpu.sync_regs_mut().regs = *r;
+        self.vcpu.set_sync_dirty_reg(kvm_ioctls::SyncReg::Register);
+        self.fresh_regs = true;
+        Ok(())
+    }
+
+    fn set_sregs(&mut self, r: &kvm_bindings::kvm_sregs) -> Result<(), KvmError> {
+        if !self.sync {
+            return self.vcpu.set_sregs(r).map_err(ioctl("KVM_SET_SREGS"));
+        }
+        self.vcpu.sync_regs_mut().sregs = *r;
+        self.vcpu
+            .set_sync_dirty_reg(kvm_ioctls::SyncReg::SystemRegister);
+        self.fresh_sregs = true;
+        Ok(())
     }
 
     fn run_inner(&mut self, vm: &mut Vm, budget: Budget) -> Exit {

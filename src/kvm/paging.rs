@@ -784,7 +784,7 @@ impl KvmEngine {
         self.paging.build(vm)?;
         let mut sregs = match self.sregs_cache.take() {
             Some(s) => s,
-            None => self.vcpu.get_sregs().map_err(|e| e.to_string())?,
+            None => self.get_sregs().map_err(|e| e.to_string())?,
         };
         self.paging.sregs(&vm.cpu, &mut sregs);
         let hlt_next = ins
@@ -814,7 +814,7 @@ impl KvmEngine {
             End::PrivateTrap => {
                 // The instruction faulted: the guest state is the one we
                 // loaded (nothing committed), plus CR2 for a #PF.
-                let s = self.vcpu.get_sregs().map_err(|e| e.to_string())?;
+                let s = self.get_sregs().map_err(|e| e.to_string())?;
                 self.paging.sync_back(vm);
                 let (vector, code) = self.paging.trap_frame();
                 let cr2 = s.cr2 as u32;
@@ -838,8 +838,8 @@ impl KvmEngine {
                 })
             }
             End::Budget | End::Halted | End::Timeout | End::Caught => {
-                let regs = self.vcpu.get_regs().map_err(|e| e.to_string())?;
-                let s = self.vcpu.get_sregs().map_err(|e| e.to_string())?;
+                let regs = self.get_regs().map_err(|e| e.to_string())?;
+                let s = self.get_sregs().map_err(|e| e.to_string())?;
                 self.sregs_cache = Some(s);
                 self.paging.sync_back(vm);
                 super::state::from_kvm_regs(&mut vm.cpu, &regs);
