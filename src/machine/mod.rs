@@ -582,6 +582,14 @@ impl Machine {
                 j.indirect_lookups,
                 j.indirect_hits,
             );
+            let top: Vec<String> = j
+                .top_monitor_mnemonics(16)
+                .iter()
+                .map(|(k, n)| format!("{k}:{n}"))
+                .collect();
+            if !top.is_empty() {
+                out += &format!("\nmonitor calls by instruction: {}", top.join(" "));
+            }
             if !j.unimplemented.is_empty() {
                 let u: Vec<String> = j
                     .unimplemented

@@ -15,6 +15,7 @@
 
 pub mod branch;
 pub mod flags;
+pub mod flow;
 pub mod mem;
 pub mod native;
 pub mod stubs;
