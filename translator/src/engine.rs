@@ -96,7 +96,7 @@ impl TranslatorStats {
                 (c > 0).then(|| (format!("{m:?}"), c))
             })
             .collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v.sort_by_key(|e| std::cmp::Reverse(e.1));
         v.truncate(n);
         v
     }

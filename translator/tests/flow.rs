@@ -346,3 +346,135 @@ fn sixteen_bit_stack_wraps_sp_on_call_and_return() {
     // The inner return address went to SS:FFFC (no 64 KiB crossing).
     assert_eq!(vm.mem.read_u32(0xFFFC), PAGE2 + 5);
 }
+
+/// The REP string tests' program: fill 0x9000.. with a byte pattern
+/// (REP STOSB in pieces), copy it with REP MOVSD / MOVSW / MOVSB across
+/// page boundaries, smear it with an overlapping forward MOVSB, and run
+/// one copy with DF set (the monitor's path).
+fn string_program() -> Vec<u8> {
+    assemble(CODE, |a| {
+        a.cld()?;
+        // 5,000 bytes of 0x5A at 0x9000 (crosses into 0xA000 and 0xB000).
+        a.mov(edi, 0x9000u32)?;
+        a.mov(ecx, 5000u32)?;
+        a.mov(al, 0x5Au32)?;
+        a.rep().stosb()?;
+        // A zero count does nothing.
+        a.xor(ecx, ecx)?;
+        a.rep().stosd()?;
+        // Words 0x1234 over 0x9100..0x9300.
+        a.mov(edi, 0x9100u32)?;
+        a.mov(ecx, 0x100u32)?;
+        a.mov(eax, 0x1234u32)?;
+        a.rep().stosw()?;
+        // Copy 3,001 dwords from 0x9000 to 0x10004 (unaligned pages).
+        a.mov(esi, 0x9000u32)?;
+        a.mov(edi, 0x10004u32)?;
+        a.mov(ecx, 3001u32)?;
+        a.rep().movsd()?;
+        // Words and bytes with a DS override on the source.
+        a.mov(esi, 0x9101u32)?;
+        a.mov(edi, 0x14000u32)?;
+        a.mov(ecx, 777u32)?;
+        a.rep().movsw()?;
+        a.mov(ecx, 33u32)?;
+        a.rep().movsb()?;
+        // Overlapping forward copy: each byte copies the one before.
+        a.mov(byte_ptr(0x15000), 0x77u32)?;
+        a.mov(esi, 0x15000u32)?;
+        a.mov(edi, 0x15001u32)?;
+        a.mov(ecx, 300u32)?;
+        a.rep().movsb()?;
+        // DF set: backwards, through the monitor.
+        a.std()?;
+        a.mov(esi, 0x90FFu32)?;
+        a.mov(edi, 0x160FFu32)?;
+        a.mov(ecx, 0x100u32)?;
+        a.rep().movsb()?;
+        a.cld()?;
+        a.hlt()
+    })
+}
+
+#[test]
+fn rep_movs_and_stos_agree_with_the_interpreter() {
+    let (mut vm, x, t) = both(&[(CODE, string_program())], |_| {}, 100_000);
+    assert_eq!(x, Exit::Halted);
+    // The first copied dword (bytes 5A 5A 5A 5A) and one from the words.
+    assert_eq!(vm.mem.read_u32(0x10004), 0x5A5A_5A5A);
+    assert_eq!(vm.mem.read_u16(0x10004 + 0x100), 0x1234);
+    // The smear: 301 bytes of 0x77, then untouched memory (zero).
+    assert_eq!(vm.mem.read_u8(0x15000 + 300), 0x77);
+    assert_eq!(vm.mem.read_u8(0x15000 + 301), 0);
+    // The backwards copy reached 0x16000 from 0x9000: 0x5A.
+    assert_eq!(vm.mem.read_u8(0x16000), 0x5A);
+    // ESI/EDI/ECX after the last (backwards) copy.
+    assert_eq!(vm.cpu.gpr[1] as u32, 0);
+    assert_eq!(vm.cpu.gpr[6] as u32, 0x8FFF);
+    assert_eq!(vm.cpu.gpr[7] as u32, 0x15FFF);
+    // Most batches ran natively: few monitor calls (first touches of
+    // pages, crossings, the DF copy).
+    assert!(t.stats().monitor_calls < 40, "{:?}", t.stats());
+}
+
+#[test]
+fn rep_batches_follow_the_budget_exactly() {
+    // Budgets of 3 instructions: batches of a long REP MOVSD re-execute
+    // across run boundaries; retired counts and state must match the
+    // interpreter's after every slice (`both` compares at the end, the
+    // slices make every batch boundary a budget boundary too).
+    let (_, x, _) = both(&[(CODE, string_program())], |_| {}, 3);
+    assert_eq!(x, Exit::Halted);
+}
+
+#[test]
+fn rep_batch_of_one_is_one_iteration_per_instruction() {
+    // As in lockstep comparisons: one iteration per execution.
+    let code = string_program();
+    let mut vj = machine(&[(CODE, code.clone())]);
+    let mut t = Translator::new(1 << 20).unwrap();
+    t.set_rep_batch(1);
+    let xj = run(&mut t, &mut vj, 50, 1_000_000);
+    let mut vi = machine(&[(CODE, code)]);
+    let mut i = Interpreter::new();
+    i.rep_batch = 1;
+    let xi = run(&mut i, &mut vi, 50, 1_000_000);
+    assert_eq!((xj, xi), (Exit::Halted, Exit::Halted));
+    assert_eq!(vj.cpu.gpr, vi.cpu.gpr);
+    assert_eq!(vj.clock.retired, vi.clock.retired);
+    // 5,000 + 256 + 3,001 + 777 + 33 + 300 + 256 iterations, each one
+    // instruction; 25 other instructions (HLT included) and the REP
+    // STOSD with a zero count, which retires once.
+    assert_eq!(vj.clock.retired, 9_623 + 26);
+}
+
+#[test]
+fn leave_restores_the_frame() {
+    // f: push ebp ; mov ebp, esp ; sub esp, 16 ; mov [ebp-4], eax ;
+    // add eax, [ebp-4] ; leave ; ret. 30 calls double EAX's low bits.
+    let main = assemble(CODE, |a| {
+        let mut top = a.create_label();
+        a.mov(ecx, 30)?;
+        a.mov(eax, 1)?;
+        a.mov(ebp, 0x1234_5678u32)?;
+        a.set_label(&mut top)?;
+        a.call(PAGE2 as u64)?;
+        a.dec(ecx)?;
+        a.jne(top)?;
+        a.hlt()
+    });
+    let f = assemble(PAGE2, |a| {
+        a.push(ebp)?;
+        a.mov(ebp, esp)?;
+        a.sub(esp, 16)?;
+        a.mov(dword_ptr(ebp - 4), eax)?;
+        a.add(eax, dword_ptr(ebp - 4))?;
+        a.leave()?;
+        a.ret()
+    });
+    let (vm, x, _) = both(&[(CODE, main), (PAGE2, f)], |_| {}, 100_000);
+    assert_eq!(x, Exit::Halted);
+    assert_eq!(vm.cpu.gpr[0] as u32, 1 << 30);
+    assert_eq!(vm.cpu.gpr[5] as u32, 0x1234_5678);
+    assert_eq!(vm.cpu.gpr[ESP] as u32, 0x8000);
+}

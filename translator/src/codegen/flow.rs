@@ -454,3 +454,51 @@ fn host_reg_ok(ins: &iced_x86::Instruction) -> Option<()> {
         _ => None,
     }
 }
+
+/// LEAVE with a 32-bit operand and stack (ESP = EBP, then EBP = pop)
+/// through a flat SS; the slow path runs it in the monitor. Nothing is
+/// committed before the read hit.
+///
+/// ```text
+///   pushfq ; pop [rbp+hflags]              (if dirty)
+///   mov edi, r13d ; cmp edi, -3 ; jae slow
+///   mov esi, [rbp+seg_base(SS)] ; lea edi, [rdi+rsi]
+///   <shadow lookup for a read: host pointer in rsi>
+///   lea r12d, [r13+4] ; mov r13d, [rsi]
+/// resume:
+/// ```
+pub fn emit_leave(e: &mut Emitter, m: &InsnMeta) -> bool {
+    if m.ins.code() != Code::Leaved
+        || m.ins.has_lock_prefix()
+        || e.key.mode & mode::STACK32 == 0
+        || !stack_ok(e, false)
+    {
+        return false;
+    }
+    e.clobber_flags();
+    let slow = e.ops.new_dynamic_label();
+    let resume = e.ops.new_dynamic_label();
+    dynasm!(e.ops
+        ; .arch x64
+        ; mov edi, r13d
+        ; cmp edi, -3
+        ; jae =>slow
+        ; mov esi, DWORD [rbp + off::seg_base(SegReg::Ss as usize)]
+        ; lea edi, [rdi + rsi]
+    );
+    let bit = perm_bit(e, false);
+    emit_lookup(e, 4, bit, slow);
+    dynasm!(e.ops
+        ; .arch x64
+        ; lea r12d, [r13 + 4]
+        ; mov r13d, DWORD [rsi]
+        ; =>resume
+    );
+    e.cold.push(super::mem::ColdPath {
+        slow,
+        resume,
+        meta: m as *const InsnMeta,
+        flags_in_host: false,
+    });
+    true
+}
