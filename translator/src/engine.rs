@@ -188,6 +188,10 @@ pub struct Translator {
     /// The last exit was a miss of the inline branch-target lookup: record
     /// the block entered next there.
     pending_ib: bool,
+    /// With `UMBRA_PERF_MAP` set in the environment: `/tmp/perf-<pid>.map`,
+    /// one line per translated block (host address, size, guest linear
+    /// address), so that `perf report` names generated code.
+    perf_map: Option<std::fs::File>,
 }
 
 impl Translator {
@@ -219,6 +223,9 @@ impl Translator {
             stubs,
             pending_chain: None,
             pending_ib: false,
+            perf_map: std::env::var_os("UMBRA_PERF_MAP").and_then(|_| {
+                std::fs::File::create(format!("/tmp/perf-{}.map", std::process::id())).ok()
+            }),
         })
     }
 
@@ -332,6 +339,11 @@ impl Translator {
         mon.stats.translations += 1;
         mon.stats.insns_translated += guest.insns.len() as u64;
         mon.stats.host_bytes += bytes.len() as u64;
+        if let Some(f) = self.perf_map.as_mut() {
+            use std::io::Write;
+            // Best effort: a profiling aid, never worth failing for.
+            let _ = writeln!(f, "{addr:x} {:x} guest_{:08x}", bytes.len(), key.lin);
+        }
         Some(mon.cache.insert(vm, key, addr, guest, sites))
     }
 
