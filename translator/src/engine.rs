@@ -72,6 +72,9 @@ pub struct TranslatorStats {
     pub interp_steps: u64,
     /// Entries into generated code.
     pub entries: u64,
+    /// Returns from generated code by `ctx::exit` code (NEXT, BUDGET,
+    /// MONITOR, SHUTDOWN, CHAIN, INDIRECT).
+    pub exits: [u64; 6],
     /// Decoded instructions with no handler (raised #UD), by code.
     pub unimplemented: BTreeMap<String, u64>,
 }
@@ -387,6 +390,9 @@ impl Translator {
         self.mon.cache.reap();
         self.pending_chain = None;
         self.pending_ib = ctx.exit == exit::INDIRECT;
+        if let Some(n) = self.mon.stats.exits.get_mut(ctx.exit as usize) {
+            *n += 1;
+        }
         if ctx.exit == exit::CHAIN {
             let (id, idx) = ((ctx.exit_site >> 2) as usize, (ctx.exit_site & 3) as usize);
             if let Some(b) = self.mon.cache.block(id) {

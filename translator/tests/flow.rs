@@ -478,3 +478,67 @@ fn leave_restores_the_frame() {
     assert_eq!(vm.cpu.gpr[5] as u32, 0x1234_5678);
     assert_eq!(vm.cpu.gpr[ESP] as u32, 0x8000);
 }
+
+#[test]
+fn lods_scas_stos_one_element_at_a_time() {
+    // The i386 kernel's strcmp: LODSB ; SCASB ; JNE ; TEST AL, AL ; JNE.
+    // The strings differ at index 40 ('x' > 'a'); the second crosses a
+    // page (0x6FF0..). Then STOSW/LODSD forwards and backwards (DF set:
+    // the monitor's path).
+    let mut s1 = vec![b'a'; 40];
+    s1.extend_from_slice(b"x\0");
+    let mut s2 = vec![b'a'; 41];
+    s2.push(0);
+    let main = assemble(CODE, |a| {
+        let mut l = a.create_label();
+        let mut diff = a.create_label();
+        let mut done = a.create_label();
+        a.cld()?;
+        a.mov(esi, DATA)?;
+        a.mov(edi, DATA + 0xFF0)?;
+        a.set_label(&mut l)?;
+        a.lodsb()?;
+        a.scasb()?;
+        a.jne(diff)?;
+        a.test(al, al)?;
+        a.jne(l)?;
+        a.xor(eax, eax)?;
+        a.jmp(done)?;
+        a.set_label(&mut diff)?;
+        a.sbb(eax, eax)?;
+        a.or(al, 1)?;
+        a.set_label(&mut done)?;
+        a.mov(ebx, eax)?;
+        a.mov(edx, esi)?;
+        // 16 words of 0xBEEF at 0x9000, then read two dwords back.
+        a.mov(edi, 0x9000u32)?;
+        a.mov(eax, 0xBEEFu32)?;
+        for _ in 0..16 {
+            a.stosw()?;
+        }
+        a.mov(esi, 0x9000u32)?;
+        a.lodsd()?;
+        a.std()?;
+        a.lodsd()?;
+        a.lodsd()?;
+        a.cld()?;
+        a.hlt()
+    });
+    let (vm, x, t) = both(
+        &[(CODE, main), (DATA, s1), (DATA + 0xFF0, s2)],
+        |_| {},
+        100_000,
+    );
+    assert_eq!(x, Exit::Halted);
+    // 'x' (0x78) - 'a' (0x61) borrows nothing: EAX = 0 | 1 = 1.
+    assert_eq!(vm.cpu.gpr[3] as u32, 1);
+    // ESI after 41 LODSBs.
+    assert_eq!(vm.cpu.gpr[2] as u32, DATA + 41);
+    // 0x9000 + 4, then back 4 twice: 0x8FFC; EAX = the dword at 0x9000.
+    assert_eq!(vm.cpu.gpr[6] as u32, 0x8FFC);
+    assert_eq!(vm.cpu.gpr[0] as u32, 0xBEEF_BEEF);
+    assert_eq!(vm.cpu.gpr[7] as u32, 0x9020);
+    // The 82 string instructions of the loop ran natively: the monitor
+    // saw CLD/STD, first touches of pages, the DF-set LODSDs and HLT.
+    assert!(t.stats().monitor_calls < 30, "{:?}", t.stats());
+}

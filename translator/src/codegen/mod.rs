@@ -215,6 +215,7 @@ pub fn emit_block(
         }
         if native::emit(&mut e, m, live[i])
             || string::emit(&mut e, m)
+            || string::emit_single(&mut e, m)
             || flow::emit_leave(&mut e, m)
         {
             continue;

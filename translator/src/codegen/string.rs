@@ -218,3 +218,112 @@ pub fn emit(e: &mut Emitter, m: &InsnMeta) -> bool {
     };
     true
 }
+
+/// LODS, SCAS and STOS without a REP prefix, with a 32-bit address size
+/// and a flat segment: one element through the inline shadow lookup. The
+/// host's own CMP computes SCAS's flags (AL/AX/EAX minus the element, as
+/// SCAS defines them); the index register steps with a flag-free LEA. DF
+/// set or a miss runs the instruction in the monitor (the block's cold
+/// path), which faults precisely.
+///
+/// ```text
+///   pushfq ; pop [rbp+hflags]                 (if dirty)
+///   mov r8, [rbp+vm] ; test dword [r8+eflags], DF ; jnz slow
+///   mov edi, idx ; cmp edi, -(size-1) ; jae slow    (size > 1)
+///   mov esi, [rbp+seg_base(seg)] ; lea edi, [rdi+rsi]
+///   <shadow lookup for the access: host pointer in rsi>
+///   LODS: mov al|ax|eax, [rsi]   SCAS: cmp al|ax|eax, [rsi]
+///   STOS: mov [rsi], al|ax|eax
+///   lea idx, [idx+size]
+/// resume:
+/// ```
+pub fn emit_single(e: &mut Emitter, m: &InsnMeta) -> bool {
+    let ins = &m.ins;
+    #[derive(PartialEq)]
+    enum Op {
+        Lods,
+        Scas,
+        Stos,
+    }
+    let op = match ins.mnemonic() {
+        Mnemonic::Lodsb | Mnemonic::Lodsw | Mnemonic::Lodsd => Op::Lods,
+        Mnemonic::Scasb | Mnemonic::Scasw | Mnemonic::Scasd => Op::Scas,
+        Mnemonic::Stosb | Mnemonic::Stosw | Mnemonic::Stosd => Op::Stos,
+        _ => return false,
+    };
+    if ins.has_rep_prefix() || ins.has_repne_prefix() || ins.has_lock_prefix() {
+        return false;
+    }
+    let (mem_kind, idx, seg) = match op {
+        Op::Lods => (ins.op1_kind(), 14u8, seg_index(ins.memory_segment())),
+        Op::Scas => (ins.op1_kind(), 15u8, Some(SegReg::Es)),
+        Op::Stos => (ins.op0_kind(), 15u8, Some(SegReg::Es)),
+    };
+    let want = if op == Op::Lods {
+        OpKind::MemorySegESI
+    } else {
+        OpKind::MemoryESEDI
+    };
+    let Some(seg) = seg else {
+        return false;
+    };
+    let write = op == Op::Stos;
+    if mem_kind != want
+        || !seg_flat(e.key.mode, seg, false)
+        || (write && !seg_flat(e.key.mode, seg, true))
+    {
+        return false;
+    }
+    let size = ins.memory_size().size() as i32;
+    if !matches!(size, 1 | 2 | 4) {
+        return false;
+    }
+    e.clobber_flags();
+    let slow = e.ops.new_dynamic_label();
+    let resume = e.ops.new_dynamic_label();
+    dynasm!(e.ops
+        ; .arch x64
+        ; mov r8, QWORD [rbp + CTX_VM]
+        ; test DWORD [r8 + VM_EFLAGS], flags::DF as i32
+        ; jnz =>slow
+        ; mov edi, Rd(idx)
+    );
+    if size > 1 {
+        dynasm!(e.ops ; .arch x64 ; cmp edi, 1 - size ; jae =>slow);
+    }
+    dynasm!(e.ops
+        ; .arch x64
+        ; mov esi, DWORD [rbp + off::seg_base(seg as usize)]
+        ; lea edi, [rdi + rsi]
+    );
+    let bit = perm_bit(e, write);
+    emit_lookup(e, size, bit, slow);
+    match (&op, size) {
+        (Op::Lods, 1) => dynasm!(e.ops ; .arch x64 ; mov al, BYTE [rsi]),
+        (Op::Lods, 2) => dynasm!(e.ops ; .arch x64 ; mov ax, WORD [rsi]),
+        (Op::Lods, _) => dynasm!(e.ops ; .arch x64 ; mov eax, DWORD [rsi]),
+        (Op::Scas, 1) => dynasm!(e.ops ; .arch x64 ; cmp al, BYTE [rsi]),
+        (Op::Scas, 2) => dynasm!(e.ops ; .arch x64 ; cmp ax, WORD [rsi]),
+        (Op::Scas, _) => dynasm!(e.ops ; .arch x64 ; cmp eax, DWORD [rsi]),
+        (Op::Stos, 1) => dynasm!(e.ops ; .arch x64 ; mov BYTE [rsi], al),
+        (Op::Stos, 2) => dynasm!(e.ops ; .arch x64 ; mov WORD [rsi], ax),
+        (Op::Stos, _) => dynasm!(e.ops ; .arch x64 ; mov DWORD [rsi], eax),
+    }
+    dynasm!(e.ops
+        ; .arch x64
+        ; lea Rd(idx), [Rq(idx) + size]
+        ; =>resume
+    );
+    let flags_in_host = op == Op::Scas;
+    e.flags = FlagState {
+        in_host: flags_in_host,
+        dirty: flags_in_host,
+    };
+    e.cold.push(super::mem::ColdPath {
+        slow,
+        resume,
+        meta: m as *const InsnMeta,
+        flags_in_host,
+    });
+    true
+}
