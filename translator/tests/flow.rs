@@ -542,3 +542,35 @@ fn lods_scas_stos_one_element_at_a_time() {
     // saw CLD/STD, first touches of pages, the DF-set LODSDs and HLT.
     assert!(t.stats().monitor_calls < 30, "{:?}", t.stats());
 }
+
+#[test]
+fn push_memory_operand() {
+    // push dword [DATA] ; push dword [esp] (address taken before the
+    // push) ; push dword [esi+4] ; pop x3; 20 rounds summing into EAX.
+    let main = assemble(CODE, |a| {
+        let mut top = a.create_label();
+        a.mov(ecx, 20)?;
+        a.mov(esi, DATA)?;
+        a.set_label(&mut top)?;
+        a.push(dword_ptr(DATA))?;
+        a.push(dword_ptr(esp))?;
+        a.push(dword_ptr(esi + 4))?;
+        a.pop(edx)?;
+        a.add(eax, edx)?;
+        a.pop(edx)?;
+        a.add(eax, edx)?;
+        a.pop(edx)?;
+        a.add(eax, edx)?;
+        a.dec(ecx)?;
+        a.jne(top)?;
+        a.hlt()
+    });
+    let mut data = 7u32.to_le_bytes().to_vec();
+    data.extend_from_slice(&100u32.to_le_bytes());
+    let (vm, x, t) = both(&[(CODE, main), (DATA, data)], |_| {}, 100_000);
+    assert_eq!(x, Exit::Halted);
+    // Each round: 100 + 7 + 7.
+    assert_eq!(vm.cpu.gpr[0] as u32, 20 * 114);
+    assert_eq!(vm.cpu.gpr[ESP] as u32, 0x8000);
+    assert!(t.stats().monitor_calls < 10, "{:?}", t.stats());
+}

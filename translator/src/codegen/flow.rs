@@ -502,3 +502,64 @@ pub fn emit_leave(e: &mut Emitter, m: &InsnMeta) -> bool {
     });
     true
 }
+
+/// PUSH r/m32 with a memory operand, a 32-bit stack and flat segments:
+/// the operand is read (its address computed with ESP before the push),
+/// then stored below ESP; ESP changes last. A miss of either access runs
+/// the instruction in the monitor (the block's cold path).
+///
+/// ```text
+///   pushfq ; pop [rbp+hflags]              (if dirty)
+///   <operand into r11d, or jmp slow>
+///   lea edi, [r12-4] ; cmp edi, -3 ; jae slow
+///   mov esi, [rbp+seg_base(SS)] ; lea edi, [rdi+rsi]
+///   <shadow lookup for a write: host pointer in rsi>
+///   mov [rsi], r11d ; lea r12d, [r12-4]
+/// resume:
+/// ```
+pub fn emit_push_mem(e: &mut Emitter, m: &InsnMeta) -> bool {
+    let ins = &m.ins;
+    if ins.code() != Code::Push_rm32
+        || ins.op0_kind() != OpKind::Memory
+        || ins.has_lock_prefix()
+        || e.key.mode & mode::STACK32 == 0
+        || !stack_ok(e, true)
+    {
+        return false;
+    }
+    let ok = seg_index(ins.memory_segment()).is_some_and(|s| seg_flat(e.key.mode, s, false))
+        && addr_reg(ins.memory_base()).is_some()
+        && addr_reg(ins.memory_index()).is_some();
+    if !ok {
+        return false;
+    }
+    e.clobber_flags();
+    let slow = e.ops.new_dynamic_label();
+    let resume = e.ops.new_dynamic_label();
+    if !emit_rm_target(e, m, 4, slow) {
+        dynasm!(e.ops ; .arch x64 ; jmp =>slow);
+    }
+    dynasm!(e.ops
+        ; .arch x64
+        ; lea edi, [r12 - 4]
+        ; cmp edi, -3
+        ; jae =>slow
+        ; mov esi, DWORD [rbp + off::seg_base(SegReg::Ss as usize)]
+        ; lea edi, [rdi + rsi]
+    );
+    let bit = perm_bit(e, true);
+    emit_lookup(e, 4, bit, slow);
+    dynasm!(e.ops
+        ; .arch x64
+        ; mov DWORD [rsi], r11d
+        ; lea r12d, [r12 - 4]
+        ; =>resume
+    );
+    e.cold.push(super::mem::ColdPath {
+        slow,
+        resume,
+        meta: m as *const InsnMeta,
+        flags_in_host: false,
+    });
+    true
+}

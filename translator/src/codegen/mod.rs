@@ -217,6 +217,7 @@ pub fn emit_block(
             || string::emit(&mut e, m)
             || string::emit_single(&mut e, m)
             || flow::emit_leave(&mut e, m)
+            || flow::emit_push_mem(&mut e, m)
         {
             continue;
         }
