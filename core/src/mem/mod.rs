@@ -656,6 +656,27 @@ mod tests {
     }
 
     #[test]
+    fn watched_code_gen_counts_only_changes_behind_the_watch() {
+        let mut m = GuestMemory::new(0x10000).unwrap();
+        m.mark_code_frame(2);
+        m.mark_code_frame(3);
+        m.set_watched(3, true);
+        let (gen, watched) = (m.code_gen, m.watched_code_gen());
+        // A code frame nobody watches, and a watched one (logged as a
+        // hit): both bump code_gen, neither the watched generation.
+        m.write_u8(0x2004, 7);
+        m.write_u8(0x3004, 7);
+        assert_eq!(m.code_gen, gen + 2);
+        assert_eq!(m.watched_code_gen(), watched);
+        // An unlogged page-table update in the watched code frame, and a
+        // raw host write: both are changes behind the watch.
+        m.write_u32_unlogged(0x3010, 5);
+        assert_eq!(m.watched_code_gen(), watched + 1);
+        m.ram_mut()[0x3020] = 1;
+        assert_eq!(m.watched_code_gen(), watched + 2);
+    }
+
+    #[test]
     fn bad_sizes_are_errors() {
         assert!(GuestMemory::new(0).is_err());
         assert!(GuestMemory::new(4097).is_err());
