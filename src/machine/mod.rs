@@ -627,6 +627,19 @@ impl Machine {
                 j.indirect_lookups,
                 j.indirect_hits,
             );
+            let [next, budget, monitor, shutdown, chain, indirect] = j.exits;
+            out += &format!(
+                "\ntranslated code exits: next {next} budget {budget} monitor {monitor} \
+                 shutdown {shutdown} chain {chain} inline-lookup misses {indirect}"
+            );
+            let top: Vec<String> = j
+                .top_monitor_mnemonics(16)
+                .iter()
+                .map(|(k, n)| format!("{k}:{n}"))
+                .collect();
+            if !top.is_empty() {
+                out += &format!("\nmonitor calls by instruction: {}", top.join(" "));
+            }
             if !j.unimplemented.is_empty() {
                 let u: Vec<String> = j
                     .unimplemented

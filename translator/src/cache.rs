@@ -21,6 +21,7 @@ use umbra_core::vm::Vm;
 
 use crate::block::{BlockKey, GuestBlock};
 use crate::codegen::branch::ExitSite;
+use crate::codegen::flow::{ib_slot, IbEntry, IB_EMPTY, IB_ENTRIES};
 use crate::engine::TranslatorStats;
 use crate::exec::ExecMem;
 
@@ -45,7 +46,8 @@ pub struct Block {
     pub key: BlockKey,
     /// Host address of its code.
     pub code: usize,
-    /// `GuestMemory::code_gen` when its bytes last matched memory.
+    /// `GuestMemory::watched_code_gen` when its bytes last matched memory
+    /// (writes to its frame under the watch drop it instead).
     pub gen: u64,
     /// Unique over the cache's life: tells a reused id apart.
     pub serial: u64,
@@ -77,6 +79,9 @@ pub struct Cache {
     cur: usize,
     /// Blocks of each region: (id, serial).
     region_blocks: Vec<Vec<(usize, u64)>>,
+    /// The inline branch-target table generated code reads
+    /// (`codegen::flow`): only live blocks, by full key.
+    ib: Box<[IbEntry]>,
 }
 
 fn fast_slot(lin: u32) -> usize {
@@ -113,6 +118,7 @@ impl Cache {
             regions,
             cur: 0,
             region_blocks: vec![Vec::new(); regions],
+            ib: vec![IB_EMPTY; IB_ENTRIES].into_boxed_slice(),
         }
     }
 
@@ -141,6 +147,35 @@ impl Cache {
         let id = *self.map.get(key)?;
         self.fast[slot] = (*key, id as u32);
         Some(id)
+    }
+
+    /// The inline branch-target table, for `JitCtx::ib_table`.
+    pub fn ib_table(&self) -> *const IbEntry {
+        self.ib.as_ptr()
+    }
+
+    /// Record live block `id` in the inline branch-target table (its
+    /// bytes must match memory now: the caller checked `gen`).
+    pub fn ib_insert(&mut self, id: usize) {
+        let Some(b) = self.block(id) else {
+            return;
+        };
+        let k = b.key;
+        let entry = IbEntry {
+            lin: k.lin,
+            phys: k.phys,
+            mode: k.mode,
+            cs_base: k.cs_base,
+            code: b.code as u64,
+            pad: 0,
+        };
+        self.ib[ib_slot(k.lin)] = entry;
+    }
+
+    /// Empty the inline branch-target table (memory changed behind the
+    /// write-watch: no block is known valid any more).
+    pub fn ib_clear(&mut self) {
+        self.ib.fill(IB_EMPTY);
     }
 
     /// The id the next `insert` uses.
@@ -195,7 +230,7 @@ impl Cache {
         let b = Block {
             key,
             code,
-            gen: vm.mem.code_gen,
+            gen: vm.mem.watched_code_gen(),
             serial,
             guest,
             exits: sites
@@ -294,6 +329,10 @@ impl Cache {
         let slot = fast_slot(b.key.lin);
         if self.fast[slot].1 == id as u32 {
             self.fast[slot].1 = NO_BLOCK;
+        }
+        let ib = &mut self.ib[ib_slot(b.key.lin)];
+        if ib.code == b.code as u64 {
+            *ib = IB_EMPTY;
         }
         for &(src, idx, serial) in &b.incoming {
             let Some(s) = self.blocks.get_mut(src).and_then(|s| s.as_mut()) else {

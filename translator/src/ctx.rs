@@ -42,6 +42,10 @@ pub mod exit {
     /// A block exit whose jump can be chained: continue at `eip`;
     /// `JitCtx::exit_site` names the exit (`branch::site_code`).
     pub const CHAIN: u32 = 4;
+    /// The inline lookup of a branch target (`codegen::flow`) missed: the
+    /// branch is done, continue at `eip`; the dispatcher records the block
+    /// it enters there in the lookup table.
+    pub const INDIRECT: u32 = 5;
 }
 
 /// The state translated code works on. `#[repr(C)]`: generated code uses
@@ -72,6 +76,8 @@ pub struct JitCtx {
     /// With `exit::CHAIN`: which block exit was taken (block id * 4 +
     /// exit index).
     pub exit_site: u32,
+    /// The inline branch-target table (`codegen::flow::IbEntry`s).
+    pub ib_table: *const core::ffi::c_void,
 }
 
 impl JitCtx {
@@ -88,6 +94,7 @@ impl JitCtx {
             vm: core::ptr::null_mut(),
             engine: core::ptr::null_mut(),
             exit_site: 0,
+            ib_table: core::ptr::null(),
         }
     }
 
@@ -135,6 +142,7 @@ pub mod off {
     pub const RAM_BASE: i32 = offset_of!(JitCtx, ram_base) as i32;
     pub const SHADOW: i32 = offset_of!(JitCtx, shadow) as i32;
     pub const EXIT_SITE: i32 = offset_of!(JitCtx, exit_site) as i32;
+    pub const IB_TABLE: i32 = offset_of!(JitCtx, ib_table) as i32;
     pub const fn seg_base(i: usize) -> i32 {
         (offset_of!(JitCtx, seg_base) + 4 * i) as i32
     }

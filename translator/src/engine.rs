@@ -64,14 +64,46 @@ pub struct TranslatorStats {
     pub indirect_hits: u64,
     /// Calls from generated code into monitor routines.
     pub monitor_calls: u64,
+    /// Monitor calls by the mnemonic of the instruction they ran
+    /// (`iced_x86::Mnemonic` as index).
+    pub monitor_by_mnemonic: Vec<u64>,
     /// Exceptions raised by instructions run in monitor routines.
     pub exceptions: u64,
     /// Instructions the dispatcher gave to the interpreter.
     pub interp_steps: u64,
     /// Entries into generated code.
     pub entries: u64,
+    /// Returns from generated code by `ctx::exit` code (NEXT, BUDGET,
+    /// MONITOR, SHUTDOWN, CHAIN, INDIRECT).
+    pub exits: [u64; 6],
     /// Decoded instructions with no handler (raised #UD), by code.
     pub unimplemented: BTreeMap<String, u64>,
+}
+
+impl TranslatorStats {
+    /// Count a monitor call that runs an instruction with mnemonic `m`.
+    #[inline]
+    pub fn note_monitor_call(&mut self, m: iced_x86::Mnemonic) {
+        self.monitor_calls += 1;
+        let i = m as usize;
+        if i >= self.monitor_by_mnemonic.len() {
+            self.monitor_by_mnemonic.resize(i + 1, 0);
+        }
+        self.monitor_by_mnemonic[i] += 1;
+    }
+
+    /// The `n` mnemonics with the most monitor calls, most first.
+    pub fn top_monitor_mnemonics(&self, n: usize) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = iced_x86::Mnemonic::values()
+            .filter_map(|m| {
+                let c = *self.monitor_by_mnemonic.get(m as usize)?;
+                (c > 0).then(|| (format!("{m:?}"), c))
+            })
+            .collect();
+        v.sort_by_key(|e| std::cmp::Reverse(e.1));
+        v.truncate(n);
+        v
+    }
 }
 
 /// What monitor routines need while generated code runs, reached through
@@ -87,6 +119,10 @@ pub struct Monitor {
     /// `block::mode_of` the CPU while generated code runs: fixed between
     /// entry and exit (instructions that change it leave the block).
     pub cur_mode: u32,
+    /// `GuestMemory::watched_code_gen` the inline branch-target table and
+    /// the running code are valid for: set on entry; a monitor routine
+    /// that sees it change leaves for the dispatcher.
+    pub ib_gen: u64,
     pub cache: Cache,
 }
 
@@ -135,11 +171,13 @@ impl Monitor {
         };
         let id = self.cache.find(&key)?;
         let b = self.cache.block(id)?;
-        if b.gen != vm.mem.code_gen {
+        if b.gen != vm.mem.watched_code_gen() {
             return None;
         }
         self.stats.indirect_hits += 1;
-        Some(b.code)
+        let code = b.code;
+        self.cache.ib_insert(id);
+        Some(code)
     }
 }
 
@@ -152,6 +190,13 @@ pub struct Translator {
     /// The exit taken last if it can be chained: (block id, exit index,
     /// block serial).
     pending_chain: Option<(usize, usize, u64)>,
+    /// The last exit was a miss of the inline branch-target lookup: record
+    /// the block entered next there.
+    pending_ib: bool,
+    /// With `UMBRA_PERF_MAP` set in the environment: `/tmp/perf-<pid>.map`,
+    /// one line per translated block (host address, size, guest linear
+    /// address), so that `perf report` names generated code.
+    perf_map: Option<std::fs::File>,
 }
 
 impl Translator {
@@ -174,6 +219,7 @@ impl Translator {
                 retired_base: 0,
                 shutdown: None,
                 cur_mode: 0,
+                ib_gen: 0,
                 cache: Cache::new(code, stub_bytes),
             }),
             ctx: Box::new(JitCtx::new()),
@@ -181,6 +227,10 @@ impl Translator {
             table: Table::build(),
             stubs,
             pending_chain: None,
+            pending_ib: false,
+            perf_map: std::env::var_os("UMBRA_PERF_MAP").and_then(|_| {
+                std::fs::File::create(format!("/tmp/perf-{}.map", std::process::id())).ok()
+            }),
         })
     }
 
@@ -245,7 +295,7 @@ impl Translator {
         let mon = &mut *self.mon;
         mon.stats.lookups += 1;
         if let Some(id) = mon.cache.find(&key) {
-            let gen = vm.mem.code_gen;
+            let gen = vm.mem.watched_code_gen();
             let b = mon.cache.block(id)?;
             if b.gen == gen {
                 mon.stats.hits += 1;
@@ -296,6 +346,11 @@ impl Translator {
         mon.stats.translations += 1;
         mon.stats.insns_translated += guest.insns.len() as u64;
         mon.stats.host_bytes += bytes.len() as u64;
+        if let Some(f) = self.perf_map.as_mut() {
+            use std::io::Write;
+            // Best effort: a profiling aid, never worth failing for.
+            let _ = writeln!(f, "{addr:x} {:x} guest_{:08x}", bytes.len(), key.lin);
+        }
         Some(mon.cache.insert(vm, key, addr, guest, sites))
     }
 
@@ -313,6 +368,7 @@ impl Translator {
         ctx.ram_base = vm.mem.ram_host_ptr_untracked();
         ctx.shadow = vm.mmu.active_table().as_ptr();
         ctx.exit = exit::NEXT;
+        ctx.ib_table = self.mon.cache.ib_table().cast();
         ctx.vm = vm as *mut Vm;
         let mon: *mut Monitor = &mut *self.mon;
         ctx.engine = mon.cast();
@@ -337,6 +393,10 @@ impl Translator {
         vm.cpu.eip = ctx.eip;
         self.mon.cache.reap();
         self.pending_chain = None;
+        self.pending_ib = ctx.exit == exit::INDIRECT;
+        if let Some(n) = self.mon.stats.exits.get_mut(ctx.exit as usize) {
+            *n += 1;
+        }
         if ctx.exit == exit::CHAIN {
             let (id, idx) = ((ctx.exit_site >> 2) as usize, (ctx.exit_site & 3) as usize);
             if let Some(b) = self.mon.cache.block(id) {
@@ -371,6 +431,14 @@ impl Engine for Translator {
                 || event_deliverable(vm);
             if !blocked {
                 if let Some(id) = self.block_here(vm) {
+                    let gen = vm.mem.watched_code_gen();
+                    if gen != self.mon.ib_gen {
+                        self.mon.cache.ib_clear();
+                        self.mon.ib_gen = gen;
+                    }
+                    if std::mem::take(&mut self.pending_ib) {
+                        self.mon.cache.ib_insert(id);
+                    }
                     if let Some((src, idx, serial)) = self.pending_chain.take() {
                         let limit = vm.cpu.seg(SegReg::Cs).limit;
                         let mon = &mut *self.mon;
@@ -390,6 +458,7 @@ impl Engine for Translator {
                 }
             }
             self.pending_chain = None;
+            self.pending_ib = false;
             self.mon.stats.interp_steps += 1;
             match self.interp.step(vm) {
                 Step::Retired => {}
@@ -397,6 +466,11 @@ impl Engine for Translator {
                 Step::Shutdown(r) => return Exit::Shutdown(r),
             }
             left -= 1;
+            // A device the instruction reached (MMIO) may have written a
+            // code frame without flushing the watch log.
+            if vm.mem.has_watch_hits() {
+                vm.flush_watch_hits();
+            }
             if !vm.ext_frames_written.is_empty() {
                 self.mon.invalidate_written(vm);
             }

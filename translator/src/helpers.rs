@@ -104,7 +104,7 @@ unsafe fn run_insn(ctx: *mut JitCtx, meta: *const InsnMeta, branch_ok: bool) -> 
     vm.cpu.eip = meta.eip;
     let consumed = (mon.budget_start - ctx.budget) as u64 - meta.rem as u64;
     vm.clock.retired = mon.retired_base + consumed;
-    mon.stats.monitor_calls += 1;
+    mon.stats.note_monitor_call(meta.ins.mnemonic());
     let mut c = Ctx {
         vm,
         eip: meta.eip,
@@ -142,6 +142,11 @@ unsafe fn run_insn(ctx: *mut JitCtx, meta: *const InsnMeta, branch_ok: bool) -> 
     }
     if !vm.ext_frames_written.is_empty() {
         mon.invalidate_written(vm);
+        leave = true;
+    }
+    // Memory changed behind the write-watch (an unlogged page-table
+    // update in a code frame): the dispatcher checks the blocks again.
+    if vm.mem.watched_code_gen() != mon.ib_gen {
         leave = true;
     }
     ctx.load(&vm.cpu);

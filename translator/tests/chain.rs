@@ -240,7 +240,7 @@ fn eviction_unchains_jumps_into_evicted_blocks() {
 }
 
 #[test]
-fn returns_are_looked_up_inline_32() {
+fn returns_stay_in_generated_code_32() {
     // 200 calls of a function adding 3: eax = 600.
     let code = assemble(32, |a| {
         let mut top = a.create_label();
@@ -258,8 +258,10 @@ fn returns_are_looked_up_inline_32() {
     let (vm, x, t) = both(32, &code, 1 << 20, 100_000, 1_000_000);
     assert_eq!(x, Exit::Halted);
     assert_eq!(vm.cpu.gpr[0] as u32, 600);
+    // The returns are looked up inline (`codegen::flow`): after the first
+    // few misses nothing goes back to the dispatcher.
     let s = t.stats();
-    assert!(s.indirect_hits >= 150, "{s:?}");
+    assert!(s.entries < 20, "{s:?}");
 }
 
 #[test]

@@ -140,6 +140,9 @@ pub struct GuestMemory {
     /// Bumped by every write into a frame of `code_frames`: decoded code
     /// from before the last bump must be checked against memory again.
     pub code_gen: u64,
+    /// The bumps of `code_gen` by writes to unwatched frames or logged as
+    /// write-watch hits (`watched_code_gen`).
+    seen_code_writes: u64,
     /// A frame whose dirty bit is known set and that holds no decoded code
     /// (`usize::MAX`: none), so that repeated writes to it skip the bitmap
     /// and the code checks.
@@ -169,6 +172,7 @@ impl GuestMemory {
             last_dirty: usize::MAX,
             code_frames: vec![false; frames],
             code_gen: 0,
+            seen_code_writes: 0,
             stats: MemStats::default(),
             shadow: None,
         })
@@ -189,6 +193,16 @@ impl GuestMemory {
         self.code_gen += 1;
         &mut self.ram
     }
+    /// `code_gen` without the bumps by writes that an engine watching
+    /// every frame it holds code from learns of anyway: writes to frames
+    /// nobody watches, and writes logged as watch hits (`take_watch_hits`).
+    /// What is left are the changes behind the watch: raw host writes
+    /// (`ram_mut`, `ram_host_ptr`), ROM and PAM changes, unlogged page-table
+    /// updates in a watched code frame, and direct bumps of `code_gen`.
+    pub fn watched_code_gen(&self) -> u64 {
+        self.code_gen - self.seen_code_writes
+    }
+
     /// Host address of RAM offset 0 (for KVM's user memory region and the
     /// translator's fast path; every use bounds-checks against `ram_size`).
     pub fn ram_host_ptr(&mut self) -> *mut u8 {
@@ -470,7 +484,7 @@ impl GuestMemory {
                 self.ram[o..o + 4].copy_from_slice(&v.to_le_bytes());
                 self.dirty.set(o >> PAGE_SHIFT, true);
                 self.dirty.set((o + 3) >> PAGE_SHIFT, true);
-                self.note_code_write(o, o + 3);
+                self.note_code_write(o, o + 3, false);
             }
             _ => self.write_u32(paddr, v),
         }
@@ -495,7 +509,7 @@ impl GuestMemory {
         if f != self.last_dirty || last >> PAGE_SHIFT != f {
             self.dirty.set(f, true);
             self.dirty.set(last >> PAGE_SHIFT, true);
-            self.note_code_write(off, last);
+            self.note_code_write(off, last, false);
             // Remember a plain (non-code) frame: writes to it again need
             // neither the bitmap nor the code checks.
             let plain =
@@ -509,7 +523,7 @@ impl GuestMemory {
     fn mark_written(&mut self, off: usize) {
         let f = off >> PAGE_SHIFT;
         self.dirty.set(f, true);
-        self.note_code_write(off, off);
+        self.note_code_write(off, off, true);
         if self.watched[f] {
             self.watch_hits.push(f as u64);
         }
@@ -537,20 +551,24 @@ impl GuestMemory {
     }
 
     /// Record a write of RAM offsets `first..=last` (at most two frames)
-    /// against the code frames.
+    /// against the code frames; `logged`: a write to a watched frame is
+    /// logged as a watch hit.
     #[inline]
-    fn note_code_write(&mut self, first: usize, last: usize) {
+    fn note_code_write(&mut self, first: usize, last: usize, logged: bool) {
         let (f0, f1) = (first >> PAGE_SHIFT, last >> PAGE_SHIFT);
-        self.note_code_frame(f0);
+        self.note_code_frame(f0, logged);
         if f1 != f0 {
-            self.note_code_frame(f1);
+            self.note_code_frame(f1, logged);
         }
     }
 
     #[inline]
-    fn note_code_frame(&mut self, f: usize) {
+    fn note_code_frame(&mut self, f: usize, logged: bool) {
         if self.code_frames.get(f).copied().unwrap_or(false) {
             self.code_gen += 1;
+            if logged || !self.watched.get(f).is_some_and(|b| *b) {
+                self.seen_code_writes += 1;
+            }
             if f == self.code_frame {
                 self.code_written = true;
             }
@@ -645,6 +663,27 @@ mod tests {
         m.write_u8(0x3004, 7);
         assert_eq!(m.take_watch_hits(), vec![2]);
         assert!(!m.has_watch_hits());
+    }
+
+    #[test]
+    fn watched_code_gen_counts_only_changes_behind_the_watch() {
+        let mut m = GuestMemory::new(0x10000).unwrap();
+        m.mark_code_frame(2);
+        m.mark_code_frame(3);
+        m.set_watched(3, true);
+        let (gen, watched) = (m.code_gen, m.watched_code_gen());
+        // A code frame nobody watches, and a watched one (logged as a
+        // hit): both bump code_gen, neither the watched generation.
+        m.write_u8(0x2004, 7);
+        m.write_u8(0x3004, 7);
+        assert_eq!(m.code_gen, gen + 2);
+        assert_eq!(m.watched_code_gen(), watched);
+        // An unlogged page-table update in the watched code frame, and a
+        // raw host write: both are changes behind the watch.
+        m.write_u32_unlogged(0x3010, 5);
+        assert_eq!(m.watched_code_gen(), watched + 1);
+        m.ram_mut()[0x3020] = 1;
+        assert_eq!(m.watched_code_gen(), watched + 2);
     }
 
     #[test]

@@ -8,17 +8,20 @@
 //! the rel32 to the target block's entry once that block exists (direct
 //! chaining, `cache`). Unchaining writes the stub's address back.
 //!
-//! Indirect branches (RET, JMP/CALL r/m) run in the monitor
-//! (`helpers::exec_indirect`), which then looks the new CS:EIP up and
-//! returns the host code to jump to, or 0 to leave for the dispatcher.
-//! Far transfers stay with the generic fallback (they end blocks).
+//! Exits to another linear page (never chainable) and, with flat
+//! segments, near CALL, RET and JMP/CALL r/m run natively with an inline
+//! lookup of the next block (`flow`). Otherwise indirect branches run in
+//! the monitor (`helpers::exec_indirect`), which then looks the new
+//! CS:EIP up and returns the host code to jump to, or 0 to leave for the
+//! dispatcher. Far transfers stay with the generic fallback (they end
+//! blocks).
 
 use dynasmrt::{dynasm, DynasmApi, DynasmLabelApi};
 use iced_x86::{ConditionCode, Mnemonic, OpKind};
 
 use umbra_core::interp::control::uses_ecx;
 
-use super::Emitter;
+use super::{flow, Emitter};
 use crate::block::InsnMeta;
 use crate::ctx::{exit, off};
 use crate::helpers;
@@ -101,6 +104,9 @@ pub fn emit(e: &mut Emitter, m: &InsnMeta) -> bool {
         if e.exits.sites.len() + 1 > MAX_EXITS {
             return false;
         }
+        if flow::emit_call_rel(e, m, |e| emit_chain_exit(e, t)) {
+            return true;
+        }
         // The push (and the limit check, #GP on the CALL) in the monitor;
         // it leaves the block itself on a fault.
         e.call_monitor(
@@ -125,7 +131,9 @@ pub fn emit(e: &mut Emitter, m: &InsnMeta) -> bool {
     }
     let near_ret = ins.mnemonic() == Mnemonic::Ret;
     if near_ret || ins.is_jmp_near_indirect() || ins.is_call_near_indirect() {
-        emit_indirect(e, m);
+        if !flow::emit_indirect(e, m, |e| emit_indirect(e, m)) {
+            emit_indirect(e, m);
+        }
         return true;
     }
     false
@@ -133,7 +141,7 @@ pub fn emit(e: &mut Emitter, m: &InsnMeta) -> bool {
 
 /// The exit after the block's last instruction, to `eip`.
 pub fn emit_fallthrough(e: &mut Emitter, eip: u32) {
-    if e.exits.sites.len() < MAX_EXITS {
+    if e.exits.sites.len() < MAX_EXITS || flow::goes_off_page(e, eip) {
         e.spill_flags();
         emit_chain_exit(e, eip);
     } else {
@@ -149,7 +157,14 @@ pub fn emit_fallthrough(e: &mut Emitter, eip: u32) {
 ///        mov dword [rbp+exit_site], site_code(block, idx)
 ///        jmp exit_store
 /// ```
+///
+/// A target on another linear page can never be chained: the stub is the
+/// inline lookup instead (`flow::emit_goto_static`), and no site.
 fn emit_stub(e: &mut Emitter, rel_end: usize, target: u32) {
+    if flow::goes_off_page(e, target) {
+        flow::emit_goto_static(e, target);
+        return;
+    }
     let idx = e.exits.sites.len();
     let code = site_code(e.exits.block_id, idx);
     let stub = e.exits.addr + e.ops.offset().0;
@@ -175,6 +190,10 @@ fn emit_stub(e: &mut Emitter, rel_end: usize, target: u32) {
 /// stub:  <emit_stub>
 /// ```
 fn emit_chain_exit(e: &mut Emitter, target: u32) {
+    if flow::goes_off_page(e, target) {
+        flow::emit_goto_static(e, target);
+        return;
+    }
     let stub = e.ops.new_dynamic_label();
     dynasm!(e.ops ; .arch x64 ; jmp =>stub);
     let rel_end = e.ops.offset().0;

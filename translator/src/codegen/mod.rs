@@ -15,8 +15,10 @@
 
 pub mod branch;
 pub mod flags;
+pub mod flow;
 pub mod mem;
 pub mod native;
+pub mod string;
 pub mod stubs;
 
 use dynasmrt::x64::X64Relocation;
@@ -211,7 +213,12 @@ pub fn emit_block(
             // The branch emitted the block's exits.
             return finish(e, budget_out, n, first_eip, stubs);
         }
-        if native::emit(&mut e, m, live[i]) {
+        if native::emit(&mut e, m, live[i])
+            || string::emit(&mut e, m)
+            || string::emit_single(&mut e, m)
+            || flow::emit_leave(&mut e, m)
+            || flow::emit_push_mem(&mut e, m)
+        {
             continue;
         }
         e.emit_fallback(m);
