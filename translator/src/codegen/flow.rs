@@ -159,10 +159,12 @@ pub fn emit_goto_static(e: &mut Emitter, target: u32) {
 
 /// Whether a static exit to `target` leaves the block's linear page (it
 /// can never be chained, `Cache::chain`) and may use the inline lookup:
-/// within the CS limit the block was translated under, as a chain.
+/// only from a block with a flat CS, whose limit (4 GiB - 1) every block
+/// in the table shares (`Cache::ib_insert`), so that no block runs under
+/// a CS limit other than the one it was translated under.
 pub fn goes_off_page(e: &Emitter, target: u32) -> bool {
     let lin = e.key.cs_base.wrapping_add(target);
-    (lin ^ e.key.lin) >> 12 != 0 && target <= e.exits.cs_limit
+    (lin ^ e.key.lin) >> 12 != 0 && cs_flat(e) && target <= e.exits.cs_limit
 }
 
 /// Push the 2- or 4-byte `value` through the flat SS without committing
