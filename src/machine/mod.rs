@@ -582,6 +582,27 @@ impl Machine {
                 j.indirect_lookups,
                 j.indirect_hits,
             );
+            let mut by: Vec<(u64, usize)> = j
+                .monitor_by_mnemonic
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+                .map(|(m, n)| (*n, m))
+                .collect();
+            by.sort_unstable_by(|a, b| b.cmp(a));
+            let top: Vec<String> = by
+                .iter()
+                .take(12)
+                .filter_map(|&(n, i)| {
+                    Some(format!("{:?}:{n}", iced_x86::Mnemonic::values().nth(i)?))
+                })
+                .collect();
+            out += &format!(
+                "\nmonitor calls by mnemonic (top 12): {}\nx87: loads into the host unit {}, spills {}",
+                top.join(" "),
+                j.x87_loads,
+                j.x87_spills,
+            );
             if !j.unimplemented.is_empty() {
                 let u: Vec<String> = j
                     .unimplemented

@@ -41,7 +41,7 @@ pub struct ColdPath {
 }
 
 /// Guest segment register index of `r` (ES..GS).
-fn seg_index(r: Register) -> Option<SegReg> {
+pub(super) fn seg_index(r: Register) -> Option<SegReg> {
     Some(match r {
         Register::ES => SegReg::Es,
         Register::CS => SegReg::Cs,
@@ -54,7 +54,7 @@ fn seg_index(r: Register) -> Option<SegReg> {
 }
 
 /// 32-bit host register of a guest 16- or 32-bit address register.
-fn addr_reg(r: Register) -> Option<Register> {
+pub(super) fn addr_reg(r: Register) -> Option<Register> {
     if r == Register::None {
         return Some(Register::None);
     }
@@ -65,7 +65,7 @@ fn addr_reg(r: Register) -> Option<Register> {
 }
 
 /// The shadow permission bit of a data access at the block's CPL.
-fn perm_bit(e: &Emitter, write: bool) -> u32 {
+pub(super) fn perm_bit(e: &Emitter, write: bool) -> u32 {
     let user = (e.key.mode >> mode::CPL_SHIFT) & 3 == 3;
     match (user, write) {
         (false, false) => perm::SUP_READ,
@@ -83,7 +83,7 @@ fn perm_bit(e: &Emitter, write: bool) -> u32 {
 ///   lea edi, [base32 + index32*scale + disp]   (67 prefix: 32-bit wrap)
 ///   movzx edi, di                          (16-bit address size)
 /// ```
-fn emit_ea(e: &mut Emitter, ins: &Instruction) -> bool {
+pub(super) fn emit_ea(e: &mut Emitter, ins: &Instruction) -> bool {
     let (Some(base), Some(index)) = (addr_reg(ins.memory_base()), addr_reg(ins.memory_index()))
     else {
         return false;
@@ -353,7 +353,7 @@ pub fn emit_stack(e: &mut Emitter, m: &InsnMeta) -> bool {
 ///   mov esi, [r8+rsi*8+4] ; and edi, 0xFFF ; add rsi, rdi
 ///   add rsi, [rbp+ram_base]
 /// ```
-fn emit_lookup(e: &mut Emitter, size: i32, bit: u32, slow: DynamicLabel) {
+pub(super) fn emit_lookup(e: &mut Emitter, size: i32, bit: u32, slow: DynamicLabel) {
     if size > 1 {
         dynasm!(e.ops
             ; .arch x64
