@@ -66,7 +66,7 @@ pub struct Cold {
     /// follows directly (its fast path assumes the unit loaded).
     resume: DynamicLabel,
     meta: *const InsnMeta,
-    /// The fast path leaves the guest's flags in RFLAGS (FCOMI).
+    /// The fast path leaves the guest's flags in RFLAGS (FCOMI, FCMOVcc).
     flags_in_host: bool,
 }
 
@@ -330,13 +330,15 @@ pub fn emit(e: &mut Emitter, m: &InsnMeta, bytes: &[u8]) -> bool {
             );
         }
     }
-    let flags_in_host = k == Kind::WritesFlags;
-    if flags_in_host {
+    if k == Kind::WritesFlags {
         e.flags = FlagState {
             in_host: true,
             dirty: true,
         };
     }
+    // FCMOVcc reloaded RFLAGS, FCOMI wrote it: the slow paths must leave
+    // the flags where the fast path does.
+    let flags_in_host = e.flags.in_host;
     dynasm!(e.ops ; .arch x64 ; =>after);
     e.x87.live_at = Some(e.ops.offset().0);
     e.x87.cold.push(Cold {
@@ -384,7 +386,8 @@ fn emit_light_call(e: &mut Emitter, f: usize) {
 /// enter:  <light call x87_enter> ; test esi, esi ; jz slow
 ///         frstor [rbp+x87_img] ; mov byte [rbp+x87_live], 1 ; jmp ok
 /// slow:   <monitor call: exec_insn(ctx, meta)>   (spills; leaves on fault)
-///         push [rbp+hflags] ; popfq              (FCOMI: flags in RFLAGS)
+///         push [rbp+hflags] ; popfq              (FCOMI, FCMOVcc: flags
+///                                                 in RFLAGS after it)
 ///         jmp resume
 /// drop:   <light call x87_drop> ; jmp resume     (FLDCW)
 /// ```
@@ -669,6 +672,24 @@ mod tests {
         let (j, _) = check(&code);
         // IE (bit 0) and ES (bit 7) after the first FSQRT.
         assert_eq!(j.cpu.reg32(0) & 0x81, 0x81);
+    }
+
+    #[test]
+    fn fcmov_in_the_monitor_keeps_the_flags() {
+        // RESET FCW (unmasked): FCMOVcc runs in the monitor, and the flags
+        // it read must still be in RFLAGS for the ADC after it (the diff
+        // harness found them lost). CF = 1 from the CMP: EAX = 2 + 0 + 1.
+        let code = asm32(|a| {
+            a.mov(eax, 2u32)?;
+            a.cmp(ecx, edx)?;
+            a.fcmovnb(st0, st0)?;
+            a.adc(eax, 0)?;
+            a.setp(bl)?;
+            Ok(())
+        });
+        let (mut j, mut i, _) = run_both_with(data, [0, 1, 2, 0, 0, 0, 0, 0], &code);
+        assert_same(&mut j, &mut i, ARITH_EFLAGS);
+        assert_eq!(j.cpu.reg32(0), 3);
     }
 
     #[test]
