@@ -92,6 +92,9 @@ pub struct JitCtx {
     /// 8.1.10) through which the guest state enters and leaves the host
     /// unit.
     pub x87_img: [u8; X87_IMG_LEN],
+    /// FNSTENV scratch (28 bytes, 32-bit layout) for the stack checks of
+    /// native code (`codegen::x87`).
+    pub x87_env: [u8; 28],
 }
 
 /// `JitCtx::x87_last` holds an instruction.
@@ -121,6 +124,7 @@ impl JitCtx {
             x87_fdp: 0,
             x87_last: 0,
             x87_img: [0; X87_IMG_LEN],
+            x87_env: [0; 28],
         }
     }
 
@@ -271,6 +275,7 @@ pub mod off {
     pub const X87_FDP: i32 = offset_of!(JitCtx, x87_fdp) as i32;
     pub const X87_LAST: i32 = offset_of!(JitCtx, x87_last) as i32;
     pub const X87_IMG: i32 = offset_of!(JitCtx, x87_img) as i32;
+    pub const X87_ENV: i32 = offset_of!(JitCtx, x87_env) as i32;
     pub const fn seg_base(i: usize) -> i32 {
         (offset_of!(JitCtx, seg_base) + 4 * i) as i32
     }

@@ -285,6 +285,9 @@ pub fn emit(e: &mut Emitter, m: &InsnMeta, bytes: &[u8]) -> bool {
         let bit = mem::perm_bit(e, write);
         mem::emit_lookup(e, size, bit, slow);
     }
+    if matches!(ins.mnemonic(), Mnemonic::Fprem | Mnemonic::Fprem1) {
+        emit_stack_check(e, slow);
+    }
     if k == Kind::ReadsFlags {
         e.restore_flags();
     }
@@ -351,6 +354,44 @@ pub fn emit(e: &mut Emitter, m: &InsnMeta, bytes: &[u8]) -> bool {
         flags_in_host,
     });
     true
+}
+
+/// FPREM/FPREM1 whose result is not a remainder (an operand empty, NaN,
+/// infinite, denormal or unsupported: stack underflow or an invalid
+/// operation) leave C0 and C3 as they were on the host CPU, while the
+/// interpreter (and the KVM oracle it is checked against) sets them from
+/// a quotient of 0 (the SDM does not define them there; the diff harness
+/// found both cases). Natively only with ST(0) valid or zero and ST(1)
+/// valid (tags 00/01 and 00), read from an FNSTENV image (which also
+/// masks every exception: they are all masked while the host runs the
+/// state); anything else runs in the monitor:
+///
+/// ```text
+///   fnstenv [rbp+x87_env]
+///   movzx r10d, word [rbp+x87_env+4] ; shr r10d, 10 ; and r10d, 0xE  (2*TOP)
+///   movzx r11d, word [rbp+x87_env+8] ; mov r9d, r11d ; shl r9d, 16
+///   or r11d, r9d                              (tag word twice: no wrap)
+///   mov r9, rcx ; mov ecx, r10d ; shr r11d, cl ; mov rcx, r9
+///   test r11d, 0xE ; jnz slow       (ST(0) tag bit 1, ST(1) tag bits)
+/// ```
+fn emit_stack_check(e: &mut Emitter, slow: DynamicLabel) {
+    e.ops.extend(ctx_op(Code::Fnstenv_m28byte, off::X87_ENV));
+    dynasm!(e.ops
+        ; .arch x64
+        ; movzx r10d, WORD [rbp + off::X87_ENV + 4]
+        ; shr r10d, 10
+        ; and r10d, 0xE
+        ; movzx r11d, WORD [rbp + off::X87_ENV + 8]
+        ; mov r9d, r11d
+        ; shl r9d, 16
+        ; or r11d, r9d
+        ; mov r9, rcx
+        ; mov ecx, r10d
+        ; shr r11d, cl
+        ; mov rcx, r9
+        ; test r11d, 0xE
+        ; jnz =>slow
+    );
 }
 
 /// Call `f(ctx) -> u32` keeping the guest registers a call clobbers
@@ -690,6 +731,43 @@ mod tests {
         let (mut j, mut i, _) = run_both_with(data, [0, 1, 2, 0, 0, 0, 0, 0], &code);
         assert_same(&mut j, &mut i, ARITH_EFLAGS);
         assert_eq!(j.cpu.reg32(0), 3);
+    }
+
+    #[test]
+    fn fprem_stack_underflow_runs_in_the_monitor() {
+        // FCOM ST(0) with an empty stack sets C3 C2 C0 (unordered, masked
+        // #IS); FPREM1/FPREM on the empty stack then clear C0 C2 C3 in the
+        // interpreter (the host keeps C0 and C3: the diff harness found
+        // it). FSW = IE | SF = 0x41. Then with one register only (ST(1)
+        // empty), with a NaN divisor (F2XM1 of the empty stack leaves the
+        // indefinite), and with both valid (native).
+        let code = asm32(|a| {
+            a.fninit()?;
+            a.fcom_2(st0, st0)?;
+            a.fprem1()?;
+            a.fnstsw(word_ptr(D + 0x100))?;
+            a.fld1()?;
+            a.fcom_2(st0, st1)?;
+            a.fprem()?;
+            a.fnstsw(word_ptr(D + 0x102))?;
+            a.fninit()?;
+            a.f2xm1()?;
+            a.fld1()?;
+            a.fcom_2(st0, st1)?;
+            a.fprem()?;
+            a.fninit()?;
+            a.fld(qword_ptr(D + 0x10))?;
+            a.fld(qword_ptr(D + 0x40))?;
+            a.fprem()?;
+            a.fnstsw(word_ptr(D + 0x104))?;
+            Ok(())
+        });
+        let (mut j, _) = check(&code);
+        let mut b = [0u8; 6];
+        j.mem.read((D + 0x100) as u64, &mut b);
+        assert_eq!(u16::from_le_bytes([b[0], b[1]]), 0x0041);
+        // 20260101 rem 2147483647: quotient 0, complete; TOP = 6.
+        assert_eq!(u16::from_le_bytes([b[4], b[5]]), 6 << 11);
     }
 
     #[test]
