@@ -188,6 +188,7 @@ fn fop_of(bytes: &[u8]) -> u16 {
 ///   cmp edi, -(size-1) ; jae slow             (32-bit address)
 ///   mov esi, [rbp+seg_base(seg)] ; lea edi, [rdi+rsi]
 ///   <shadow lookup: host pointer into rsi, or jmp slow>
+///   <operand tag check, or jmp slow>          (FPREM, FPREM1)
 ///   push [rbp+hflags] ; popfq                 (FCMOVcc)
 ///   <the instruction with [rsi]>
 ///   mov r10, VALID | fop << 32 | eip ; mov [rbp+x87_last], r10
