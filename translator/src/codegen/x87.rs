@@ -772,6 +772,25 @@ mod tests {
     }
 
     #[test]
+    fn snan_memory_operand_against_a_qnan() {
+        // FXTRACT of the empty stack leaves the indefinite (a QNaN) in
+        // ST(0); FSUB m32 with an SNaN (0x7FB84F00: quiet bit clear)
+        // gives the QNaN operand, IE set (SDM Vol. 1 Table 4-7; the diff
+        // harness found the interpreter taking the larger significand).
+        let code = asm32(|a| {
+            a.fninit()?;
+            a.mov(dword_ptr(D + 0x100), 0x7FB8_4F00u32)?;
+            a.fxtract()?;
+            a.fsub(dword_ptr(D + 0x100))?;
+            a.fstp(qword_ptr(D + 0x108))?;
+            Ok(())
+        });
+        let (mut j, _) = check(&code);
+        // The double indefinite: 0xFFF8_0000_0000_0000.
+        assert_eq!(f64_at(&mut j, 0x108).to_bits(), 0xFFF8_0000_0000_0000);
+    }
+
+    #[test]
     fn reset_state_is_unmasked_and_stays_in_the_monitor() {
         // Without FNINIT the FCW is the RESET value 0x0040: all unmasked.
         let code = asm32(|a| {
