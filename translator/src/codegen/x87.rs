@@ -289,6 +289,9 @@ pub fn emit(e: &mut Emitter, m: &InsnMeta, bytes: &[u8]) -> bool {
     if matches!(ins.mnemonic(), Mnemonic::Fprem | Mnemonic::Fprem1) {
         emit_stack_check(e, slow);
     }
+    if k == Kind::WritesFlags {
+        emit_clear_c1(e);
+    }
     if k == Kind::ReadsFlags {
         e.restore_flags();
     }
@@ -393,6 +396,31 @@ fn emit_stack_check(e: &mut Emitter, slow: DynamicLabel) {
         ; test r11d, 0xE
         ; jnz =>slow
     );
+}
+
+/// FCOMI and FUCOMI set C1 to 0 (SDM Vol. 2A FCOMI), as the interpreter
+/// does; the host CPU leaves it as it was. Clear it first when set (C1
+/// is also the round-up indicator, so it often is):
+///
+/// ```text
+///   fnstsw [rbp+x87_cw] ; test byte [rbp+x87_cw+1], 2 ; jz go
+///   fnstenv [rbp+x87_env] ; and byte [rbp+x87_env+5], 0xFD
+///   fldenv [rbp+x87_env]
+/// go:
+/// ```
+/// (FNSTENV masks every exception: they are all masked here already.)
+fn emit_clear_c1(e: &mut Emitter) {
+    let go = e.ops.new_dynamic_label();
+    e.ops.extend(ctx_op(Code::Fnstsw_m2byte, off::X87_CW));
+    dynasm!(e.ops
+        ; .arch x64
+        ; test BYTE [rbp + off::X87_CW + 1], 2
+        ; jz =>go
+    );
+    e.ops.extend(ctx_op(Code::Fnstenv_m28byte, off::X87_ENV));
+    dynasm!(e.ops ; .arch x64 ; and BYTE [rbp + off::X87_ENV + 5], 0xFDu8 as i8);
+    e.ops.extend(ctx_op(Code::Fldenv_m28byte, off::X87_ENV));
+    dynasm!(e.ops ; .arch x64 ; =>go);
 }
 
 /// Call `f(ctx) -> u32` keeping the guest registers a call clobbers
@@ -788,6 +816,44 @@ mod tests {
         let (mut j, _) = check(&code);
         // The double indefinite: 0xFFF8_0000_0000_0000.
         assert_eq!(f64_at(&mut j, 0x108).to_bits(), 0xFFF8_0000_0000_0000);
+    }
+
+    #[test]
+    fn fcomi_clears_c1_and_nan_hides_a_denormal_load() {
+        // 3 rem 2: quotient 1, so C1 = 1; FUCOMI and FCOMI then clear it
+        // (SDM Vol. 2A FCOMI; the host CPU keeps it). Then a QNaN in
+        // ST(0) plus a denormal m32 (1): QNaN, no DE (the diff harness
+        // found both).
+        let code = asm32(|a| {
+            a.fninit()?;
+            a.mov(dword_ptr(D + 0x100), 2u32)?;
+            a.mov(dword_ptr(D + 0x104), 3u32)?;
+            a.mov(dword_ptr(D + 0x108), 1u32)?;
+            a.fild(dword_ptr(D + 0x100))?;
+            a.fild(dword_ptr(D + 0x104))?;
+            a.fprem()?;
+            a.fnstsw(word_ptr(D + 0x110))?;
+            a.fucomi(st0, st1)?;
+            a.fnstsw(word_ptr(D + 0x112))?;
+            a.fprem()?;
+            a.fcomi(st0, st1)?;
+            a.fnstsw(word_ptr(D + 0x114))?;
+            a.fninit()?;
+            a.fld(qword_ptr(D + 0x20))?;
+            a.fadd(dword_ptr(D + 0x108))?;
+            a.fnstsw(word_ptr(D + 0x116))?;
+            Ok(())
+        });
+        let (mut j, _) = check(&code);
+        let mut b = [0u8; 8];
+        j.mem.read((D + 0x110) as u64, &mut b);
+        let w = |i: usize| u16::from_le_bytes([b[2 * i], b[2 * i + 1]]);
+        // TOP = 6; C1 after FPREM, cleared by FUCOMI (1 < 2: CF only).
+        assert_eq!(w(0), 6 << 11 | 0x200);
+        assert_eq!(w(1), 6 << 11);
+        assert_eq!(w(2), 6 << 11);
+        // TOP = 7, no exception flags at all.
+        assert_eq!(w(3), 7 << 11);
     }
 
     #[test]

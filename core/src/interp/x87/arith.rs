@@ -657,7 +657,9 @@ fn farith(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
     if load_flags & IE != 0 {
         o.flags |= IE;
     }
-    if load_flags & DE != 0 && o.flags & IE == 0 {
+    // A NaN register operand decides the result before the denormal
+    // memory operand is looked at: no DE (as with register operands).
+    if load_flags & DE != 0 && o.flags & IE == 0 && !matches!(unpack(&d).0, Val::NaN(..)) {
         o.flags |= DE;
     }
     deliver(f, dst, pops, o);
