@@ -21,15 +21,16 @@
 //! spill, since the host unit's own pointers are host addresses.
 //!
 //! Native here: FLD/FST/FSTP (m32, m64, m80, ST(i)), FILD, FIST/FISTP,
-//! the constants, FXCH, FCHS, FABS, FFREE, FINCSTP, FDECSTP, FNOP, the
+//! the constants, FXCH, FCHS, FABS, FINCSTP, FDECSTP, FNOP, the
 //! four arithmetic operations in every form, FSQRT, FRNDINT, FPREM,
 //! FPREM1, FSCALE, FXTRACT, the comparisons (FCOM*, FUCOM*, FICOM*,
 //! FCOMI*, FUCOMI*, FTST, FXAM), FCMOVcc, FNSTSW, FNSTCW, FLDCW and WAIT.
 //! In the monitor always: the transcendental instructions (the
 //! interpreter's are accurate to f64 only, and the translator must agree
 //! with it), FNINIT, FNCLEX, the environment and state saves and loads
-//! (FNSTENV, FLDENV, FNSAVE, FRSTOR, FXSAVE, FXRSTOR), FBLD/FBSTP, the
-//! undocumented aliases, and any form with a memory operand through a
+//! (FNSTENV, FLDENV, FNSAVE, FRSTOR, FXSAVE, FXRSTOR), FBLD/FBSTP,
+//! FFREE (its condition codes are undefined; the host clears C1, the
+//! interpreter keeps it), the undocumented aliases, and any form with a memory operand through a
 //! segment that is not flat. FLDCW that unmasks an exception or selects
 //! the reserved precision spills at once, so the next x87 instruction
 //! runs in the monitor.
@@ -93,11 +94,12 @@ fn kind(ins: &Instruction) -> Option<Kind> {
     let m = ins.mnemonic();
     let k = match m {
         Fld | Fldz | Fld1 | Fldpi | Fldl2t | Fldl2e | Fldlg2 | Fldln2 | Fild | Fist | Fistp
-        | Fst | Fstp | Fxch | Fchs | Fabs | Ffree | Fincstp | Fdecstp | Fnop | Fadd | Faddp
-        | Fiadd | Fsub | Fsubp | Fisub | Fsubr | Fsubrp | Fisubr | Fmul | Fmulp | Fimul | Fdiv
-        | Fdivp | Fidiv | Fdivr | Fdivrp | Fidivr | Fsqrt | Frndint | Fprem | Fprem1 | Fscale
-        | Fxtract | Fcom | Fcomp | Fcompp | Fucom | Fucomp | Fucompp | Ficom | Ficomp | Ftst
-        | Fxam => Kind::Data,
+        | Fst | Fstp | Fxch | Fchs | Fabs | Fincstp | Fdecstp | Fnop | Fadd | Faddp | Fiadd
+        | Fsub | Fsubp | Fisub | Fsubr | Fsubrp | Fisubr | Fmul | Fmulp | Fimul | Fdiv | Fdivp
+        | Fidiv | Fdivr | Fdivrp | Fidivr | Fsqrt | Frndint | Fprem | Fprem1 | Fscale | Fxtract
+        | Fcom | Fcomp | Fcompp | Fucom | Fucomp | Fucompp | Ficom | Ficomp | Ftst | Fxam => {
+            Kind::Data
+        }
         Fcmovb | Fcmove | Fcmovbe | Fcmovu | Fcmovnb | Fcmovne | Fcmovnbe | Fcmovnu => {
             Kind::ReadsFlags
         }
