@@ -859,6 +859,34 @@ mod tests {
     }
 
     #[test]
+    fn incomplete_fprem_and_fxtract_stack_faults() {
+        // 1 rem 1e-300: the exponents differ by ~1000, so FPREM reduces
+        // partially: C2 alone (TOP 6): 0x3400, as the host CPU stores it.
+        // FXTRACT with ST(0) empty and ST(7) in use: the underflow (C1 =
+        // 0) with IE SF, TOP 7 after the push: 0x3841.
+        let code = asm32(|a| {
+            a.fninit()?;
+            a.mov(dword_ptr(D + 0x100), 0xC2F8_F359u32)?;
+            a.mov(dword_ptr(D + 0x104), 0x01A5_6E1Fu32)?; // 1e-300
+            a.fld(qword_ptr(D + 0x100))?;
+            a.fld1()?;
+            a.fprem()?;
+            a.fnstsw(word_ptr(D + 0x110))?;
+            a.fninit()?;
+            a.fld1()?;
+            a.fincstp()?;
+            a.fxtract()?;
+            a.fnstsw(word_ptr(D + 0x112))?;
+            Ok(())
+        });
+        let (mut j, _) = check(&code);
+        let mut b = [0u8; 4];
+        j.mem.read((D + 0x110) as u64, &mut b);
+        assert_eq!(u16::from_le_bytes([b[0], b[1]]), 0x3400);
+        assert_eq!(u16::from_le_bytes([b[2], b[3]]), 0x3841);
+    }
+
+    #[test]
     fn reset_state_is_unmasked_and_stays_in_the_monitor() {
         // Without FNINIT the FCW is the RESET value 0x0040: all unmasked.
         let code = asm32(|a| {
