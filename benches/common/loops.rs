@@ -1,8 +1,8 @@
 //! The guest loops both criterion benches run (benches/interp.rs and
 //! benches/translator.rs), laid out by the differential harness's
 //! `Program` (flat 32-bit protected mode): an ALU loop (also with 2-level
-//! paging on), a MOV-based memory copy, REP MOVSD and a CALL/RET loop,
-//! each with the number of instructions it retires.
+//! paging on), a MOV-based memory copy, REP MOVSD, a CALL/RET loop and an
+//! x87 loop, each with the number of instructions it retires.
 
 use iced_x86::code_asm::*;
 use umbra::diff::program::layout;
@@ -124,13 +124,72 @@ pub fn call_ret() -> Workload {
     }
 }
 
+/// The workload's awk step `x = (16807 * x) % 2147483647` as i386 GCC
+/// compiles it (FPREM loop on C2), then the double stored and converted
+/// to an int with the truncating control word:
+///
+/// ```text
+///   <x = 20260101.0, k = 16807, m = 2147483647.0 into the data> ; fninit
+///   mov ecx, N
+/// L: fld qword [m] ; fld qword [x] ; fimul dword [k]
+/// R: fprem ; fnstsw ax ; test ah, 4 ; jnz R
+///   fstp st1 ; fst qword [x]
+///   fnstcw [cw] ; movzx eax, word [cw] ; or ah, 0Ch ; mov [cw2], ax
+///   fldcw [cw2] ; fistp dword [i] ; fldcw [cw]
+///   dec ecx ; jnz L ; hlt
+/// ```
+/// FPREM finishes in one pass (the exponents differ by less than 64).
+pub fn x87_lcg() -> Workload {
+    let d = layout::DATA_BASE;
+    let x = 20260101.0f64.to_bits();
+    let m = 2147483647.0f64.to_bits();
+    let code = assemble(|a| {
+        let mut top = a.create_label();
+        let mut rem = a.create_label();
+        a.mov(dword_ptr(d), x as u32)?;
+        a.mov(dword_ptr(d + 4), (x >> 32) as u32)?;
+        a.mov(dword_ptr(d + 8), 16807u32)?;
+        a.mov(dword_ptr(d + 16), m as u32)?;
+        a.mov(dword_ptr(d + 20), (m >> 32) as u32)?;
+        a.fninit()?;
+        a.mov(ecx, LOOP)?;
+        a.set_label(&mut top)?;
+        a.fld(qword_ptr(d + 16))?;
+        a.fld(qword_ptr(d))?;
+        a.fimul(dword_ptr(d + 8))?;
+        a.set_label(&mut rem)?;
+        a.fprem()?;
+        a.fnstsw(ax)?;
+        a.test(ah, 4)?;
+        a.jnz(rem)?;
+        a.fstp(st1)?;
+        a.fst(qword_ptr(d))?;
+        a.fnstcw(word_ptr(d + 24))?;
+        a.movzx(eax, word_ptr(d + 24))?;
+        a.or(ah, 0x0C)?;
+        a.mov(word_ptr(d + 26), ax)?;
+        a.fldcw(word_ptr(d + 26))?;
+        a.fistp(dword_ptr(d + 28))?;
+        a.fldcw(word_ptr(d + 24))?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
+    Workload {
+        name: "x87_lcg",
+        program: Program::new(Mode::Prot32, code),
+        instructions: 7 + 18 * LOOP as u64 + 1,
+    }
+}
+
 /// All of them, in report order.
-pub fn all() -> [Workload; 5] {
+pub fn all() -> [Workload; 6] {
     [
         alu_loop(Mode::Prot32),
         mov_copy(),
         rep_movsd(),
         call_ret(),
         alu_loop(Mode::Paging),
+        x87_lcg(),
     ]
 }

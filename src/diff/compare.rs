@@ -67,6 +67,8 @@ pub struct Regs {
     pub eflags: u32,
     pub seg: [Segment; 6],
     pub cr: [u32; 4],
+    /// The x87 state (registers as 80-bit encodings, pointers included).
+    pub fpu: umbra_core::cpu::FpuState,
 }
 
 impl Regs {
@@ -82,6 +84,7 @@ impl Regs {
             eflags: c.eflags,
             seg: c.seg,
             cr: [c.cr0, c.cr2, c.cr3, c.cr4],
+            fpu: c.fpu,
         }
     }
 }
@@ -148,6 +151,37 @@ pub fn diff_regs(a: &Regs, b: &Regs, flag_mask: u32, ea: &End, eb: &End) -> Vec<
     for (i, name) in CR_NAMES.iter().enumerate() {
         if a.cr[i] != b.cr[i] {
             push(name, hex32(a.cr[i]), hex32(b.cr[i]));
+        }
+    }
+    let (fa, fb) = (&a.fpu, &b.fpu);
+    let words = [
+        ("fcw", fa.fcw, fb.fcw),
+        ("fsw", fa.fsw, fb.fsw),
+        ("ftw", fa.ftw, fb.ftw),
+        ("fop", fa.fop, fb.fop),
+        ("fcs", fa.fcs, fb.fcs),
+        ("fds", fa.fds, fb.fds),
+    ];
+    for (name, x, y) in words {
+        if x != y {
+            push(name, format!("{x:04x}"), format!("{y:04x}"));
+        }
+    }
+    if fa.fip != fb.fip {
+        push("fip", hex32(fa.fip), hex32(fb.fip));
+    }
+    if fa.fdp != fb.fdp {
+        push("fdp", hex32(fa.fdp), hex32(fb.fdp));
+    }
+    let r80 = |r: &[u8; 10]| {
+        let se = u16::from_le_bytes([r[8], r[9]]);
+        let mut m = [0u8; 8];
+        m.copy_from_slice(&r[..8]);
+        format!("{se:04x}:{:016x}", u64::from_le_bytes(m))
+    };
+    for i in 0..8 {
+        if fa.regs[i] != fb.regs[i] {
+            push(&format!("r{i}"), r80(&fa.regs[i]), r80(&fb.regs[i]));
         }
     }
     out

@@ -32,6 +32,10 @@ pub enum Class {
     Exchange,
     Move,
     Stack,
+    /// x87 data movement, arithmetic, comparisons and control words (not
+    /// the transcendental instructions, which the interpreter computes
+    /// to f64 accuracy only, nor the environment saves and loads).
+    X87,
 }
 
 impl Class {
@@ -58,6 +62,15 @@ impl Class {
                 Nop,
             ],
             Class::Stack => &[Push, Pop],
+            Class::X87 => &[
+                Fninit, Fnclex, Fldcw, Fnstcw, Fnstsw, Wait, Fld, Fldz, Fld1, Fldpi, Fldl2e, Fild,
+                Fist, Fistp, Fst, Fstp, Fxch, Fchs, Fabs, Ffree, Fincstp, Fdecstp, Fnop, Fadd,
+                Faddp, Fiadd, Fsub, Fsubp, Fisub, Fsubr, Fsubrp, Fisubr, Fmul, Fmulp, Fimul, Fdiv,
+                Fdivp, Fidiv, Fdivr, Fdivrp, Fidivr, Fsqrt, Frndint, Fprem, Fprem1, Fscale,
+                Fxtract, Fcom, Fcomp, Fcompp, Fucom, Fucomp, Fucompp, Ficom, Ficomp, Ftst, Fxam,
+                Fcomi, Fcomip, Fucomi, Fucomip, Fcmovb, Fcmove, Fcmovbe, Fcmovu, Fcmovnb, Fcmovne,
+                Fcmovnbe, Fcmovnu,
+            ],
         }
     }
 }
@@ -108,6 +121,7 @@ fn form_of(code: Code) -> Option<Form> {
             K::r8_reg | K::r8_opcode | K::r16_reg | K::r16_opcode | K::r32_reg | K::r32_opcode => {}
             K::al | K::ax | K::eax | K::dx => {}
             K::cl => by_cl = true,
+            K::st0 | K::sti_opcode => {}
             K::imm8 | K::imm8_const_1 | K::imm8sex16 | K::imm8sex32 | K::imm16 | K::imm32 => {}
             _ => return None,
         }
@@ -199,6 +213,8 @@ pub fn build(form: Form, bitness: u32, set: RegSet, ch: &Choices) -> Option<Inst
             K::eax => set_reg(&mut ins, i, Register::EAX),
             K::cl => set_reg(&mut ins, i, Register::CL),
             K::dx => set_reg(&mut ins, i, Register::DX),
+            K::st0 => set_reg(&mut ins, i, Register::ST0),
+            K::sti_opcode => set_reg(&mut ins, i, ST[pick % ST.len()]),
             K::imm8_const_1 => {
                 ins.set_op_kind(i, OpKind::Immediate8);
                 ins.set_immediate8(1);
@@ -244,6 +260,18 @@ pub fn imm8(code: Code, imm: u32) -> u8 {
         v
     }
 }
+
+/// x87 stack registers ST(0)..ST(7).
+const ST: [Register; 8] = [
+    Register::ST0,
+    Register::ST1,
+    Register::ST2,
+    Register::ST3,
+    Register::ST4,
+    Register::ST5,
+    Register::ST6,
+    Register::ST7,
+];
 
 fn set_reg(ins: &mut Instruction, i: u32, r: Register) {
     ins.set_op_kind(i, OpKind::Register);

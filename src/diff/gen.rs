@@ -467,6 +467,7 @@ const PLAIN: &[Class] = &[
     Class::Exchange,
     Class::Move,
     Class::Stack,
+    Class::X87,
 ];
 
 /// Displacements from the data pointer: mostly its own page, sometimes

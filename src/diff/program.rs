@@ -302,6 +302,10 @@ impl Program {
         cpu.gpr[EBX] = self.mode.data_ptr() as u64;
         cpu.gpr[ESP] = layout::STACK_INIT as u64;
         cpu.eflags = (self.eflags & EFLAGS_PROGRAM) | umbra_core::cpu::FIXED1;
+        // The x87 state FNINIT leaves (what an OS gives a process: all
+        // exceptions masked), so x87 code runs as in user programs; FLDCW
+        // from the random data unmasks some.
+        cpu.fpu.fcw = 0x037F;
         cpu.gdtr = DescTable {
             base: layout::GDT_BASE,
             limit: (8 * sel::COUNT - 1) as u16,

@@ -640,6 +640,10 @@ impl Machine {
             if !top.is_empty() {
                 out += &format!("\nmonitor calls by instruction: {}", top.join(" "));
             }
+            out += &format!(
+                "\nx87: loads into the host unit {}, spills {}",
+                j.x87_loads, j.x87_spills,
+            );
             if !j.unimplemented.is_empty() {
                 let u: Vec<String> = j
                     .unimplemented

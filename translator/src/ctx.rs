@@ -9,7 +9,8 @@
 //! flags: the guest's TF, DF, IF, IOPL and the rest stay in
 //! `CpuState::eflags`.
 
-use umbra_core::cpu::CpuState;
+use umbra_core::cpu::{cr0, CpuState, SegReg};
+use umbra_core::interp::x87::{classify, fcw, fsw, tag};
 use umbra_core::mmu::shadow::Entry;
 use umbra_core::vm::Vm;
 
@@ -78,7 +79,36 @@ pub struct JitCtx {
     pub exit_site: u32,
     /// The inline branch-target table (`codegen::flow::IbEntry`s).
     pub ib_table: *const core::ffi::c_void,
+    /// Non-zero while the host x87 unit holds the guest's x87 state
+    /// (`codegen::x87`): `CpuState::fpu` is then stale until
+    /// `x87_spill`.
+    pub x87_live: u8,
+    /// The segment (`SegReg` + 1) of the last native x87 instruction
+    /// with a memory operand since the last spill, 0 if none; its offset
+    /// is `x87_fdp`.
+    pub x87_fds_seg: u8,
+    /// Scratch word for FLDCW (the normalised control word).
+    pub x87_cw: u16,
+    /// Offset (FDP) of that memory operand.
+    pub x87_fdp: u32,
+    /// The last native non-control x87 instruction since the last spill:
+    /// FIP in bits 0-31, FOP in 32-42, `X87_LAST_VALID` set; 0 if none.
+    pub x87_last: u64,
+    /// FNSAVE/FRSTOR image (32-bit protected-mode layout, SDM Vol. 1
+    /// 8.1.10) through which the guest state enters and leaves the host
+    /// unit.
+    pub x87_img: [u8; X87_IMG_LEN],
+    /// FNSTENV scratch (28 bytes, 32-bit layout) for the stack checks of
+    /// native code (`codegen::x87`).
+    pub x87_env: [u8; 28],
 }
+
+/// `JitCtx::x87_last` holds an instruction.
+pub const X87_LAST_VALID: u64 = 1 << 48;
+/// Size of an FNSAVE image with the 32-bit environment.
+pub const X87_IMG_LEN: usize = 108;
+/// Offset of ST(0) in it.
+const IMG_REGS: usize = 28;
 
 impl JitCtx {
     pub fn new() -> Self {
@@ -95,7 +125,111 @@ impl JitCtx {
             engine: core::ptr::null_mut(),
             exit_site: 0,
             ib_table: core::ptr::null(),
+            x87_live: 0,
+            x87_fds_seg: 0,
+            x87_cw: 0,
+            x87_fdp: 0,
+            x87_last: 0,
+            x87_img: [0; X87_IMG_LEN],
+            x87_env: [0; 28],
         }
+    }
+
+    /// Whether the guest's x87 state may run on the host unit (checked on
+    /// entry to native x87 code): no #NM (CR0.EM/TS clear, SDM Vol. 3
+    /// Table 2-2), every exception masked and none pending (a host
+    /// exception would trap in this process; masked responses are what
+    /// the host computes), and a precision control other than the
+    /// reserved 01B (the interpreter's choice for it need not be the
+    /// host's). If so, put the state into `x87_img` for FRSTOR.
+    pub fn x87_prepare(&mut self, cpu: &CpuState) -> bool {
+        let f = &cpu.fpu;
+        if cpu.cr0 & (cr0::EM | cr0::TS) != 0
+            || f.fcw & fcw::MASKS != fcw::MASKS
+            || (f.fcw >> 8) & 3 == 1
+            || f.fsw & fsw::ES != 0
+        {
+            return false;
+        }
+        let img = &mut self.x87_img;
+        img.fill(0);
+        img[0..2].copy_from_slice(&f.fcw.to_le_bytes());
+        img[4..6].copy_from_slice(&f.fsw.to_le_bytes());
+        img[8..10].copy_from_slice(&f.ftw.to_le_bytes());
+        let top = ((f.fsw & fsw::TOP_MASK) >> fsw::TOP_SHIFT) as usize;
+        for i in 0..8 {
+            let at = IMG_REGS + 10 * i;
+            img[at..at + 10].copy_from_slice(&f.regs[(top + i) & 7]);
+        }
+        self.x87_last = 0;
+        self.x87_fds_seg = 0;
+        true
+    }
+
+    /// If the host unit holds the guest's x87 state, store it (FNSAVE,
+    /// which also re-initialises the host unit to the state Rust code
+    /// expects) and give it back to `cpu.fpu`, with the last-instruction
+    /// pointers of the native instructions run since it was loaded. The
+    /// selectors (FCS, FDS) are the current ones: segment loads and far
+    /// transfers run in the monitor, which spills first.
+    #[inline]
+    pub fn x87_spill(&mut self, cpu: &mut CpuState) {
+        if self.x87_live == 0 {
+            return;
+        }
+        self.x87_live = 0;
+        let img = &mut self.x87_img;
+        // SAFETY: FNSAVE writes the 108 bytes of `img` (32-bit layout: no
+        // REX.W) and re-initialises the x87 unit, whose registers are
+        // declared clobbered. The host unit holds the guest's state loaded
+        // by generated code (`x87_live`), which nothing else uses.
+        unsafe {
+            core::arch::asm!(
+                "fnsave [{img}]",
+                img = in(reg) img.as_mut_ptr(),
+                out("st(0)") _, out("st(1)") _, out("st(2)") _, out("st(3)") _,
+                out("st(4)") _, out("st(5)") _, out("st(6)") _, out("st(7)") _,
+                options(nostack),
+            );
+        }
+        let g16 = |at: usize| u16::from_le_bytes([img[at], img[at + 1]]);
+        let f = &mut cpu.fpu;
+        f.fcw = (g16(0) & fcw::WRITABLE) | fcw::FIXED1;
+        f.fsw = g16(4);
+        // ES and B follow the flags and the masks (SDM Vol. 1 8.1.3.1),
+        // as the interpreter keeps them: set after an FLDCW that unmasked
+        // a flagged exception.
+        if f.fsw & fsw::EXC & !f.fcw != 0 {
+            f.fsw |= fsw::ES | fsw::B;
+        } else {
+            f.fsw &= !(fsw::ES | fsw::B);
+        }
+        let ftw = g16(8);
+        let top = ((f.fsw & fsw::TOP_MASK) >> fsw::TOP_SHIFT) as usize;
+        for i in 0..8 {
+            let at = IMG_REGS + 10 * i;
+            f.regs[(top + i) & 7].copy_from_slice(&img[at..at + 10]);
+        }
+        f.ftw = (0..8).fold(0, |w, p| {
+            let t = if (ftw >> (2 * p)) & 3 == tag::EMPTY {
+                tag::EMPTY
+            } else {
+                classify(&f.regs[p])
+            };
+            w | t << (2 * p)
+        });
+        if self.x87_last & X87_LAST_VALID != 0 {
+            f.fip = self.x87_last as u32;
+            f.fop = (self.x87_last >> 32) as u16 & 0x7FF;
+            f.fcs = cpu.seg[SegReg::Cs as usize].selector;
+        }
+        let seg = self.x87_fds_seg as usize;
+        if (1..=cpu.seg.len()).contains(&seg) {
+            f.fdp = self.x87_fdp;
+            f.fds = cpu.seg[seg - 1].selector;
+        }
+        self.x87_last = 0;
+        self.x87_fds_seg = 0;
     }
 
     /// Take the guest state translated code keeps here from `cpu`.
@@ -143,6 +277,13 @@ pub mod off {
     pub const SHADOW: i32 = offset_of!(JitCtx, shadow) as i32;
     pub const EXIT_SITE: i32 = offset_of!(JitCtx, exit_site) as i32;
     pub const IB_TABLE: i32 = offset_of!(JitCtx, ib_table) as i32;
+    pub const X87_LIVE: i32 = offset_of!(JitCtx, x87_live) as i32;
+    pub const X87_FDS_SEG: i32 = offset_of!(JitCtx, x87_fds_seg) as i32;
+    pub const X87_CW: i32 = offset_of!(JitCtx, x87_cw) as i32;
+    pub const X87_FDP: i32 = offset_of!(JitCtx, x87_fdp) as i32;
+    pub const X87_LAST: i32 = offset_of!(JitCtx, x87_last) as i32;
+    pub const X87_IMG: i32 = offset_of!(JitCtx, x87_img) as i32;
+    pub const X87_ENV: i32 = offset_of!(JitCtx, x87_env) as i32;
     pub const fn seg_base(i: usize) -> i32 {
         (offset_of!(JitCtx, seg_base) + 4 * i) as i32
     }

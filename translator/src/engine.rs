@@ -69,6 +69,11 @@ pub struct TranslatorStats {
     pub monitor_by_mnemonic: Vec<u64>,
     /// Exceptions raised by instructions run in monitor routines.
     pub exceptions: u64,
+    /// Entries into native x87 code that loaded the guest's x87 state
+    /// into the host unit (`codegen::x87`).
+    pub x87_loads: u64,
+    /// Stores of it back to `CpuState` (monitor routines, exits).
+    pub x87_spills: u64,
     /// Instructions the dispatcher gave to the interpreter.
     pub interp_steps: u64,
     /// Entries into generated code.
@@ -213,7 +218,10 @@ impl Translator {
         let stub_bytes = code.used();
         Ok(Translator {
             mon: Box::new(Monitor {
-                stats: TranslatorStats::default(),
+                stats: TranslatorStats {
+                    monitor_by_mnemonic: vec![0; iced_x86::Mnemonic::values().count()],
+                    ..Default::default()
+                },
                 rep_batch: 256,
                 budget_start: 0,
                 retired_base: 0,
@@ -388,7 +396,8 @@ impl Translator {
             >(self.stubs.enter);
             f(ctx, code);
         }
-        let ctx = &*self.ctx;
+        let ctx = &mut *self.ctx;
+        crate::helpers::spill_x87(ctx, vm, &mut self.mon);
         ctx.store(&mut vm.cpu);
         vm.cpu.eip = ctx.eip;
         self.mon.cache.reap();

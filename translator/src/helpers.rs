@@ -83,6 +83,50 @@ pub unsafe extern "sysv64" fn exec_indirect(ctx: *mut JitCtx, meta: *const InsnM
     0
 }
 
+/// Entry into native x87 code (`codegen::x87`) while the host unit does
+/// not hold the guest's state: 1 if the state may run there, with the
+/// FRSTOR image prepared in the context (`JitCtx::x87_prepare`), else 0
+/// (the instructions then run in the monitor). Called without the guest
+/// registers synchronised: it reads only CR0 and the x87 state, which
+/// change only in monitor routines.
+///
+/// # Safety
+/// Only generated code calls it, with the running context.
+pub unsafe extern "sysv64" fn x87_enter(ctx: *mut JitCtx) -> u32 {
+    // SAFETY: as in `run_insn`: the live context, and the machine and
+    // monitor it points to, not otherwise borrowed while this runs.
+    let (ctx, vm, mon) = unsafe {
+        let ctx = &mut *ctx;
+        let vm = &*ctx.vm;
+        let mon = &mut *(ctx.engine as *mut Monitor);
+        (ctx, vm, mon)
+    };
+    let ok = ctx.x87_prepare(&vm.cpu);
+    if ok {
+        mon.stats.x87_loads += 1;
+    }
+    ok as u32
+}
+
+/// FLDCW in native x87 code left a control word the host must not run
+/// with (an exception unmasked, the reserved precision): give the state
+/// back to `CpuState`, so that the next x87 instruction checks again.
+/// Returns 0.
+///
+/// # Safety
+/// As `x87_enter`.
+pub unsafe extern "sysv64" fn x87_drop(ctx: *mut JitCtx) -> u32 {
+    // SAFETY: as in `x87_enter`.
+    let (ctx, vm, mon) = unsafe {
+        let ctx = &mut *ctx;
+        let vm = &mut *ctx.vm;
+        let mon = &mut *(ctx.engine as *mut Monitor);
+        (ctx, vm, mon)
+    };
+    spill_x87(ctx, vm, mon);
+    0
+}
+
 /// The body of the routines above. `branch_ok`: a transfer of control by
 /// the instruction (or its ending blocks) does not by itself leave the
 /// block. Returns whether to leave (with `eip`, `exit` and the budget of
@@ -100,6 +144,12 @@ unsafe fn run_insn(ctx: *mut JitCtx, meta: *const InsnMeta, branch_ok: bool) -> 
     // SAFETY: `vm` and `engine` were set by the dispatcher from live
     // exclusive borrows that it does not use while generated code runs.
     let (vm, mon) = unsafe { (&mut *ctx.vm, &mut *(ctx.engine as *mut Monitor)) };
+    if !branch_ok {
+        // The handler may use the x87 state or the CR0 bits native x87
+        // code depends on. Near branches use neither: the host unit keeps
+        // the state across them (and into the next block).
+        spill_x87(ctx, vm, mon);
+    }
     ctx.store(&mut vm.cpu);
     vm.cpu.eip = meta.eip;
     let consumed = (mon.budget_start - ctx.budget) as u64 - meta.rem as u64;
@@ -130,6 +180,8 @@ unsafe fn run_insn(ctx: *mut JitCtx, meta: *const InsnMeta, branch_ok: bool) -> 
             shadow || (!branch_ok && (next != meta.next_eip || meta.ends))
         }
         Err(f) => {
+            // Delivery changes CS (the spill records FCS from it).
+            spill_x87(ctx, vm, mon);
             mon.stats.exceptions += 1;
             if let Err(reason) = interrupt::deliver_exception(vm, f) {
                 mon.shutdown = Some(reason);
@@ -162,4 +214,13 @@ unsafe fn run_insn(ctx: *mut JitCtx, meta: *const InsnMeta, branch_ok: bool) -> 
         };
     }
     leave
+}
+
+/// `JitCtx::x87_spill`, counted.
+#[inline]
+pub(crate) fn spill_x87(ctx: &mut JitCtx, vm: &mut umbra_core::vm::Vm, mon: &mut Monitor) {
+    if ctx.x87_live != 0 {
+        mon.stats.x87_spills += 1;
+        ctx.x87_spill(&mut vm.cpu);
+    }
 }

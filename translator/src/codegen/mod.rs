@@ -20,6 +20,7 @@ pub mod mem;
 pub mod native;
 pub mod string;
 pub mod stubs;
+pub mod x87;
 
 use dynasmrt::x64::X64Relocation;
 use dynasmrt::{dynasm, DynasmApi, DynasmLabelApi, VecAssembler};
@@ -50,6 +51,8 @@ pub struct Emitter<'a> {
     pub cold: Vec<mem::ColdPath>,
     /// The block's chainable exits (`branch`).
     pub exits: branch::Exits,
+    /// Native x87 code (`x87`): what is known, and its slow paths.
+    pub x87: x87::X87State,
 }
 
 impl<'a> Emitter<'a> {
@@ -67,6 +70,7 @@ impl<'a> Emitter<'a> {
                 addr,
                 ..Default::default()
             },
+            x87: Default::default(),
         }
     }
 
@@ -213,7 +217,10 @@ pub fn emit_block(
             // The branch emitted the block's exits.
             return finish(e, budget_out, n, first_eip, stubs);
         }
-        if native::emit(&mut e, m, live[i])
+        let at = m.eip.wrapping_sub(first_eip) as usize;
+        let bytes = block.bytes.get(at..at + m.ins.len()).unwrap_or(&[]);
+        if x87::emit(&mut e, m, bytes)
+            || native::emit(&mut e, m, live[i])
             || string::emit(&mut e, m)
             || string::emit_single(&mut e, m)
             || flow::emit_leave(&mut e, m)
@@ -237,6 +244,7 @@ fn finish(
     stubs: &Stubs,
 ) -> (Vec<u8>, Vec<branch::ExitSite>) {
     mem::emit_cold_paths(&mut e);
+    x87::emit_cold(&mut e);
     let exit_store = stubs.exit_store;
     dynasm!(e.ops
         ; .arch x64

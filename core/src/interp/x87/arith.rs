@@ -116,10 +116,18 @@ pub(super) fn quiet(r: Reg) -> Reg {
     r
 }
 
-/// x87 NaN propagation (SDM Vol. 1 Table 4-7): with two NaNs the larger
-/// significand wins (on a tie the positive one), quietened.
+/// x87 NaN propagation (SDM Vol. 1 Table 4-7): an SNaN and a QNaN give
+/// the QNaN; two of a kind, the larger significand (on a tie the
+/// positive one), quietened.
 pub(super) fn pick_nan(a: &Val, b: &Val) -> Reg {
     match (a, b) {
+        (Val::NaN(x, sx), Val::NaN(y, sy)) if sx != sy => {
+            if *sx {
+                *y
+            } else {
+                *x
+            }
+        }
         (Val::NaN(x, _), Val::NaN(y, _)) => {
             let (_, _, mx) = parts(x);
             let (_, _, my) = parts(y);
@@ -620,7 +628,15 @@ fn farith(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
         }
     };
     let (src, load_flags) = match (mem, src_reg) {
-        (Some((raw, Some((fb, eb)))), _) => from_ieee(raw, fb, eb),
+        (Some((raw, Some((fb, eb)))), _) => {
+            // An SNaN operand stays signalling for the NaN choice (the
+            // load quietened it; only an SNaN raises IE on a load).
+            let (mut v, fl) = from_ieee(raw, fb, eb);
+            if fl & IE != 0 {
+                v[7] &= !0x40;
+            }
+            (v, fl)
+        }
         (Some((raw, None)), _) => (from_int(raw as i64), 0),
         (None, Some(s)) => {
             if empty(f, s) {
@@ -641,7 +657,9 @@ fn farith(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
     if load_flags & IE != 0 {
         o.flags |= IE;
     }
-    if load_flags & DE != 0 && o.flags & IE == 0 {
+    // A NaN register operand decides the result before the denormal
+    // memory operand is looked at: no DE (as with register operands).
+    if load_flags & DE != 0 && o.flags & IE == 0 && !matches!(unpack(&d).0, Val::NaN(..)) {
         o.flags |= DE;
     }
     deliver(f, dst, pops, o);
@@ -910,6 +928,11 @@ mod tests {
             (make(false, 0x7FFF, 0xC000_0000_0000_0001), IE)
         );
         let o = c(Op::Mul, &snan, &qnan);
+        assert_eq!((o.value, o.flags), (qnan, IE));
+        // An SNaN and a QNaN give the QNaN even when the SNaN's
+        // significand is larger (SDM Vol. 1 Table 4-7).
+        let big_snan = make(false, 0x7FFF, 0xBFFF_FFFF_FFFF_FFFF);
+        let o = c(Op::Sub, &qnan, &big_snan);
         assert_eq!((o.value, o.flags), (qnan, IE));
         // Unnormal operand: invalid.
         assert_eq!(c(Op::Add, &make(false, 0x3FFF, 1 << 62), &r(1)).flags, IE);

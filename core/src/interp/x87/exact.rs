@@ -206,10 +206,13 @@ fn fprem(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
         return Ok(());
     }
     let bit = |on: bool, c: u16| if on { c } else { 0 };
-    let cc = bit(r.q & 4 != 0, C0)
-        | bit(r.q & 2 != 0, C3)
-        | bit(r.q & 1 != 0, C1)
-        | bit(r.incomplete, C2);
+    // An incomplete reduction sets C2 alone: the quotient bits are not
+    // defined then (SDM Vol. 2A FPREM), and the hardware clears them.
+    let cc = if r.incomplete {
+        C2
+    } else {
+        bit(r.q & 4 != 0, C0) | bit(r.q & 2 != 0, C3) | bit(r.q & 1 != 0, C1)
+    };
     f.fsw = (f.fsw & !(C0 | C1 | C2 | C3)) | cc;
     Ok(())
 }
@@ -308,7 +311,13 @@ fn fxtract(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
     let s0 = st(f, 0);
     let full = !empty(f, (top(f) + 7) & 7);
     if empty(f, s0) || full {
-        let masked = if full { overflow(f) } else { underflow(f) };
+        // An empty ST(0) is reported as the underflow (C1 = 0) even
+        // when the push would overflow too, as the hardware does.
+        let masked = if empty(f, s0) {
+            underflow(f)
+        } else {
+            overflow(f)
+        };
         if masked {
             put(f, s0, INDEFINITE);
             force_push(f, INDEFINITE);
