@@ -5,47 +5,17 @@
 //! computation and against each other.
 
 use iced_x86::code_asm::*;
-use umbra_core::cpu::{attr, cr0, DescTable, SegReg, Segment, ESP};
+use umbra_core::cpu::SegReg;
 use umbra_core::interp::Interpreter;
-use umbra_core::mem::GuestMemory;
 use umbra_core::{Budget, Engine, Exit, Vm};
 use umbra_translator::Translator;
 
-/// Where programs are placed (physical = linear).
-const CODE: u32 = 0x1000;
+mod common;
+use common::CODE;
 
-/// A machine with `bytes` at `CODE` and ESP = 0x8000: flat ring-0 32-bit
-/// protected mode (`bits` 32) or real mode with every base 0 (`bits` 16).
+/// A machine with `bytes` at `CODE` (`common::machine`).
 fn machine(bits: u32, bytes: &[u8]) -> Vm {
-    let mut mem = GuestMemory::new(1 << 20).unwrap();
-    mem.write(CODE as u64, bytes);
-    let mut vm = Vm::new(mem);
-    if bits == 32 {
-        vm.cpu.cr0 |= cr0::PE;
-        for (i, s) in vm.cpu.seg.iter_mut().enumerate() {
-            let code = if i == 1 { attr::CODE } else { 0 };
-            *s = Segment {
-                selector: if i == 1 { 8 } else { 16 },
-                base: 0,
-                limit: 0xFFFF_FFFF,
-                attr: attr::P | attr::S | attr::RW | attr::ACCESSED | attr::DB | attr::G | code,
-            };
-        }
-        vm.mem.write_u64(0x20008, 0x00CF_9A00_0000_FFFF);
-        vm.mem.write_u64(0x20010, 0x00CF_9200_0000_FFFF);
-        vm.cpu.gdtr = DescTable {
-            base: 0x20000,
-            limit: 0x17,
-        };
-    } else {
-        for s in SegReg::ALL {
-            *vm.cpu.seg_mut(s) = Segment::real(0);
-        }
-        vm.cpu.seg_mut(SegReg::Cs).attr |= attr::CODE;
-    }
-    vm.cpu.eip = CODE;
-    vm.cpu.gpr[ESP] = 0x8000;
-    vm
+    common::machine(bits, &[(CODE, bytes)])
 }
 
 fn assemble(bits: u32, f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {

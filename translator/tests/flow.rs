@@ -4,14 +4,14 @@
 //! and against each other (registers, EIP, EFLAGS, retired count).
 
 use iced_x86::code_asm::*;
-use umbra_core::cpu::{attr, cr0, DescTable, SegReg, Segment, ESP};
+use umbra_core::cpu::{attr, SegReg, ESP};
 use umbra_core::interp::Interpreter;
-use umbra_core::mem::GuestMemory;
 use umbra_core::{Budget, Engine, Exit, Vm};
 use umbra_translator::Translator;
 
-/// Where the main program is placed (physical = linear).
-const CODE: u32 = 0x1000;
+mod common;
+use common::CODE;
+
 /// A second and a third code page.
 const PAGE2: u32 = 0x2000;
 const PAGE3: u32 = 0x3000;
@@ -19,32 +19,10 @@ const PAGE3: u32 = 0x3000;
 const DATA: u32 = 0x6000;
 
 /// Flat ring-0 32-bit protected mode with `parts` (address, bytes)
-/// written, EIP = CODE and ESP = 0x8000.
+/// written (`common::machine`).
 fn machine(parts: &[(u32, Vec<u8>)]) -> Vm {
-    let mut mem = GuestMemory::new(1 << 20).unwrap();
-    for (at, b) in parts {
-        mem.write(*at as u64, b);
-    }
-    let mut vm = Vm::new(mem);
-    vm.cpu.cr0 |= cr0::PE;
-    for (i, s) in vm.cpu.seg.iter_mut().enumerate() {
-        let code = if i == 1 { attr::CODE } else { 0 };
-        *s = Segment {
-            selector: if i == 1 { 8 } else { 16 },
-            base: 0,
-            limit: 0xFFFF_FFFF,
-            attr: attr::P | attr::S | attr::RW | attr::ACCESSED | attr::DB | attr::G | code,
-        };
-    }
-    vm.mem.write_u64(0x20008, 0x00CF_9A00_0000_FFFF);
-    vm.mem.write_u64(0x20010, 0x00CF_9200_0000_FFFF);
-    vm.cpu.gdtr = DescTable {
-        base: 0x20000,
-        limit: 0x17,
-    };
-    vm.cpu.eip = CODE;
-    vm.cpu.gpr[ESP] = 0x8000;
-    vm
+    let parts: Vec<(u32, &[u8])> = parts.iter().map(|(a, b)| (*a, &b[..])).collect();
+    common::machine(32, &parts)
 }
 
 fn assemble(at: u32, f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {

@@ -27,7 +27,7 @@ use iced_x86::{Code, OpKind, Register};
 use umbra_core::cpu::SegReg;
 use umbra_core::mmu::shadow::perm;
 
-use super::mem::{addr_reg, emit_ea, emit_lookup, perm_bit, seg_index};
+use super::mem::{addr_reg, emit_ea, emit_lookup, emit_probe, perm_bit, seg_index};
 use super::native::host_reg;
 use super::{Emitter, FlagState};
 use crate::block::{mode, seg_flat, InsnMeta};
@@ -110,22 +110,9 @@ pub fn emit_goto(e: &mut Emitter) {
     } else {
         dynasm!(e.ops ; .arch x64 ; lea edi, [r11 + cs_base as i32]);
     }
+    emit_probe(e, fetch, miss);
     dynasm!(e.ops
         ; .arch x64
-        ; mov esi, edi
-        ; shr esi, 12
-        ; mov r8d, edi
-        ; shr r8d, 24
-        ; xor esi, r8d
-        ; and esi, 4095
-        ; mov r8, QWORD [rbp + off::SHADOW]
-        ; mov r9d, DWORD [r8 + rsi * 8]
-        ; mov r10d, r9d
-        ; xor r10d, edi
-        ; test r10d, 0xFFFF_F000u32 as i32
-        ; jnz =>miss
-        ; test r9d, fetch as i32
-        ; jz =>miss
         ; mov esi, DWORD [r8 + rsi * 8 + 4]
         ; mov r10d, edi
         ; and r10d, 0xFFF

@@ -339,6 +339,38 @@ pub fn emit_stack(e: &mut Emitter, m: &InsnMeta) -> bool {
     true
 }
 
+/// The shadow-table probe of the linear page in EDI for permission bit
+/// `bit`: on a hit, R8 = the table and RSI = the slot (the entry's RAM
+/// offset is at [r8+rsi*8+4]); else a jump to `miss`. Clobbers RFLAGS,
+/// R9, R10.
+///
+/// ```text
+///   mov esi, edi ; shr esi, 12 ; mov r8d, edi ; shr r8d, 24
+///   xor esi, r8d ; and esi, 4095            (slot)
+///   mov r8, [rbp+shadow] ; mov r9d, [r8+rsi*8]          (tag)
+///   mov r10d, r9d ; xor r10d, edi ; test r10d, ~0xFFF ; jnz miss
+///   test r9d, bit ; jz miss
+/// ```
+pub(super) fn emit_probe(e: &mut Emitter, bit: u32, miss: DynamicLabel) {
+    dynasm!(e.ops
+        ; .arch x64
+        ; mov esi, edi
+        ; shr esi, 12
+        ; mov r8d, edi
+        ; shr r8d, 24
+        ; xor esi, r8d
+        ; and esi, 4095
+        ; mov r8, QWORD [rbp + off::SHADOW]
+        ; mov r9d, DWORD [r8 + rsi * 8]
+        ; mov r10d, r9d
+        ; xor r10d, edi
+        ; test r10d, 0xFFFF_F000u32 as i32
+        ; jnz =>miss
+        ; test r9d, bit as i32
+        ; jz =>miss
+    );
+}
+
 /// The inline shadow lookup of the linear address in EDI for an access
 /// of `size` bytes needing permission bit `bit`: host pointer into RSI,
 /// or a jump to `slow`. Clobbers RFLAGS, EDI, R8-R10.
@@ -363,22 +395,9 @@ pub(super) fn emit_lookup(e: &mut Emitter, size: i32, bit: u32, slow: DynamicLab
             ; jnz =>slow
         );
     }
+    emit_probe(e, bit, slow);
     dynasm!(e.ops
         ; .arch x64
-        ; mov esi, edi
-        ; shr esi, 12
-        ; mov r8d, edi
-        ; shr r8d, 24
-        ; xor esi, r8d
-        ; and esi, 4095
-        ; mov r8, QWORD [rbp + off::SHADOW]
-        ; mov r9d, DWORD [r8 + rsi * 8]
-        ; mov r10d, r9d
-        ; xor r10d, edi
-        ; test r10d, 0xFFFF_F000u32 as i32
-        ; jnz =>slow
-        ; test r9d, bit as i32
-        ; jz =>slow
         ; mov esi, DWORD [r8 + rsi * 8 + 4]
         ; and edi, 0xFFF
         ; add rsi, rdi
