@@ -469,20 +469,24 @@ fn fld_mem(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
     Ok(())
 }
 
-/// FLD ST(i): push a copy of ST(i) (read before the push).
+/// FLD ST(i): push a copy of ST(i) (read before the push). An empty
+/// ST(i) is a stack underflow (C1 = 0) even when ST(7) is in use too: the
+/// source is read first, and the masked response pushes the indefinite
+/// over the occupied register without a second (overflow) report. That
+/// is what the hardware does (the translator runs FLD on the host's x87
+/// unit, and the random x87 diff found the difference); the SDM's FLD
+/// page leaves the order open.
 fn fld_sti(ctx: &mut Ctx, ins: &Instruction) -> Result<(), Fault> {
     let last = begin(ctx, ins)?;
     let i = sti_index(ins);
     let f = &mut ctx.vm.cpu.fpu;
     last.apply(f);
     let src = st(f, i);
-    if !empty(f, (top(f) + 7) & 7) {
-        push(f, INDEFINITE);
-        return Ok(());
-    }
     if empty(f, src) {
         if underflow(f) {
-            push(f, INDEFINITE);
+            let t = (top(f) + 7) & 7;
+            set_top(f, t);
+            put(f, t, INDEFINITE);
         }
         return Ok(());
     }
@@ -863,6 +867,22 @@ mod tests {
             (make(true, 0x7FFF, 1 << 63), 0)
         );
         assert_eq!(from_ieee(0x8000_0000, 23, 8), (make(true, 0, 0), 0));
+    }
+
+    /// FNINIT; FADD ST(7), ST: both empty, so a masked underflow writes
+    /// the indefinite to ST(7) (TOP stays 0). FLD ST(0) then reads an
+    /// empty ST(0) while ST(7) is in use: an underflow, C1 = 0 (not the
+    /// overflow's C1 = 1), TOP 7, the indefinite in ST(0). FSW = TOP 7
+    /// (0x3800) | SF (0x40) | IE (0x01) = 0x3841.
+    #[test]
+    fn fld_of_an_empty_register_onto_a_full_slot_is_an_underflow() {
+        let mut vm = flat0();
+        assert_eq!(run(&mut vm, 32, |a| a.fninit()), Ok(()));
+        assert_eq!(run(&mut vm, 32, |a| a.fadd_2(st7, st0)), Ok(()));
+        assert_eq!(run(&mut vm, 32, |a| a.fld(st0)), Ok(()));
+        let f = vm.cpu.fpu;
+        assert_eq!(f.fsw, 0x3841);
+        assert_eq!(f.regs[7], INDEFINITE);
     }
 
     #[test]
