@@ -11,7 +11,7 @@ use umbra_core::{Budget, Engine, Exit, Vm};
 use umbra_translator::Translator;
 
 mod common;
-use common::CODE;
+use common::{run, CODE};
 
 /// A machine with `bytes` at `CODE` (`common::machine`).
 fn machine(bits: u32, bytes: &[u8]) -> Vm {
@@ -22,20 +22,6 @@ fn assemble(bits: u32, f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedErro
     let mut a = CodeAssembler::new(bits).unwrap();
     f(&mut a).unwrap();
     a.assemble(CODE as u64).unwrap()
-}
-
-/// Run `vm` on `e` in slices of `slice` instructions until it stops or
-/// `total` instructions ran.
-fn run(e: &mut dyn Engine, vm: &mut Vm, slice: u64, total: u64) -> Exit {
-    let mut done = 0;
-    loop {
-        let before = vm.clock.retired;
-        let x = e.run(vm, Budget::insns(slice));
-        done += vm.clock.retired - before;
-        if x != Exit::BudgetSpent || done >= total {
-            return x;
-        }
-    }
 }
 
 /// The program on both engines: (translator's vm and exit, its stats

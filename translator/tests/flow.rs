@@ -6,11 +6,11 @@
 use iced_x86::code_asm::*;
 use umbra_core::cpu::{attr, SegReg, ESP};
 use umbra_core::interp::Interpreter;
-use umbra_core::{Budget, Engine, Exit, Vm};
+use umbra_core::{Exit, Vm};
 use umbra_translator::Translator;
 
 mod common;
-use common::CODE;
+use common::{run, CODE};
 
 /// A second and a third code page.
 const PAGE2: u32 = 0x2000;
@@ -29,20 +29,6 @@ fn assemble(at: u32, f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>
     let mut a = CodeAssembler::new(32).unwrap();
     f(&mut a).unwrap();
     a.assemble(at as u64).unwrap()
-}
-
-/// Run `vm` on `e` in slices of `slice` instructions until it stops or
-/// `total` instructions ran.
-fn run(e: &mut dyn Engine, vm: &mut Vm, slice: u64, total: u64) -> Exit {
-    let mut done = 0;
-    loop {
-        let before = vm.clock.retired;
-        let x = e.run(vm, Budget::insns(slice));
-        done += vm.clock.retired - before;
-        if x != Exit::BudgetSpent || done >= total {
-            return x;
-        }
-    }
 }
 
 /// The program on both engines, `setup` applied to each machine first;

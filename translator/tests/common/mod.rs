@@ -2,7 +2,7 @@
 
 use umbra_core::cpu::{attr, cr0, DescTable, SegReg, Segment, ESP};
 use umbra_core::mem::GuestMemory;
-use umbra_core::Vm;
+use umbra_core::{Budget, Engine, Exit, Vm};
 
 /// Where programs start (physical = linear).
 pub const CODE: u32 = 0x1000;
@@ -43,4 +43,18 @@ pub fn machine(bits: u32, parts: &[(u32, &[u8])]) -> Vm {
     vm.cpu.eip = CODE;
     vm.cpu.gpr[ESP] = 0x8000;
     vm
+}
+
+/// Run `vm` on `e` in slices of `slice` instructions until it stops or
+/// `total` instructions ran.
+pub fn run(e: &mut dyn Engine, vm: &mut Vm, slice: u64, total: u64) -> Exit {
+    let mut done = 0;
+    loop {
+        let before = vm.clock.retired;
+        let x = e.run(vm, Budget::insns(slice));
+        done += vm.clock.retired - before;
+        if x != Exit::BudgetSpent || done >= total {
+            return x;
+        }
+    }
 }
