@@ -24,6 +24,10 @@ if [ -f /lib/modules/load-order ]; then
         sleep 1
     done
     echo "MODULES-OK $(ls /sys/block | tr '\n' ' ')"
+    # General-purpose events the ACPI core dispatched since boot: none on
+    # a machine where nothing happens (floating GPE registers read as all
+    # events pending, and the firmware's handlers then ejected PCI slots).
+    echo "ACPI-GPES $(cat /sys/firmware/acpi/interrupts/gpe_all 2>/dev/null)"
 fi
 
 # umbra.disktest=1: write a file with known contents to the FAT file

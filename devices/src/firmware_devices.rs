@@ -21,7 +21,8 @@ use umbra_core::bus::{Bus, IoHook, Mmio, PortIo};
 use umbra_core::mem::{pam_segments, GuestMemory};
 use umbra_core::vm::Vm;
 
-use crate::acpi_pm::AcpiPm;
+use crate::acpi_hotplug::{self, AcpiHotplug};
+use crate::acpi_pm::{self, AcpiPm};
 use crate::fw_cfg::{self, FwCfg};
 use crate::ide::{self, BlockBackend, Ide};
 use crate::pci::{PciHost, PIIX4_PMBA};
@@ -115,6 +116,7 @@ impl FirmwareDevices {
                 ide: ide.clone(),
                 pci: platform.pci.clone(),
                 acpi: platform.acpi.clone(),
+                hotplug: AcpiHotplug::new(1),
             }),
         );
         let hook = FirmwareHook {
@@ -305,12 +307,15 @@ impl PortIo for IdePorts {
 /// I/O blocks the firmware places with PCI registers: the IDE bus-master
 /// block at BAR4, and the ACPI PM block where the PIIX4's PMBA puts it (the
 /// device decodes its ports relative to `ACPI_PM_BASE`, where direct boots
-/// leave it, so a relocated access is translated there). Anything else in
-/// the PCI I/O range floats.
+/// leave it, so a relocated access is translated there); and at fixed
+/// ports the GPE0 block and hotplug registers SeaBIOS's ACPI tables name
+/// (`acpi_hotplug`; the GPE0 registers are the PM block's). Anything else
+/// in the PCI I/O range floats.
 struct PciIoPorts {
     ide: Shared<Ide>,
     pci: Shared<PciHost>,
     acpi: Shared<AcpiPm>,
+    hotplug: AcpiHotplug,
 }
 
 /// Ports of the ACPI PM block (PMBA is 64-byte aligned).
@@ -319,6 +324,7 @@ const PM_BLOCK_LEN: u16 = 64;
 enum PciIo {
     BusMaster(u16),
     Acpi(u16),
+    Hotplug(acpi_hotplug::Decoded),
     Nothing,
 }
 
@@ -342,7 +348,13 @@ impl PciIoPorts {
             Some(base) if base != 0 && port.wrapping_sub(base) < PM_BLOCK_LEN => {
                 PciIo::Acpi(ACPI_PM_BASE + (port - base))
             }
-            _ => PciIo::Nothing,
+            _ => match acpi_hotplug::decode(port) {
+                Some(acpi_hotplug::Decoded::Gpe0(off)) => {
+                    PciIo::Acpi(ACPI_PM_BASE + acpi_pm::GPE0_STS + off)
+                }
+                Some(d) => PciIo::Hotplug(d),
+                None => PciIo::Nothing,
+            },
         }
     }
 }
@@ -352,14 +364,28 @@ impl PortIo for PciIoPorts {
         match self.decode(port) {
             PciIo::BusMaster(off) => self.ide.borrow_mut().bm_read(off, size),
             PciIo::Acpi(p) => self.acpi.borrow_mut().read(p, size, now),
-            PciIo::Nothing => u32::MAX >> (32 - 8 * size.clamp(1, 4) as u32),
+            PciIo::Hotplug(acpi_hotplug::Decoded::PciHotplug(off)) => {
+                self.hotplug.pci_read(off, size)
+            }
+            PciIo::Hotplug(acpi_hotplug::Decoded::CpuPresence(off)) => {
+                self.hotplug.cpu_read(off, size)
+            }
+            PciIo::Hotplug(acpi_hotplug::Decoded::Gpe0(_)) | PciIo::Nothing => {
+                u32::MAX >> (32 - 8 * size.clamp(1, 4) as u32)
+            }
         }
     }
     fn write(&mut self, port: u16, size: u8, value: u32, now: u64) {
         match self.decode(port) {
             PciIo::BusMaster(off) => self.ide.borrow_mut().bm_write(off, size, value),
             PciIo::Acpi(p) => self.acpi.borrow_mut().write(p, size, value, now),
-            PciIo::Nothing => {}
+            PciIo::Hotplug(acpi_hotplug::Decoded::PciHotplug(off)) => {
+                self.hotplug.pci_write(off, size, value)
+            }
+            PciIo::Hotplug(acpi_hotplug::Decoded::CpuPresence(off)) => {
+                self.hotplug.cpu_write(off, size, value)
+            }
+            PciIo::Hotplug(acpi_hotplug::Decoded::Gpe0(_)) | PciIo::Nothing => {}
         }
     }
 }
@@ -451,5 +477,28 @@ mod tests {
         assert_eq!(pc.bus.io_read(b + 4, 4, 0), 0x0012_3400);
         cfg_write(&mut pc, IDE_SLOT, 0x04, 0);
         assert_eq!(pc.bus.io_read(b + 4, 4, 0), 0xFFFF_FFFF, "I/O space off");
+    }
+
+    #[test]
+    fn seabios_acpi_blocks_show_no_pending_event() {
+        // SeaBIOS's FADT puts GPE0_BLK at 0xAFE0 and its DSDT reads the
+        // PCI hotplug block at 0xAE00 and the CPU bitmap at 0xAF00: no GPE
+        // is pending, no slot comes or goes, CPU 0 alone is present.
+        let mut pc = pc();
+        assert_eq!(pc.bus.io_read(0xAFE0, 2, 0), 0, "GPE0_STS");
+        pc.bus.io_write(0xAFE2, 2, 0x0006, 0);
+        assert_eq!(pc.bus.io_read(0xAFE0, 4, 0), 0x0006_0000, "GPE0_EN kept");
+        assert_eq!(
+            pc._platform.acpi.borrow().state().gpe0_en,
+            0x0006,
+            "the PM block's own enables"
+        );
+        assert_eq!(pc.bus.io_read(0xAE00, 4, 0), 0, "slots up");
+        assert_eq!(pc.bus.io_read(0xAE04, 4, 0), 0, "slots down");
+        pc.bus.io_write(0xAE08, 4, 0b10, 0);
+        assert_eq!(pc.bus.io_read(0xAE04, 4, 0), 0, "an eject changes nothing");
+        assert_eq!(pc.bus.io_read(0xAF00, 1, 0), 0b1, "CPU 0");
+        assert_eq!(pc.bus.io_read(0xAF01, 1, 0), 0);
+        assert_eq!(pc.bus.io_read(0xAFE4, 1, 0), 0xFF, "past GPE0 floats");
     }
 }

@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod acpi_hotplug;
 pub mod acpi_pm;
 pub mod debug_port;
 pub mod firmware_devices;
