@@ -100,35 +100,91 @@ impl Default for Fetcher {
     }
 }
 
+impl Drop for Fetcher {
+    fn drop(&mut self) {
+        let tables = (
+            std::mem::take(&mut self.cache),
+            std::mem::take(&mut self.blocks),
+        );
+        // `try_with`: the thread's spares may be gone already at its exit.
+        let _ = SPARE.try_with(|s| {
+            if let Ok(mut s) = s.try_borrow_mut() {
+                if s.len() < SPARE_MAX {
+                    s.push(tables);
+                }
+            }
+        });
+    }
+}
+
 #[inline]
 fn slot(lin: u32) -> usize {
     ((lin ^ (lin >> 12)) as usize) & (CACHE_ENTRIES - 1)
 }
 
-impl Fetcher {
-    pub fn new() -> Self {
-        let empty = Entry {
+/// Tables of dropped fetchers, kept for the next one made on the same
+/// thread: a differential campaign makes two engines per program, and
+/// faulting in and dropping fresh tables took a third of its time.
+type SpareTables = (Vec<Entry>, Vec<Block>);
+thread_local! {
+    static SPARE: std::cell::RefCell<Vec<SpareTables>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+/// Most spare table sets kept per thread.
+const SPARE_MAX: usize = 4;
+
+fn empty_entry() -> Entry {
+    Entry {
+        lin: u32::MAX,
+        eip: 0,
+        bitness: 0,
+        len: 0,
+        bytes: [0; MAX_INSN_LEN],
+        ins: Instruction::default(),
+    }
+}
+
+impl Block {
+    fn empty() -> Self {
+        Block {
             lin: u32::MAX,
             eip: 0,
             bitness: 0,
-            len: 0,
-            bytes: [0; MAX_INSN_LEN],
-            ins: Instruction::default(),
+            off: usize::MAX,
+            gen: 0,
+            bytes: Vec::new(),
+            insns: Vec::new(),
+        }
+    }
+
+    /// Make it `empty()` again, keeping its allocations.
+    fn clear(&mut self) {
+        self.lin = u32::MAX;
+        self.eip = 0;
+        self.bitness = 0;
+        self.off = usize::MAX;
+        self.gen = 0;
+        self.bytes.clear();
+        self.insns.clear();
+    }
+}
+
+impl Fetcher {
+    pub fn new() -> Self {
+        let (cache, blocks) = match SPARE.with(|s| s.borrow_mut().pop()) {
+            Some((mut cache, mut blocks)) => {
+                cache.fill(empty_entry());
+                blocks.iter_mut().for_each(Block::clear);
+                (cache, blocks)
+            }
+            None => (
+                vec![empty_entry(); CACHE_ENTRIES],
+                (0..BLOCK_ENTRIES).map(|_| Block::empty()).collect(),
+            ),
         };
         Fetcher {
             buf: [0; MAX_INSN_LEN],
-            cache: vec![empty; CACHE_ENTRIES],
-            blocks: (0..BLOCK_ENTRIES)
-                .map(|_| Block {
-                    lin: u32::MAX,
-                    eip: 0,
-                    bitness: 0,
-                    off: usize::MAX,
-                    gen: 0,
-                    bytes: Vec::new(),
-                    insns: Vec::new(),
-                })
-                .collect(),
+            cache,
+            blocks,
             stats: FetchStats::default(),
         }
     }
