@@ -6,9 +6,10 @@
 //! `[rsi]`.
 //!
 //! What runs natively: MOV, the eight ALU operations, TEST, INC DEC NEG
-//! NOT, the shifts and rotates, IMUL (all forms), MUL, MOVZX MOVSX, LEA,
-//! XCHG XADD CMPXCHG, CMOVcc, SETcc, BT BTS BTR BTC (register offset only
-//! with a register base), BSWAP r32, CBW CWDE CWD CDQ, NOP, LOCK on the
+//! NOT, the shifts and rotates (SHLD/SHRD too), IMUL (all forms), MUL,
+//! MOVZX MOVSX, LEA, XCHG XADD CMPXCHG, CMOVcc, SETcc, BT BTS BTR BTC
+//! (register offset only with a register base), BSWAP r32, CBW CWDE CWD
+//! CDQ, NOP and PAUSE (nothing to run: a spin-wait hint), LOCK on the
 //! lockable ones with a memory destination; PUSH/POP of registers and
 //! immediates (`mem::emit_stack`). What never does: DIV/IDIV (a host #DE
 //! would end the process), REP prefixes, any other LOCK (#UD),
@@ -123,10 +124,17 @@ fn is_shift(m: Mnemonic) -> bool {
 /// A shift or rotate whose count (CL, or an immediate that masks to 0)
 /// may be zero: it then leaves every flag as it was.
 pub fn count_may_be_zero(ins: &Instruction) -> bool {
-    if !is_shift(ins.mnemonic()) || ins.op_count() < 2 {
+    let m = ins.mnemonic();
+    // The count is the last operand: SHLD/SHRD have three.
+    let count_op = match m {
+        Mnemonic::Shld | Mnemonic::Shrd => 2,
+        _ if is_shift(m) => 1,
+        _ => return false,
+    };
+    if ins.op_count() <= count_op {
         return false;
     }
-    match ins.op1_kind() {
+    match ins.op_kind(count_op) {
         OpKind::Immediate8 => ins.immediate8() & 31 == 0,
         _ => true,
     }
@@ -183,7 +191,7 @@ fn native_use(ins: &Instruction) -> Option<MemUse> {
         }
         Cmp | Test | Imul | Mul | Movzx | Movsx => MemUse::Read,
         Inc | Dec | Neg | Not | Xchg | Xadd | Cmpxchg => MemUse::ReadWrite,
-        Shl | Shr | Sar | Rol | Ror | Rcl | Rcr => MemUse::ReadWrite,
+        Shl | Shr | Sar | Rol | Ror | Rcl | Rcr | Shld | Shrd => MemUse::ReadWrite,
         Bt | Bts | Btr | Btc => {
             // A register bit offset with a memory base addresses beyond
             // the operand (SDM Vol. 2 BT): monitor only.
@@ -203,7 +211,7 @@ fn native_use(ins: &Instruction) -> Option<MemUse> {
             }
             MemUse::Read
         }
-        Cbw | Cwde | Cwd | Cdq | Lea | Nop => MemUse::Read,
+        Cbw | Cwde | Cwd | Cdq | Lea | Nop | Pause => MemUse::Read,
         _ if is_cmov(m) => MemUse::Read,
         _ if is_setcc(m) => MemUse::Write,
         _ => return None,
@@ -275,7 +283,7 @@ enum Plan {
 fn plan(ins: &Instruction) -> Option<Plan> {
     let u = native_use(ins)?;
     match ins.mnemonic() {
-        Mnemonic::Nop => return Some(Plan::Nothing),
+        Mnemonic::Nop | Mnemonic::Pause => return Some(Plan::Nothing),
         Mnemonic::Lea => {
             return (ins.op0_kind() == OpKind::Register && host_reg(ins.op0_register()).is_some())
                 .then_some(Plan::Lea)
