@@ -619,13 +619,14 @@ impl Machine {
             );
             out += &format!(
                 "\ntranslation cache: chains {} unchains {}, evictions {} ({} regions emptied), \
-                 indirect lookups {} hits {}",
+                 indirect lookups {} hits {}, inline table emptied {}",
                 j.chains,
                 j.unchains,
                 j.evictions,
                 j.region_evictions,
                 j.indirect_lookups,
                 j.indirect_hits,
+                j.ib_clears,
             );
             let [next, budget, monitor, shutdown, chain, indirect] = j.exits;
             out += &format!(

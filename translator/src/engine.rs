@@ -62,6 +62,9 @@ pub struct TranslatorStats {
     pub indirect_lookups: u64,
     /// Those that found a valid block and jumped to it.
     pub indirect_hits: u64,
+    /// Times the inline branch-target table was emptied because memory
+    /// changed behind the write-watch (`GuestMemory::watched_code_gen`).
+    pub ib_clears: u64,
     /// Calls from generated code into monitor routines.
     pub monitor_calls: u64,
     /// Monitor calls by the mnemonic of the instruction they ran
@@ -444,6 +447,7 @@ impl Engine for Translator {
                     if gen != self.mon.ib_gen {
                         self.mon.cache.ib_clear();
                         self.mon.ib_gen = gen;
+                        self.mon.stats.ib_clears += 1;
                     }
                     if std::mem::take(&mut self.pending_ib) {
                         self.mon.cache.ib_insert(id);

@@ -9,9 +9,11 @@
 //! NOT, the shifts and rotates (SHLD/SHRD too), IMUL (all forms), MUL,
 //! MOVZX MOVSX, LEA, XCHG XADD CMPXCHG, CMOVcc, SETcc, BT BTS BTR BTC
 //! (register offset only with a register base), BSWAP r32, CBW CWDE CWD
-//! CDQ, NOP and PAUSE (nothing to run: a spin-wait hint), LOCK on the
-//! lockable ones with a memory destination; PUSH/POP of registers and
-//! immediates (`mem::emit_stack`). What never does: DIV/IDIV (a host #DE
+//! CDQ, CLC STC CMC, LAHF SAHF (where the host has them in 64-bit mode:
+//! CPUID 8000_0001h ECX bit 0), NOP and PAUSE (nothing to run: a
+//! spin-wait hint), LOCK on the lockable ones with a memory destination;
+//! PUSH/POP of registers and immediates (`mem::emit_stack`). What never
+//! does: DIV/IDIV (a host #DE
 //! would end the process), REP prefixes, any other LOCK (#UD),
 //! instructions invalid in 64-bit mode other than the INC/DEC short forms
 //! and MOV moffs (rewritten to their ModRM forms), BSF/BSR and their
@@ -61,6 +63,17 @@ pub fn host_reg(r: Register) -> Option<Register> {
         return HOST32.get(r.number()).copied();
     }
     None
+}
+
+/// The host runs LAHF and SAHF in 64-bit mode (CPUID 8000_0001h ECX bit
+/// 0, "LAHF/SAHF available in 64-bit mode"; early x86-64 CPUs lack it).
+fn host_has_lahf_sahf() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        // Leaf 8000_0001h exists when the maximum extended leaf reaches it.
+        let max = core::arch::x86_64::__cpuid(0x8000_0000).eax;
+        max >= 0x8000_0001 && core::arch::x86_64::__cpuid(0x8000_0001).ecx & 1 != 0
+    })
 }
 
 /// How a native instruction touches its memory operand.
@@ -212,6 +225,10 @@ fn native_use(ins: &Instruction) -> Option<MemUse> {
             MemUse::Read
         }
         Cbw | Cwde | Cwd | Cdq | Lea | Nop | Pause => MemUse::Read,
+        // AH and the five low status flags (SAHF keeps OF), CF alone:
+        // the same bits in the host's AH and RFLAGS.
+        Lahf | Sahf if !host_has_lahf_sahf() => return None,
+        Lahf | Sahf | Clc | Stc | Cmc => MemUse::Read,
         _ if is_cmov(m) => MemUse::Read,
         _ if is_setcc(m) => MemUse::Write,
         _ => return None,
