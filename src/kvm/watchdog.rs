@@ -1,11 +1,20 @@
-//! A wall-clock watchdog that kicks the vCPU thread out of `KVM_RUN`, so
-//! that a guest spinning in a loop without any exit cannot hang the host.
+//! A watchdog that kicks the vCPU thread out of `KVM_RUN`, so that a guest
+//! spinning in a loop without any exit cannot hang the host.
 //!
-//! One helper thread per engine sleeps until the armed deadline, then sets
-//! `fired` and sends a no-op real-time signal to the vCPU thread every few
-//! milliseconds until the run loop disarms it. `KVM_RUN` returns `EINTR` on
-//! a signal; the run loop also checks `fired` before each entry, so a kick
-//! that lands between two entries is not lost.
+//! The allowance is CPU time of the vCPU thread (the guest's time in
+//! `KVM_RUN` is that thread's CPU time), so a run is not cut off because
+//! the host gave the thread no CPU: on a loaded machine, or while the
+//! process was stopped, a wall-clock limit ended runs before their first
+//! instruction and the differential harness saw divergences that were
+//! none. A wall-clock backstop (`WALL_FACTOR` times the allowance plus
+//! `WALL_SLACK`) still ends a run that never gets the CPU.
+//!
+//! One helper thread per engine sleeps until the allowance could be used
+//! up, checks the vCPU thread's CPU clock, and once it is (or the backstop
+//! passed) sets `fired` and sends a no-op real-time signal to the vCPU
+//! thread every few milliseconds until the run loop disarms it. `KVM_RUN`
+//! returns `EINTR` on a signal; the run loop also checks `fired` before
+//! each entry, so a kick that lands between two entries is not lost.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Once};
@@ -14,9 +23,64 @@ use std::time::{Duration, Instant};
 
 /// How often the watchdog repeats its kick while the vCPU has not stopped.
 const KICK_INTERVAL: Duration = Duration::from_millis(5);
+/// The wall-clock backstop: this many times the CPU allowance ...
+const WALL_FACTOR: u32 = 50;
+/// ... plus this.
+const WALL_SLACK: Duration = Duration::from_secs(10);
+
+/// An armed limit.
+#[derive(Clone, Copy)]
+struct Deadline {
+    /// CPU clock of the vCPU thread (`None`: it could not be read, the
+    /// allowance is wall-clock time).
+    clock: Option<libc::clockid_t>,
+    /// That clock when armed.
+    start_cpu: Duration,
+    /// CPU time allowed.
+    limit: Duration,
+    /// When armed.
+    start: Instant,
+}
+
+impl Deadline {
+    /// CPU time still allowed (wall-clock time without a CPU clock), or
+    /// `None` once the limit or the backstop is reached.
+    fn remaining(&self) -> Option<Duration> {
+        let wall = self.start.elapsed();
+        if wall >= self.limit * WALL_FACTOR + WALL_SLACK {
+            return None;
+        }
+        let used = match self.clock {
+            Some(c) => cpu_time(c).map_or(wall, |t| t.saturating_sub(self.start_cpu)),
+            None => wall,
+        };
+        self.limit.checked_sub(used).filter(|d| !d.is_zero())
+    }
+}
+
+/// The current value of CPU clock `c`.
+fn cpu_time(c: libc::clockid_t) -> Option<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; a clock id of a thread that
+    // exited makes clock_gettime fail, which is handled.
+    let r = unsafe { libc::clock_gettime(c, &mut ts) };
+    (r == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+}
+
+/// The CPU clock of the calling thread, readable from other threads.
+fn own_cpu_clock() -> Option<libc::clockid_t> {
+    let mut c: libc::clockid_t = 0;
+    // SAFETY: pthread_self has no preconditions; `c` is a valid
+    // out-pointer.
+    let r = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut c) };
+    (r == 0).then_some(c)
+}
 
 struct State {
-    deadline: Option<Instant>,
+    deadline: Option<Deadline>,
     target: libc::pthread_t,
     quit: bool,
 }
@@ -76,13 +140,21 @@ impl Watchdog {
         Watchdog { shared, thread }
     }
 
-    /// Start timing: after `limit` the calling thread gets kicked.
+    /// Start timing: once the calling thread has used `limit` of CPU time
+    /// (or the wall-clock backstop passed) it gets kicked.
     pub(super) fn arm(&self, limit: Duration) {
         self.shared.fired.store(false, Ordering::SeqCst);
+        let clock = own_cpu_clock();
+        let start_cpu = clock.and_then(cpu_time).unwrap_or_default();
         let mut st = lock(&self.shared.state);
         // SAFETY: pthread_self has no preconditions.
         st.target = unsafe { libc::pthread_self() };
-        st.deadline = Some(Instant::now() + limit);
+        st.deadline = Some(Deadline {
+            clock: clock.filter(|&c| cpu_time(c).is_some()),
+            start_cpu,
+            limit,
+            start: Instant::now(),
+        });
         self.shared.cond.notify_all();
     }
 
@@ -92,7 +164,7 @@ impl Watchdog {
         self.shared.cond.notify_all();
     }
 
-    /// Whether the deadline passed since `arm`.
+    /// Whether the limit was reached since `arm`.
     pub(super) fn fired(&self) -> bool {
         self.shared.fired.load(Ordering::SeqCst)
     }
@@ -127,11 +199,13 @@ fn watch(s: &Shared) {
                 st = s.cond.wait(st).unwrap_or_else(|e| e.into_inner());
             }
             Some(d) => {
-                let now = Instant::now();
-                if now < d {
+                if let Some(left) = d.remaining() {
+                    // The thread cannot use more CPU time than wall time
+                    // passes: sleep at least that long before looking
+                    // again.
                     st = s
                         .cond
-                        .wait_timeout(st, d - now)
+                        .wait_timeout(st, left)
                         .unwrap_or_else(|e| e.into_inner())
                         .0;
                 } else {
@@ -150,5 +224,41 @@ fn watch(s: &Shared) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_cpu_time_of_the_armed_thread_counts() {
+        let w = Watchdog::new();
+        w.arm(Duration::from_millis(20));
+        // Ten times the allowance asleep: no CPU used, no kick (the
+        // backstop is seconds away).
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!w.fired(), "a thread that got no CPU was cut off");
+        // Spinning uses it up.
+        let t0 = Instant::now();
+        while !w.fired() && t0.elapsed() < Duration::from_secs(20) {
+            std::hint::spin_loop();
+        }
+        assert!(w.fired(), "a spinning thread was never kicked");
+        w.disarm();
+    }
+
+    #[test]
+    fn rearming_starts_a_new_allowance() {
+        let w = Watchdog::new();
+        w.arm(Duration::from_millis(5));
+        let t0 = Instant::now();
+        while !w.fired() && t0.elapsed() < Duration::from_secs(20) {
+            std::hint::spin_loop();
+        }
+        assert!(w.fired());
+        w.arm(Duration::from_secs(5));
+        assert!(!w.fired(), "arm clears the last verdict");
+        w.disarm();
     }
 }
