@@ -29,6 +29,30 @@ pub struct Vm {
 }
 
 impl Vm {
+    /// Flat ring-0 32-bit protected mode for test programs: CR0.PE, a GDT
+    /// at `gdt` (RAM) whose descriptors 8 (code) and 16 (data) are flat
+    /// 4 GiB segments, and every segment cache loaded to match (CS = 8,
+    /// the others 16).
+    pub fn enter_flat_protected(&mut self, gdt: u64) {
+        use crate::cpu::{attr, cr0, DescTable, Segment};
+        self.cpu.cr0 |= cr0::PE;
+        for (i, s) in self.cpu.seg.iter_mut().enumerate() {
+            let code = if i == 1 { attr::CODE } else { 0 };
+            *s = Segment {
+                selector: if i == 1 { 8 } else { 16 },
+                base: 0,
+                limit: 0xFFFF_FFFF,
+                attr: attr::P | attr::S | attr::RW | attr::ACCESSED | attr::DB | attr::G | code,
+            };
+        }
+        self.mem.write_u64(gdt + 8, 0x00CF_9A00_0000_FFFF);
+        self.mem.write_u64(gdt + 16, 0x00CF_9200_0000_FFFF);
+        self.cpu.gdtr = DescTable {
+            base: gdt as u32,
+            limit: 0x17,
+        };
+    }
+
     pub fn new(mem: GuestMemory) -> Self {
         Vm {
             cpu: CpuState::reset(),

@@ -3,7 +3,7 @@
 
 use iced_x86::code_asm::{eax, CodeAssembler};
 use iced_x86::Register;
-use umbra_core::cpu::{attr, cr0, cr4, flags, DescTable, Segment, ESP};
+use umbra_core::cpu::{cr0, cr4, flags, Segment, ESP};
 use umbra_core::interp::{system, Interpreter};
 use umbra_core::mem::GuestMemory;
 use umbra_core::{Budget, Engine, Exit, Fault, Vm};
@@ -16,23 +16,8 @@ fn flat(code: impl FnOnce(&mut CodeAssembler)) -> Vm {
     let mut mem = GuestMemory::new(1 << 20).unwrap();
     mem.write(0x1000, &bytes);
     let mut vm = Vm::new(mem);
-    vm.cpu.cr0 |= cr0::PE;
-    for (i, s) in vm.cpu.seg.iter_mut().enumerate() {
-        let code = if i == 1 { attr::CODE } else { 0 };
-        *s = Segment {
-            selector: if i == 1 { 8 } else { 16 },
-            base: 0,
-            limit: 0xFFFF_FFFF,
-            attr: attr::P | attr::S | attr::RW | attr::ACCESSED | attr::DB | attr::G | code,
-        };
-    }
     // A GDT that matches the caches: 8 = flat code, 16 = flat data.
-    vm.mem.write_u64(0x20008, 0x00CF_9A00_0000_FFFF);
-    vm.mem.write_u64(0x20010, 0x00CF_9200_0000_FFFF);
-    vm.cpu.gdtr = DescTable {
-        base: 0x20000,
-        limit: 0x17,
-    };
+    vm.enter_flat_protected(0x20000);
     vm.cpu.eip = 0x1000;
     vm.cpu.gpr[ESP] = 0x8000;
     vm

@@ -1,6 +1,6 @@
 //! The machine the translator's end-to-end tests start from.
 
-use umbra_core::cpu::{attr, cr0, DescTable, SegReg, Segment, ESP};
+use umbra_core::cpu::{attr, SegReg, Segment, ESP};
 use umbra_core::mem::GuestMemory;
 use umbra_core::{Budget, Engine, Exit, Vm};
 
@@ -18,22 +18,7 @@ pub fn machine(bits: u32, parts: &[(u32, &[u8])]) -> Vm {
     }
     let mut vm = Vm::new(mem);
     if bits == 32 {
-        vm.cpu.cr0 |= cr0::PE;
-        for (i, s) in vm.cpu.seg.iter_mut().enumerate() {
-            let code = if i == 1 { attr::CODE } else { 0 };
-            *s = Segment {
-                selector: if i == 1 { 8 } else { 16 },
-                base: 0,
-                limit: 0xFFFF_FFFF,
-                attr: attr::P | attr::S | attr::RW | attr::ACCESSED | attr::DB | attr::G | code,
-            };
-        }
-        vm.mem.write_u64(0x20008, 0x00CF_9A00_0000_FFFF);
-        vm.mem.write_u64(0x20010, 0x00CF_9200_0000_FFFF);
-        vm.cpu.gdtr = DescTable {
-            base: 0x20000,
-            limit: 0x17,
-        };
+        vm.enter_flat_protected(0x20000);
     } else {
         for s in SegReg::ALL {
             *vm.cpu.seg_mut(s) = Segment::real(0);
