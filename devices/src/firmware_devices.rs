@@ -324,7 +324,8 @@ const PM_BLOCK_LEN: u16 = 64;
 enum PciIo {
     BusMaster(u16),
     Acpi(u16),
-    Hotplug(acpi_hotplug::Decoded),
+    PciHotplug(u16),
+    CpuPresence(u16),
     Nothing,
 }
 
@@ -352,7 +353,8 @@ impl PciIoPorts {
                 Some(acpi_hotplug::Decoded::Gpe0(off)) => {
                     PciIo::Acpi(ACPI_PM_BASE + acpi_pm::GPE0_STS + off)
                 }
-                Some(d) => PciIo::Hotplug(d),
+                Some(acpi_hotplug::Decoded::PciHotplug(off)) => PciIo::PciHotplug(off),
+                Some(acpi_hotplug::Decoded::CpuPresence(off)) => PciIo::CpuPresence(off),
                 None => PciIo::Nothing,
             },
         }
@@ -364,28 +366,18 @@ impl PortIo for PciIoPorts {
         match self.decode(port) {
             PciIo::BusMaster(off) => self.ide.borrow_mut().bm_read(off, size),
             PciIo::Acpi(p) => self.acpi.borrow_mut().read(p, size, now),
-            PciIo::Hotplug(acpi_hotplug::Decoded::PciHotplug(off)) => {
-                self.hotplug.pci_read(off, size)
-            }
-            PciIo::Hotplug(acpi_hotplug::Decoded::CpuPresence(off)) => {
-                self.hotplug.cpu_read(off, size)
-            }
-            PciIo::Hotplug(acpi_hotplug::Decoded::Gpe0(_)) | PciIo::Nothing => {
-                u32::MAX >> (32 - 8 * size.clamp(1, 4) as u32)
-            }
+            PciIo::PciHotplug(off) => self.hotplug.pci_read(off, size),
+            PciIo::CpuPresence(off) => self.hotplug.cpu_read(off, size),
+            PciIo::Nothing => u32::MAX >> (32 - 8 * size.clamp(1, 4) as u32),
         }
     }
     fn write(&mut self, port: u16, size: u8, value: u32, now: u64) {
         match self.decode(port) {
             PciIo::BusMaster(off) => self.ide.borrow_mut().bm_write(off, size, value),
             PciIo::Acpi(p) => self.acpi.borrow_mut().write(p, size, value, now),
-            PciIo::Hotplug(acpi_hotplug::Decoded::PciHotplug(off)) => {
-                self.hotplug.pci_write(off, size, value)
-            }
-            PciIo::Hotplug(acpi_hotplug::Decoded::CpuPresence(off)) => {
-                self.hotplug.cpu_write(off, size, value)
-            }
-            PciIo::Hotplug(acpi_hotplug::Decoded::Gpe0(_)) | PciIo::Nothing => {}
+            PciIo::PciHotplug(off) => self.hotplug.pci_write(off, size, value),
+            PciIo::CpuPresence(off) => self.hotplug.cpu_write(off, size, value),
+            PciIo::Nothing => {}
         }
     }
 }
