@@ -513,6 +513,53 @@ fn cr3_switch_between_spaces_sharing_the_code_page() {
     );
 }
 
+/// An access whose offset runs past 4 GiB in a flat base-0 segment
+/// exceeds the segment limit (#GP(0), SDM Vol. 3 5.3), even when the last
+/// page and page 0 are both mapped and the last page is hot in the
+/// shadow table: the inline lookup must not take it as a hit in the
+/// first page. The flags set before it must reach the handler's frame.
+#[test]
+fn an_offset_wrapping_at_4_gib_faults_with_both_pages_mapped() {
+    const GP: u32 = 13;
+    const PT_TOP: u32 = 0x7000;
+    let top = layout::DATA_BASE + 0x1000;
+    let code = asm32(layout::CODE_BASE, |a| {
+        a.mov(ecx, dword_ptr(0xFFFF_FFF0u32))?;
+        a.mov(ebx, 0xFFFF_FFFEu32)?;
+        a.cmp(ecx, 0x5566_7788)?;
+        a.mov(edx, dword_ptr(ebx))?;
+        a.hlt()
+    });
+    let mut p = Program::new(Mode::Paging, code);
+    p.data = vec![0; 0x2000];
+    p.data[0x1FF0..0x1FF4].copy_from_slice(&0x5566_7788u32.to_le_bytes());
+    p.data[0x1FFC..0x2000].copy_from_slice(&0x1122_3344u32.to_le_bytes());
+    let setup = |vm: &mut Vm| {
+        // 0xFFFFF000 -> the data area's page 1; page 0 is mapped identity.
+        vm.mem
+            .write_u32(layout::PD_BASE as u64 + 4 * 1023, PT_TOP | pte::P | pte::RW);
+        for i in 0..1024u64 {
+            vm.mem.write_u32(PT_TOP as u64 + 4 * i, 0);
+        }
+        map(vm, PT_TOP, 0xFFFF_F000, top, pte::P | pte::RW);
+        flush_tlb(vm);
+    };
+    both(&p, setup, |n, vm| {
+        assert_eq!(hlt_at(vm), layout::STUB_BASE + GP, "{n}: #GP");
+        assert_eq!(r32(vm, ECX), 0x5566_7788, "{n}: the first load");
+        assert_eq!(r32(vm, EDX), 0, "{n}: nothing loaded");
+        // Frame: error code 0, EIP of the faulting MOV, CS, EFLAGS with
+        // ZF from the CMP.
+        let frame = r32(vm, ESP) as u64;
+        assert_eq!(vm.mem.read_u32(frame), 0, "{n}: error code");
+        assert_ne!(
+            vm.mem.read_u32(frame + 12) & 0x40,
+            0,
+            "{n}: ZF in the frame"
+        );
+    });
+}
+
 // ---- string instructions and page boundaries -----------------------------
 
 /// REP MOVSB whose destination crosses from data page 0 into page 1.

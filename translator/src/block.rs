@@ -33,6 +33,9 @@ pub mod mode {
     pub const FLAT_READ_SHIFT: u32 = 8;
     /// Likewise for writes (a writable data segment).
     pub const FLAT_WRITE_SHIFT: u32 = 16;
+    /// Per segment register (bits 24..30): its base is zero, so that an
+    /// offset through it is the linear address.
+    pub const BASE0_SHIFT: u32 = 24;
 }
 
 /// Everything that changes the translation of the code at one place.
@@ -90,6 +93,9 @@ pub fn mode_of(cpu: &CpuState) -> u32 {
                 if flat(s, true) {
                     m |= 1 << (mode::FLAT_WRITE_SHIFT + i as u32);
                 }
+                if s.base == 0 {
+                    m |= 1 << (mode::BASE0_SHIFT + i as u32);
+                }
             }
         }
     }
@@ -104,6 +110,11 @@ pub fn seg_flat(mode: u32, s: SegReg, write: bool) -> bool {
         mode::FLAT_READ_SHIFT
     };
     mode & (1 << (shift + s as u32)) != 0
+}
+
+/// Whether segment `s` has base zero under `mode`.
+pub fn seg_base0(mode: u32, s: SegReg) -> bool {
+    mode & (1 << (mode::BASE0_SHIFT + s as u32)) != 0
 }
 
 /// One decoded guest instruction of a block, as monitor routines see it.

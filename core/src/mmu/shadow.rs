@@ -32,7 +32,8 @@ pub const CONTEXTS: usize = 8;
 
 /// Table slot of linear address `lin`: the page number folded with bits
 /// 31:24 so that user space at 0x0800_0000 and the kernel at 0xC000_0000
-/// do not collide.
+/// do not collide. Two consecutive pages (0xFFFFF and 0 included) never
+/// share a slot, which the translator's inline lookup relies on.
 #[inline(always)]
 pub fn slot(lin: u32) -> usize {
     ((lin >> 12) ^ (lin >> 24)) as usize & (SLOTS - 1)
@@ -472,6 +473,16 @@ mod tests {
         let s = Shadow::new();
         assert_eq!(s.probe(0, Access::READ), None);
         assert_eq!(s.probe(0x123, Access(pf::W | pf::U)), None);
+    }
+
+    #[test]
+    fn consecutive_pages_never_share_a_slot() {
+        // The translator's inline lookup relies on it (it compares the
+        // tag of the first byte's slot with the last byte's page).
+        for page in 0..=0xF_FFFFu32 {
+            let next = (page + 1) & 0xF_FFFF;
+            assert_ne!(slot(page << 12), slot(next << 12), "page {page:#x}");
+        }
     }
 
     #[test]

@@ -27,7 +27,7 @@ use iced_x86::{Code, OpKind, Register};
 use umbra_core::cpu::SegReg;
 use umbra_core::mmu::shadow::perm;
 
-use super::mem::{addr_reg, emit_ea, emit_lookup, emit_probe, perm_bit, seg_index};
+use super::mem::{addr_reg, emit_ea, emit_linear, emit_lookup, emit_probe, perm_bit, seg_index};
 use super::native::host_reg;
 use super::{Emitter, FlagState};
 use crate::block::{mode, seg_flat, InsnMeta};
@@ -159,18 +159,15 @@ pub fn goes_off_page(e: &Emitter, target: u32) -> bool {
 ///
 /// ```text
 ///   lea edi, [r12-size]
-///   cmp edi, -(size-1) ; jae slow              (32-bit stack: wraps)
 ///   movzx edi, di ; cmp edi, 0x10000-size ; ja slow   (16-bit stack)
-///   mov esi, [rbp+seg_base(SS)] ; lea edi, [rdi+rsi]
+///   <linear address in edi (`mem::emit_linear` through SS)>
 ///   <shadow lookup for a write: host pointer in rsi>
 ///   mov dword|word [rsi], value
 /// ```
 fn emit_push_value(e: &mut Emitter, size: i32, value: u32, slow: DynamicLabel) {
     let stack32 = e.key.mode & mode::STACK32 != 0;
     dynasm!(e.ops ; .arch x64 ; lea edi, [r12 - size]);
-    if stack32 {
-        dynasm!(e.ops ; .arch x64 ; cmp edi, 1 - size ; jae =>slow);
-    } else {
+    if !stack32 {
         dynasm!(e.ops
             ; .arch x64
             ; movzx edi, di
@@ -178,11 +175,7 @@ fn emit_push_value(e: &mut Emitter, size: i32, value: u32, slow: DynamicLabel) {
             ; ja =>slow
         );
     }
-    dynasm!(e.ops
-        ; .arch x64
-        ; mov esi, DWORD [rbp + off::seg_base(SegReg::Ss as usize)]
-        ; lea edi, [rdi + rsi]
-    );
+    emit_linear(e, SegReg::Ss, stack32, size, slow);
     let bit = perm_bit(e, true);
     emit_lookup(e, size, bit, slow);
     if size == 4 {
@@ -259,8 +252,7 @@ pub fn emit_call_rel(e: &mut Emitter, m: &InsnMeta, exit: impl FnOnce(&mut Emitt
 ///
 /// ```text
 ///   mov r11d, r32 | movzx r11d, r16                      (register)
-///   <ea into edi> ; cmp edi, -(size-1) ; jae slow        (memory)
-///   mov esi, [rbp+seg_base(seg)] ; lea edi, [rdi+rsi]
+///   <ea into edi> ; <linear address (`mem::emit_linear`)>  (memory)
 ///   <shadow lookup for a read> ; mov r11d, [rsi] | movzx r11d, word [rsi]
 /// ```
 fn emit_rm_target(e: &mut Emitter, m: &InsnMeta, size: i32, slow: DynamicLabel) -> bool {
@@ -297,14 +289,7 @@ fn emit_rm_target(e: &mut Emitter, m: &InsnMeta, size: i32, slow: DynamicLabel) 
             if !emit_ea(e, ins) {
                 return false;
             }
-            if a32 {
-                dynasm!(e.ops ; .arch x64 ; cmp edi, 1 - size ; jae =>slow);
-            }
-            dynasm!(e.ops
-                ; .arch x64
-                ; mov esi, DWORD [rbp + off::seg_base(seg as usize)]
-                ; lea edi, [rdi + rsi]
-            );
+            emit_linear(e, seg, a32, size, slow);
             let bit = perm_bit(e, false);
             emit_lookup(e, size, bit, slow);
             if size == 4 {
@@ -379,12 +364,7 @@ pub fn emit_indirect(e: &mut Emitter, m: &InsnMeta, slow_path: impl FnOnce(&mut 
         Kind::Ret(imm) => {
             let stack32 = e.key.mode & mode::STACK32 != 0;
             if stack32 {
-                dynasm!(e.ops
-                    ; .arch x64
-                    ; mov edi, r12d
-                    ; cmp edi, 1 - size
-                    ; jae =>slow
-                );
+                dynasm!(e.ops ; .arch x64 ; mov edi, r12d);
             } else {
                 dynasm!(e.ops
                     ; .arch x64
@@ -393,11 +373,7 @@ pub fn emit_indirect(e: &mut Emitter, m: &InsnMeta, slow_path: impl FnOnce(&mut 
                     ; ja =>slow
                 );
             }
-            dynasm!(e.ops
-                ; .arch x64
-                ; mov esi, DWORD [rbp + off::seg_base(SegReg::Ss as usize)]
-                ; lea edi, [rdi + rsi]
-            );
+            emit_linear(e, SegReg::Ss, stack32, size, slow);
             let bit = perm_bit(e, false);
             emit_lookup(e, size, bit, slow);
             if size == 4 {
@@ -450,8 +426,7 @@ fn host_reg_ok(ins: &iced_x86::Instruction) -> Option<()> {
 ///
 /// ```text
 ///   pushfq ; pop [rbp+hflags]              (if dirty)
-///   mov edi, r13d ; cmp edi, -3 ; jae slow
-///   mov esi, [rbp+seg_base(SS)] ; lea edi, [rdi+rsi]
+///   mov edi, r13d ; <linear address (`mem::emit_linear` through SS)>
 ///   <shadow lookup for a read: host pointer in rsi>
 ///   lea r12d, [r13+4] ; mov r13d, [rsi]
 /// resume:
@@ -470,11 +445,8 @@ pub fn emit_leave(e: &mut Emitter, m: &InsnMeta) -> bool {
     dynasm!(e.ops
         ; .arch x64
         ; mov edi, r13d
-        ; cmp edi, -3
-        ; jae =>slow
-        ; mov esi, DWORD [rbp + off::seg_base(SegReg::Ss as usize)]
-        ; lea edi, [rdi + rsi]
     );
+    emit_linear(e, SegReg::Ss, true, 4, slow);
     let bit = perm_bit(e, false);
     emit_lookup(e, 4, bit, slow);
     dynasm!(e.ops
@@ -500,8 +472,7 @@ pub fn emit_leave(e: &mut Emitter, m: &InsnMeta) -> bool {
 /// ```text
 ///   pushfq ; pop [rbp+hflags]              (if dirty)
 ///   <operand into r11d, or jmp slow>
-///   lea edi, [r12-4] ; cmp edi, -3 ; jae slow
-///   mov esi, [rbp+seg_base(SS)] ; lea edi, [rdi+rsi]
+///   lea edi, [r12-4] ; <linear address (`mem::emit_linear` through SS)>
 ///   <shadow lookup for a write: host pointer in rsi>
 ///   mov [rsi], r11d ; lea r12d, [r12-4]
 /// resume:
@@ -531,11 +502,8 @@ pub fn emit_push_mem(e: &mut Emitter, m: &InsnMeta) -> bool {
     dynasm!(e.ops
         ; .arch x64
         ; lea edi, [r12 - 4]
-        ; cmp edi, -3
-        ; jae =>slow
-        ; mov esi, DWORD [rbp + off::seg_base(SegReg::Ss as usize)]
-        ; lea edi, [rdi + rsi]
     );
+    emit_linear(e, SegReg::Ss, true, 4, slow);
     let bit = perm_bit(e, true);
     emit_lookup(e, 4, bit, slow);
     dynasm!(e.ops

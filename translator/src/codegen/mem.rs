@@ -23,7 +23,7 @@ use umbra_core::mmu::shadow::perm;
 
 use super::native::{host_reg, MemUse, HOST32};
 use super::{flags, Emitter, FlagState};
-use crate::block::{mode, seg_flat, InsnMeta};
+use crate::block::{mode, seg_base0, seg_flat, InsnMeta};
 use crate::ctx::{off, HOST_REG};
 use crate::helpers;
 
@@ -124,6 +124,32 @@ pub(super) fn emit_ea(e: &mut Emitter, ins: &Instruction) -> bool {
     true
 }
 
+/// The offset in EDI through segment `seg` into the linear address, for
+/// an access of `size` bytes with a 32-bit offset (`a32`; a 16-bit offset
+/// cannot wrap past 4 GiB):
+///
+/// ```text
+///   cmp edi, -(size-1) ; jae slow           (a32 and size > 1)
+///   mov esi, [rbp+seg_base(seg)] ; lea edi, [rdi+rsi]   (32-bit wrap)
+/// ```
+///
+/// Nothing where the block key says the base is zero: the linear address
+/// is then the offset, and an access whose offset wraps at 4 GiB crosses
+/// from page 0xFFFFF to page 0, which `emit_lookup` sends to `slow`.
+pub(super) fn emit_linear(e: &mut Emitter, seg: SegReg, a32: bool, size: i32, slow: DynamicLabel) {
+    if seg_base0(e.key.mode, seg) {
+        return;
+    }
+    if a32 && size > 1 {
+        dynasm!(e.ops ; .arch x64 ; cmp edi, 1 - size ; jae =>slow);
+    }
+    dynasm!(e.ops
+        ; .arch x64
+        ; mov esi, DWORD [rbp + off::seg_base(seg as usize)]
+        ; lea edi, [rdi + rsi]
+    );
+}
+
 /// LEA: the effective address with the instruction's address size, then
 /// the destination's operand size:
 ///
@@ -172,17 +198,9 @@ pub fn emit_lea(e: &mut Emitter, ins: &Instruction) -> bool {
 /// ```text
 ///   pushfq ; pop [rbp+hflags]               (flags dirty in RFLAGS)
 ///   <ea into edi>
-///   cmp edi, -(size-1) ; jae slow           (32-bit address, size > 1)
-///   mov esi, [rbp+seg_base(seg)] ; lea edi, [rdi+rsi]   (32-bit wrap)
-///   lea r10d, [rdi+size-1] ; xor r10d, edi ; test r10d, ~0xFFF ; jnz slow
-///   mov esi, edi ; shr esi, 12 ; mov r8d, edi ; shr r8d, 24
-///   xor esi, r8d ; and esi, 4095            (slot)
-///   mov r8, [rbp+shadow] ; mov r9d, [r8+rsi*8]          (tag)
-///   mov r10d, r9d ; xor r10d, edi ; test r10d, ~0xFFF ; jnz slow
-///   test r9d, perm ; jz slow
-///   mov esi, [r8+rsi*8+4] ; and edi, 0xFFF ; add rsi, rdi
-///   add rsi, [rbp+ram_base]
-///   push [rbp+hflags] ; popfq               (if it needs the flags)
+///   <linear address in edi (`emit_linear`; nothing for a zero base)>
+///   <lookup (`emit_lookup`): host pointer in rsi, or jmp slow>
+///   <flags into RFLAGS (`Emitter::restore_flags`), if it needs them>
 ///   <instruction with [rsi]>
 /// resume:
 /// ```
@@ -217,14 +235,7 @@ pub fn emit_access(e: &mut Emitter, m: &InsnMeta, u: MemUse, host: &[u8], live_a
     }
     let slow = e.ops.new_dynamic_label();
     let resume = e.ops.new_dynamic_label();
-    if a32 && size > 1 {
-        dynasm!(e.ops ; .arch x64 ; cmp edi, 1 - size ; jae =>slow);
-    }
-    dynasm!(e.ops
-        ; .arch x64
-        ; mov esi, DWORD [rbp + off::seg_base(seg as usize)]
-        ; lea edi, [rdi + rsi]
-    );
+    emit_linear(e, seg, a32, size, slow);
     emit_lookup(e, size, bit, slow);
     if flags::needed_before(ins, live_after) != 0 {
         e.restore_flags();
@@ -261,10 +272,9 @@ enum Pushed {
 ///   pushfq ; pop [rbp+hflags]          (flags dirty)
 ///   lea edi, [r12-size] | lea edi, [r12+0]     (push | pop)
 ///   movzx edi, di                      (16-bit stack)
-///   cmp edi, -(size-1) ; jae slow      (32-bit stack: offset wraps)
 ///   mov r11d, edi                      (push: new SP)
 ///   lea r11d, [rdi+size]               (pop: new SP)
-///   mov esi, [rbp+seg_base(SS)] ; lea edi, [rdi+rsi]
+///   <linear address in edi (`emit_linear` through SS)>
 ///   <lookup: host pointer into rsi>
 ///   mov [rsi], reg|imm                 (push)
 ///   mov reg, [rsi]                     (pop)
@@ -299,9 +309,7 @@ pub fn emit_stack(e: &mut Emitter, m: &InsnMeta) -> bool {
     let resume = e.ops.new_dynamic_label();
     let delta = if push { -size } else { 0 };
     dynasm!(e.ops ; .arch x64 ; lea edi, [r12 + delta]);
-    if stack32 {
-        dynasm!(e.ops ; .arch x64 ; cmp edi, 1 - size ; jae =>slow);
-    } else {
+    if !stack32 {
         dynasm!(e.ops ; .arch x64 ; movzx edi, di);
     }
     if push {
@@ -309,11 +317,7 @@ pub fn emit_stack(e: &mut Emitter, m: &InsnMeta) -> bool {
     } else {
         dynasm!(e.ops ; .arch x64 ; lea r11d, [rdi + size]);
     }
-    dynasm!(e.ops
-        ; .arch x64
-        ; mov esi, DWORD [rbp + off::seg_base(SegReg::Ss as usize)]
-        ; lea edi, [rdi + rsi]
-    );
+    emit_linear(e, SegReg::Ss, stack32, size, slow);
     emit_lookup(e, size, bit, slow);
     match (push, size, what) {
         (true, 4, Pushed::Reg(r)) => dynasm!(e.ops ; .arch x64 ; mov DWORD [rsi], Rd(r)),
@@ -375,29 +379,39 @@ pub(super) fn emit_probe(e: &mut Emitter, bit: u32, miss: DynamicLabel) {
 /// of `size` bytes needing permission bit `bit`: host pointer into RSI,
 /// or a jump to `slow`. Clobbers RFLAGS, EDI, R8-R10.
 ///
+/// The slot is the first byte's, the tag is compared with the page of the
+/// last byte: an entry sits only in its own page's slot and `shadow::slot`
+/// never gives two consecutive pages (nor pages 0xFFFFF and 0) the same
+/// slot, so a hit means both bytes are in the entry's page, and an access
+/// that crosses a page (or wraps at 4 GiB) misses without a check of its
+/// own.
+///
 /// ```text
-///   lea r10d, [rdi+size-1] ; xor r10d, edi ; test r10d, ~0xFFF ; jnz slow
 ///   mov esi, edi ; shr esi, 12 ; mov r8d, edi ; shr r8d, 24
-///   xor esi, r8d ; and esi, 4095            (slot)
+///   xor esi, r8d ; and esi, 4095            (slot of the first byte)
 ///   mov r8, [rbp+shadow] ; mov r9d, [r8+rsi*8]          (tag)
-///   mov r10d, r9d ; xor r10d, edi ; test r10d, ~0xFFF ; jnz slow
+///   lea r10d, [rdi+size-1] ; xor r10d, r9d ; test r10d, ~0xFFF ; jnz slow
 ///   test r9d, bit ; jz slow
 ///   mov esi, [r8+rsi*8+4] ; and edi, 0xFFF ; add rsi, rdi
 ///   add rsi, [rbp+ram_base]
 /// ```
 pub(super) fn emit_lookup(e: &mut Emitter, size: i32, bit: u32, slow: DynamicLabel) {
-    if size > 1 {
-        dynasm!(e.ops
-            ; .arch x64
-            ; lea r10d, [rdi + size - 1]
-            ; xor r10d, edi
-            ; test r10d, 0xFFFF_F000u32 as i32
-            ; jnz =>slow
-        );
-    }
-    emit_probe(e, bit, slow);
     dynasm!(e.ops
         ; .arch x64
+        ; mov esi, edi
+        ; shr esi, 12
+        ; mov r8d, edi
+        ; shr r8d, 24
+        ; xor esi, r8d
+        ; and esi, 4095
+        ; mov r8, QWORD [rbp + off::SHADOW]
+        ; mov r9d, DWORD [r8 + rsi * 8]
+        ; lea r10d, [rdi + size - 1]
+        ; xor r10d, r9d
+        ; test r10d, 0xFFFF_F000u32 as i32
+        ; jnz =>slow
+        ; test r9d, bit as i32
+        ; jz =>slow
         ; mov esi, DWORD [r8 + rsi * 8 + 4]
         ; and edi, 0xFFF
         ; add rsi, rdi

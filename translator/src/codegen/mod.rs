@@ -87,15 +87,40 @@ impl<'a> Emitter<'a> {
         }
     }
 
-    /// Flags into RFLAGS if they are only in `hflags`:
-    /// `push qword [rbp+hflags] ; popfq`
+    /// Flags into RFLAGS if they are only in `hflags`. POPFQ is
+    /// microcoded and serialising (tens of cycles); where the host has
+    /// LAHF/SAHF in 64-bit mode the six flags are set by plain
+    /// instructions instead, with RAX kept in R9 (free at every point
+    /// this is emitted):
+    ///
+    /// ```text
+    ///   mov r9, rax
+    ///   mov al, [rbp+hflags+1] ; and al, 8 ; add al, 0x78   (OF: 8+0x78 overflows)
+    ///   mov ah, [rbp+hflags] ; sahf                        (SF ZF AF PF CF)
+    ///   mov rax, r9
+    /// ```
+    ///
+    /// else `push qword [rbp+hflags] ; popfq`.
     pub fn restore_flags(&mut self) {
         if !self.flags.in_host {
-            dynasm!(self.ops
-                ; .arch x64
-                ; push QWORD [rbp + off::HFLAGS]
-                ; popfq
-            );
+            if native::host_has_lahf_sahf() {
+                dynasm!(self.ops
+                    ; .arch x64
+                    ; mov r9, rax
+                    ; mov al, BYTE [rbp + off::HFLAGS + 1]
+                    ; and al, 8
+                    ; add al, 0x78
+                    ; mov ah, BYTE [rbp + off::HFLAGS]
+                    ; sahf
+                    ; mov rax, r9
+                );
+            } else {
+                dynasm!(self.ops
+                    ; .arch x64
+                    ; push QWORD [rbp + off::HFLAGS]
+                    ; popfq
+                );
+            }
             self.flags.in_host = true;
             self.flags.dirty = false;
         }

@@ -67,7 +67,7 @@ pub fn host_reg(r: Register) -> Option<Register> {
 
 /// The host runs LAHF and SAHF in 64-bit mode (CPUID 8000_0001h ECX bit
 /// 0, "LAHF/SAHF available in 64-bit mode"; early x86-64 CPUs lack it).
-fn host_has_lahf_sahf() -> bool {
+pub(super) fn host_has_lahf_sahf() -> bool {
     static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *HAS.get_or_init(|| {
         // Leaf 8000_0001h exists when the maximum extended leaf reaches it.

@@ -23,7 +23,7 @@ use iced_x86::{Mnemonic, OpKind};
 use umbra_core::cpu::{flags, CpuState, SegReg};
 use umbra_core::vm::Vm;
 
-use super::mem::{emit_lookup, perm_bit, seg_index};
+use super::mem::{emit_linear, emit_lookup, perm_bit, seg_index};
 use super::{Emitter, FlagState};
 use crate::block::{seg_flat, InsnMeta};
 use crate::ctx::{exit, off, JitCtx};
@@ -229,8 +229,7 @@ pub fn emit(e: &mut Emitter, m: &InsnMeta) -> bool {
 /// ```text
 ///   pushfq ; pop [rbp+hflags]                 (if dirty)
 ///   mov r8, [rbp+vm] ; test dword [r8+eflags], DF ; jnz slow
-///   mov edi, idx ; cmp edi, -(size-1) ; jae slow    (size > 1)
-///   mov esi, [rbp+seg_base(seg)] ; lea edi, [rdi+rsi]
+///   mov edi, idx ; <linear address (`mem::emit_linear`)>
 ///   <shadow lookup for the access: host pointer in rsi>
 ///   LODS: mov al|ax|eax, [rsi]   SCAS: cmp al|ax|eax, [rsi]
 ///   STOS: mov [rsi], al|ax|eax
@@ -288,14 +287,7 @@ pub fn emit_single(e: &mut Emitter, m: &InsnMeta) -> bool {
         ; jnz =>slow
         ; mov edi, Rd(idx)
     );
-    if size > 1 {
-        dynasm!(e.ops ; .arch x64 ; cmp edi, 1 - size ; jae =>slow);
-    }
-    dynasm!(e.ops
-        ; .arch x64
-        ; mov esi, DWORD [rbp + off::seg_base(seg as usize)]
-        ; lea edi, [rdi + rsi]
-    );
+    emit_linear(e, seg, true, size, slow);
     let bit = perm_bit(e, write);
     emit_lookup(e, size, bit, slow);
     match (&op, size) {

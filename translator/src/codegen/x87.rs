@@ -187,8 +187,7 @@ fn fop_of(bytes: &[u8]) -> u16 {
 ///                                             instruction just ran here)
 /// ok:
 ///   <ea into edi> ; mov r11d, edi             (memory operand)
-///   cmp edi, -(size-1) ; jae slow             (32-bit address)
-///   mov esi, [rbp+seg_base(seg)] ; lea edi, [rdi+rsi]
+///   <linear address (`mem::emit_linear`)>
 ///   <shadow lookup: host pointer into rsi, or jmp slow>
 ///   <operand tag check, or jmp slow>          (FPREM, FPREM1)
 ///   push [rbp+hflags] ; popfq                 (FCMOVcc)
@@ -277,14 +276,7 @@ pub fn emit(e: &mut Emitter, m: &InsnMeta, bytes: &[u8]) -> bool {
             return true;
         }
         dynasm!(e.ops ; .arch x64 ; mov r11d, edi);
-        if a32 {
-            dynasm!(e.ops ; .arch x64 ; cmp edi, 1 - size ; jae =>slow);
-        }
-        dynasm!(e.ops
-            ; .arch x64
-            ; mov esi, DWORD [rbp + off::seg_base(seg as usize)]
-            ; lea edi, [rdi + rsi]
-        );
+        mem::emit_linear(e, seg, a32, size, slow);
         let bit = mem::perm_bit(e, write);
         mem::emit_lookup(e, size, bit, slow);
     }
