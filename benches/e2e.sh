@@ -7,7 +7,12 @@
 #
 # Times are taken on the host when each line arrives on the serial console:
 # boot = launch to BOOT-OK, a part = the previous line (BOOT-OK or the
-# previous WORKLOAD line) to its own WORKLOAD line. The guest's own time
+# previous WORKLOAD line) to its own WORKLOAD line. Two tables: host wall
+# seconds, then host CPU seconds of the emulator process (user + system,
+# all threads, from /proc/PID/stat at the same moments). On a shared host
+# whose hypervisor steals time, wall times of runs minutes apart can
+# differ twofold; CPU time leaves out what was stolen, so compare ratios
+# from the CPU table there. The guest's own time
 # for a part (last field of its line, from the guest clock) is kept in the
 # raw log but not used: guest clocks of different engines are not
 # comparable. Progress on stderr: each BOOT-OK/WORKLOAD line as it
@@ -95,12 +100,27 @@ done
 [ -n "$logdir" ] || logdir="$(mktemp -d /tmp/umbra-e2e.XXXXXX)"
 mkdir -p "$logdir"
 
-# Results: secs[engine.part] and the parts in the order they appeared.
-declare -A secs status
+# Results: secs[engine.part] (wall) and cpu[engine.part], and the parts
+# in the order they appeared.
+declare -A secs cpu status
 parts=(boot)
 
 # Seconds since $1 (an $EPOCHREALTIME), three decimals.
 since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b - a }'; }
+
+clk_tck="$(getconf CLK_TCK)"
+# CPU seconds (user + system, all threads) of process $1 so far; the last
+# value known if it is gone.
+cpu_of() {
+    local f
+    if f="$(cat "/proc/$1/stat" 2>/dev/null)"; then
+        # Fields after the ")" closing the command name: utime is the
+        # 12th, stime the 13th.
+        awk -v t="$clk_tck" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / t }' <<<"$f"
+    else
+        echo "${cpu_last:-0}"
+    fi
+}
 
 # run_engine NAME: boot the guest on NAME, record the times.
 run_engine() {
@@ -120,7 +140,7 @@ run_engine() {
     echo "== $name: ${cmd[*]}" >&2
     local t0="$EPOCHREALTIME" last="$EPOCHREALTIME"
     timeout "$timeout_s" "${cmd[@]}" </dev/null >"$fifo" 2>"$logdir/$name.stderr" &
-    local pid=$! line now part got="" pending="" lines=0 rc
+    local pid=$! line now part got="" pending="" lines=0 rc child="" c cpu_last=0 cpu_mark=0
     : >"$log"
     while :; do
         # A heartbeat every 30 s of silence; a line cut by the timeout is
@@ -140,10 +160,16 @@ run_engine() {
         lines=$((lines + 1))
         line="${line%$'\r'}"
         printf '%s %s\n' "$(since "$t0")" "$line" >>"$log"
+        # The emulator is the child of `timeout`.
+        [ -n "$child" ] || child="$(pgrep -P "$pid" | head -n 1 || true)"
+        c="$(cpu_of "${child:-$pid}")"
+        cpu_last="$c"
         case "$line" in
         BOOT-OK*)
             now="$(since "$t0")"
             secs[$name.boot]="$now"
+            cpu[$name.boot]="$c"
+            cpu_mark="$c"
             last="$EPOCHREALTIME"
             echo "[$name ${now}s] $line" >&2
             got=boot
@@ -152,6 +178,8 @@ run_engine() {
         "WORKLOAD "*)
             part="$(awk '{ print $2 }' <<<"$line")"
             secs[$name.$part]="$(since "$last")"
+            cpu[$name.$part]="$(awk -v a="$c" -v b="$cpu_mark" 'BEGIN { printf "%.2f", a - b }')"
+            cpu_mark="$c"
             last="$EPOCHREALTIME"
             echo "[$name $(since "$t0")s] $line" >&2
             case " ${parts[*]} " in *" $part "*) ;; *) parts+=("$part") ;; esac
@@ -159,6 +187,7 @@ run_engine() {
             ;;
         WORK-DONE*)
             secs[$name.total]="$(since "$t0")"
+            cpu[$name.total]="$c"
             echo "[$name $(since "$t0")s] WORK-DONE" >&2
             got=done
             ;;
@@ -186,10 +215,13 @@ for e in "${run_list[@]}"; do
 done
 [ "$quick" = 1 ] || parts+=(total)
 
-# The table: seconds per engine, then each Umbra engine's ratio to QEMU.
+# The tables: seconds per engine, then each Umbra engine's ratio to QEMU.
 has_qemu=0
 case " ${run_list[*]} " in *" qemu "*) has_qemu=1 ;; esac
-{
+# table TITLE ARRAY: one table of ARRAY (secs or cpu).
+table() {
+    local -n v="$2"
+    echo "$1"
     printf '%-8s' part
     for e in "${run_list[@]}"; do printf ' %10s' "$e s"; done
     if [ "$has_qemu" = 1 ]; then
@@ -200,17 +232,22 @@ case " ${run_list[*]} " in *" qemu "*) has_qemu=1 ;; esac
     echo
     for p in "${parts[@]}"; do
         printf '%-8s' "$p"
-        for e in "${run_list[@]}"; do printf ' %10s' "${secs[$e.$p]:--}"; done
+        for e in "${run_list[@]}"; do printf ' %10s' "${v[$e.$p]:--}"; done
         if [ "$has_qemu" = 1 ]; then
             for e in "${run_list[@]}"; do
                 [ "$e" = qemu ] && continue
-                awk -v a="${secs[$e.$p]:-}" -v b="${secs[qemu.$p]:-}" 'BEGIN {
+                awk -v a="${v[$e.$p]:-}" -v b="${v[qemu.$p]:-}" 'BEGIN {
                     if (a == "" || b == "" || b + 0 == 0) printf " %12s", "-";
                     else printf " %12.2f", a / b }'
             done
         fi
         echo
     done
+}
+{
+    table "host wall seconds:" secs
+    echo
+    table "host CPU seconds of the emulator (user + system):" cpu
     for e in "${run_list[@]}"; do
         [ "${status[$e]}" = ok ] || echo "$e: ${status[$e]}"
     done

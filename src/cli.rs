@@ -258,6 +258,11 @@ pub struct RunArgs {
     /// fixed amount of work with --stats.
     #[arg(long, value_name = "N")]
     pub max_instructions: Option<u64>,
+
+    /// Size of the translator's code cache (4M to 1G; K, M or G suffix,
+    /// default MiB). When it is full the oldest sixteenth is evicted.
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_code_cache)]
+    pub code_cache: u64,
 }
 
 /// Execution engines of `umbra run`.
@@ -307,6 +312,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(mult)
         .filter(|b| (1 << 20..=(3u64 << 30)).contains(b))
         .ok_or_else(|| format!("`{s}`: the memory size must be between 1M and 3G"))
+}
+
+/// `--code-cache`: a size as for `--memory`, from 4 MiB to 1 GiB.
+fn parse_code_cache(s: &str) -> Result<u64, String> {
+    parse_size(s)
+        .ok()
+        .filter(|b| (4 << 20..=1 << 30).contains(b))
+        .ok_or_else(|| format!("`{s}`: the code cache must be between 4M and 1G (example: 256M)"))
 }
 
 /// A u32 in hex, with or without 0x.

@@ -135,6 +135,7 @@ fn run_machine(args: &RunArgs) -> Result<ExitCode, CliError> {
         serial: serial.clone(),
         debugcon: args.debugcon.clone(),
         max_instructions: args.max_instructions,
+        code_cache: args.code_cache as usize,
         disk,
         cdrom: args.cdrom.clone(),
         snapshot,

@@ -22,6 +22,7 @@ fn seabios_prints_its_banner_on_the_vga_text_screen() {
         serial: CharTarget::None,
         debugcon: CharTarget::File(log.clone()),
         max_instructions: Some(8_000_000),
+        code_cache: umbra_translator::DEFAULT_CACHE_BYTES,
         disk: None,
         cdrom: None,
         snapshot: false,

@@ -53,11 +53,13 @@ impl Vm {
         };
     }
 
-    pub fn new(mem: GuestMemory) -> Self {
+    pub fn new(mut mem: GuestMemory) -> Self {
+        let mut mmu = Mmu::new();
+        mmu.set_host_base(mem.ram_host_ptr_untracked() as u64);
         Vm {
             cpu: CpuState::reset(),
             mem,
-            mmu: Mmu::new(),
+            mmu,
             bus: Bus::new(),
             clock: Clock::default(),
             intc: None,

@@ -109,6 +109,8 @@ pub struct MachineConfig {
     pub debugcon: CharTarget,
     /// Stop after this many guest instructions (benchmarks, bisecting).
     pub max_instructions: Option<u64>,
+    /// Bytes of translated code the jit keeps (`--code-cache`).
+    pub code_cache: usize,
     /// Raw disk image on the primary IDE master (firmware boot).
     pub disk: Option<PathBuf>,
     /// ISO image in the secondary IDE master CD-ROM drive (firmware boot).
@@ -374,7 +376,7 @@ impl Machine {
         let engine = match cfg.engine {
             EngineKind::Interp => MachineEngine::Interp(Box::new(Interpreter::new())),
             EngineKind::Jit => MachineEngine::Jit(Box::new(
-                umbra_translator::Translator::new(umbra_translator::DEFAULT_CACHE_BYTES)
+                umbra_translator::Translator::new(cfg.code_cache)
                     .map_err(|e| MachineError::Engine(format!("cannot map the code cache: {e}")))?,
             )),
         };

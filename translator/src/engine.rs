@@ -203,8 +203,11 @@ pub struct Translator {
     pending_ib: bool,
     /// With `UMBRA_PERF_MAP` set in the environment: `/tmp/perf-<pid>.map`,
     /// one line per translated block (host address, size, guest linear
-    /// address), so that `perf report` names generated code.
-    perf_map: Option<std::fs::File>,
+    /// address), so that `perf report` names generated code; and
+    /// `/tmp/umbra-code-<pid>.bin`, each block's host code (records of
+    /// address u64, length u32, guest linear address u32, then the bytes,
+    /// little-endian), for `benches/jitprof.py`.
+    perf_map: Option<(std::fs::File, std::fs::File)>,
 }
 
 impl Translator {
@@ -240,7 +243,10 @@ impl Translator {
             pending_chain: None,
             pending_ib: false,
             perf_map: std::env::var_os("UMBRA_PERF_MAP").and_then(|_| {
-                std::fs::File::create(format!("/tmp/perf-{}.map", std::process::id())).ok()
+                let pid = std::process::id();
+                let map = std::fs::File::create(format!("/tmp/perf-{pid}.map")).ok()?;
+                let code = std::fs::File::create(format!("/tmp/umbra-code-{pid}.bin")).ok()?;
+                Some((map, code))
             }),
         })
     }
@@ -357,10 +363,16 @@ impl Translator {
         mon.stats.translations += 1;
         mon.stats.insns_translated += guest.insns.len() as u64;
         mon.stats.host_bytes += bytes.len() as u64;
-        if let Some(f) = self.perf_map.as_mut() {
+        if let Some((map, code)) = self.perf_map.as_mut() {
             use std::io::Write;
             // Best effort: a profiling aid, never worth failing for.
-            let _ = writeln!(f, "{addr:x} {:x} guest_{:08x}", bytes.len(), key.lin);
+            let _ = writeln!(map, "{addr:x} {:x} guest_{:08x}", bytes.len(), key.lin);
+            let mut rec = Vec::with_capacity(16 + bytes.len());
+            rec.extend_from_slice(&(addr as u64).to_le_bytes());
+            rec.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            rec.extend_from_slice(&key.lin.to_le_bytes());
+            rec.extend_from_slice(&bytes);
+            let _ = code.write_all(&rec);
         }
         Some(mon.cache.insert(vm, key, addr, guest, sites))
     }
@@ -377,6 +389,10 @@ impl Translator {
         ctx.load(&vm.cpu);
         ctx.budget = left as i64;
         ctx.ram_base = vm.mem.ram_host_ptr_untracked();
+        if vm.mmu.host_base() != ctx.ram_base as u64 {
+            // Entries' host addresses are made for another RAM mapping.
+            vm.mmu.set_host_base(ctx.ram_base as u64);
+        }
         ctx.shadow = vm.mmu.active_table().as_ptr();
         ctx.exit = exit::NEXT;
         ctx.ib_table = self.mon.cache.ib_table().cast();

@@ -215,6 +215,18 @@ impl Mmu {
         &self.shadow.cur
     }
 
+    /// Host address of guest RAM offset 0 that shadow entries' `host`
+    /// fields are made for.
+    pub fn host_base(&self) -> u64 {
+        self.shadow.host_base()
+    }
+
+    /// Guest RAM is at host address `base` (`Vm::new`; an engine that
+    /// finds another RAM mapping calls it again, dropping every entry).
+    pub fn set_host_base(&mut self, base: u64) {
+        self.shadow.set_host_base(base);
+    }
+
     /// Fast path: RAM offset of `lin` if a shadow entry allows `acc`.
     #[inline]
     pub fn lookup_ram(&mut self, lin: u32, acc: Access) -> Option<usize> {

@@ -10,13 +10,19 @@
 //! page-table frame drops exactly the entries derived from it. It does not walk (`walk.rs`) and does not decide when
 //! to flush (`Mmu` does, following the architecture).
 //!
-//! Entry layout (8 bytes, read inline by generated code):
+//! Entry layout (32 bytes, read inline by generated code):
 //!
 //! ```text
-//! tag:  bits 31:12 linear page, bits 11:0 permission bits (perm::*),
-//!       one per access kind; 0 = empty
-//! ram:  RAM offset of the 4 KiB frame (only frames that are plain RAM)
-//! hit:  ((tag ^ lin) & !0xFFF) | (!tag >> perm_shift(acc) & 1) == 0
+//! tag:    bits 31:12 linear page, bits 11:0 permission bits (perm::*),
+//!         one per access kind; 0 = empty
+//! ram:    RAM offset of the 4 KiB frame (only frames that are plain RAM)
+//! hit:    ((tag ^ lin) & !0xFFF) | (!tag >> perm_shift(acc) & 1) == 0
+//! pages:  for translated code, per data access kind (supervisor read,
+//!         supervisor write, user read, user write): the linear page if
+//!         `tag` grants that access, else NO_PAGE (never page aligned),
+//!         so that one compare with the page of an access tests both
+//! host:   host address of the frame minus the linear page (wrapping):
+//!         host address of `lin` = host + lin, valid only on a hit
 //! ```
 
 use std::collections::{HashMap, HashSet};
@@ -27,16 +33,20 @@ use super::Access;
 /// Entries per context's lookup table (covers 16 MiB of linear space
 /// without conflicts in any aligned 16 MiB region).
 pub const SLOTS: usize = 4096;
+/// Size of an `Entry` (generated code scales slots by it).
+pub const ENTRY_BYTES: usize = 32;
+/// `Entry::pages` value of an access kind the entry does not grant.
+pub const NO_PAGE: u32 = 1;
 /// Contexts cached by guest CR3.
 pub const CONTEXTS: usize = 8;
 
-/// Table slot of linear address `lin`: the page number folded with bits
-/// 31:24 so that user space at 0x0800_0000 and the kernel at 0xC000_0000
-/// do not collide. Two consecutive pages (0xFFFFF and 0 included) never
-/// share a slot, which the translator's inline lookup relies on.
+/// Table slot of linear address `lin`: the low 12 bits of the page number
+/// (three host instructions in generated code, which computes it for
+/// every memory access). Two consecutive pages (0xFFFFF and 0 included)
+/// never share a slot, which the translator's inline lookup relies on.
 #[inline(always)]
 pub fn slot(lin: u32) -> usize {
-    ((lin >> 12) ^ (lin >> 24)) as usize & (SLOTS - 1)
+    (lin >> 12) as usize & (SLOTS - 1)
 }
 
 /// Bit index in `Entry::tag` of the permission for `acc`: the #PF-code
@@ -66,15 +76,67 @@ pub mod perm {
     pub const ALL: u32 = SUP_READ | SUP_WRITE | USER_READ | USER_WRITE | SUP_FETCH | USER_FETCH;
 }
 
-/// One lookup-table entry.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[repr(C)]
+/// One lookup-table entry. `pages` and `host` are derived from `tag` and
+/// `ram` (`Entry::new`, `revoke_writes`); nothing else writes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C, align(32))]
 pub struct Entry {
     pub tag: u32,
     pub ram: u32,
+    pub pages: [u32; 4],
+    pub host: u64,
 }
 
+impl Default for Entry {
+    /// The empty entry: no tag grants anything, no page matches.
+    fn default() -> Self {
+        Entry {
+            tag: 0,
+            ram: 0,
+            pages: [NO_PAGE; 4],
+            host: 0,
+        }
+    }
+}
+
+/// The permission bit of each `Entry::pages` slot, in order.
+pub const PAGE_KINDS: [u32; 4] = [
+    perm::SUP_READ,
+    perm::SUP_WRITE,
+    perm::USER_READ,
+    perm::USER_WRITE,
+];
+
 impl Entry {
+    /// The entry for linear page `lin` with permission bits `perms`,
+    /// mapped to RAM offset `ram`, guest RAM starting at host address
+    /// `host_base`.
+    pub fn new(lin: u32, perms: u32, ram: u32, host_base: u64) -> Self {
+        let page = lin & !0xFFF;
+        let ram = ram & !0xFFF;
+        let mut e = Entry {
+            tag: page | (perms & 0xFFF),
+            ram,
+            pages: [NO_PAGE; 4],
+            host: host_base.wrapping_add(ram as u64).wrapping_sub(page as u64),
+        };
+        e.derive_pages();
+        e
+    }
+
+    fn derive_pages(&mut self) {
+        let page = self.tag & !0xFFF;
+        for (p, bit) in self.pages.iter_mut().zip(PAGE_KINDS) {
+            *p = if self.tag & bit != 0 { page } else { NO_PAGE };
+        }
+    }
+
+    /// Take both write permissions away.
+    pub fn revoke_writes(&mut self) {
+        self.tag &= !perm::WRITES;
+        self.derive_pages();
+    }
+
     /// RAM offset of `lin` if this entry maps it for `acc`.
     #[inline(always)]
     pub fn hit(self, lin: u32, acc: Access) -> Option<usize> {
@@ -220,7 +282,7 @@ impl Context {
 fn revoke_in(table: &mut Table, ram_frame: u32) {
     for e in table.iter_mut() {
         if e.tag & perm::WRITES != 0 && e.ram >> 12 == ram_frame {
-            e.tag &= !perm::WRITES;
+            e.revoke_writes();
         }
     }
 }
@@ -235,6 +297,8 @@ pub struct Shadow {
     global_deps: Box<Deps>,
     global_rmap: Rmap,
     tick: u64,
+    /// Host address of guest RAM offset 0 (`Entry::host`).
+    host_base: u64,
 }
 
 impl Default for Shadow {
@@ -255,6 +319,23 @@ impl Shadow {
             global_deps: new_deps(),
             global_rmap: Rmap::default(),
             tick: 0,
+            host_base: 0,
+        }
+    }
+
+    /// Host address of guest RAM offset 0, which entries' `host` fields
+    /// are relative to.
+    pub fn host_base(&self) -> u64 {
+        self.host_base
+    }
+
+    /// Guest RAM now starts at host address `base`: entries made for
+    /// another base are dropped (every context, the global part).
+    pub fn set_host_base(&mut self, base: u64) {
+        if base != self.host_base {
+            self.host_base = base;
+            let key = self.active_key().unwrap_or(0);
+            self.clear_all(key);
         }
     }
 
@@ -282,10 +363,7 @@ impl Shadow {
     /// aligned) with `perms`, derived from the page-table frames `deps`.
     pub fn fill(&mut self, lin: u32, perms: u32, ram: u32, deps: [u32; 2], global: bool) {
         let s = slot(lin);
-        let e = Entry {
-            tag: (lin & !0xFFF) | (perms & 0xFFF),
-            ram: ram & !0xFFF,
-        };
+        let e = Entry::new(lin, perms, ram, self.host_base);
         self.cur[s] = e;
         let ctx = &mut self.ctxs[self.active];
         ctx.deps[s] = deps;
@@ -424,7 +502,11 @@ impl Shadow {
     /// No entry of any table grants writes any more (the dirty bitmap was
     /// cleared: the next store to each frame must be seen again).
     pub fn revoke_all_writes(&mut self) {
-        let clear = |t: &mut Table| t.iter_mut().for_each(|e| e.tag &= !perm::WRITES);
+        let clear = |t: &mut Table| {
+            t.iter_mut()
+                .filter(|e| e.tag & perm::WRITES != 0)
+                .for_each(|e| e.revoke_writes())
+        };
         clear(&mut self.cur);
         for (i, c) in self.ctxs.iter_mut().enumerate() {
             if i != self.active && c.key.is_some() {
@@ -486,9 +568,39 @@ mod tests {
     }
 
     #[test]
-    fn slots_of_user_and_kernel_differ() {
-        assert_ne!(slot(0x0804_8000), slot(0xC004_8000));
-        assert_ne!(slot(0x0804_8000), slot(0xBFFF_F000));
+    fn entries_carry_a_page_per_access_kind_and_the_host_address() {
+        let base = 0x7F00_0000_0000u64;
+        let mut s = Shadow::new();
+        s.set_host_base(base);
+        s.fill(
+            0xC010_2345,
+            perm::SUP_READ | perm::SUP_WRITE,
+            0x9000,
+            [1, 2],
+            false,
+        );
+        let e = s.cur[slot(0xC010_2000)];
+        assert_eq!(e.pages, [0xC010_2000, 0xC010_2000, NO_PAGE, NO_PAGE]);
+        // host + lin = host address of RAM offset 0x9000 + (lin & 0xFFF).
+        assert_eq!(e.host.wrapping_add(0xC010_2345), base + 0x9345);
+        s.revoke_write(9);
+        let e = s.cur[slot(0xC010_2000)];
+        assert_eq!(e.pages, [0xC010_2000, NO_PAGE, NO_PAGE, NO_PAGE]);
+        assert_eq!(s.probe(0xC010_2345, Access::READ), Some(0x9345));
+        assert_eq!(s.probe(0xC010_2345, Access::WRITE), None);
+        // No page address ever equals NO_PAGE, and empty entries grant
+        // nothing.
+        assert_ne!(NO_PAGE & 0xFFF, 0);
+        assert_eq!(Entry::default().pages, [NO_PAGE; 4]);
+        // A new host base drops what was made for the old one.
+        s.set_host_base(base + 0x1000_0000);
+        assert_eq!(s.probe(0xC010_2345, Access::READ), None);
+    }
+
+    #[test]
+    fn entry_size_is_what_generated_code_scales_by() {
+        assert_eq!(std::mem::size_of::<Entry>(), ENTRY_BYTES);
+        assert_eq!(ENTRY_BYTES, 32);
     }
 
     #[test]
@@ -506,10 +618,7 @@ mod tests {
         assert_eq!(s.probe(0x4000_1234, Access::WRITE), None);
         assert_eq!(s.probe(0x4000_1234, Access::FETCH), None);
         // Same slot, other page.
-        assert_eq!(
-            s.probe(0x4000_1234 ^ 0x0100_0000 ^ 0x1000, Access::READ),
-            None
-        );
+        assert_eq!(s.probe(0x4000_1234 ^ 0x0100_0000, Access::READ), None);
         s.drop_frame(2);
         assert_eq!(s.probe(0x4000_1234, Access::READ), None);
     }

@@ -27,7 +27,9 @@ use iced_x86::{Code, OpKind, Register};
 use umbra_core::cpu::SegReg;
 use umbra_core::mmu::shadow::perm;
 
-use super::mem::{addr_reg, emit_ea, emit_linear, emit_lookup, emit_probe, perm_bit, seg_index};
+use super::mem::{
+    addr_reg, emit_ea, emit_linear, emit_lookup, emit_probe, emit_probed_ram, perm_bit, seg_index,
+};
 use super::native::host_reg;
 use super::{Emitter, FlagState};
 use crate::block::{mode, seg_flat, InsnMeta};
@@ -78,12 +80,8 @@ fn cs_flat(e: &Emitter) -> bool {
 ///
 /// ```text
 ///   lea edi, [r11+cs_base]                 (linear address)
-///   mov esi, edi ; shr esi, 12 ; mov r8d, edi ; shr r8d, 24
-///   xor esi, r8d ; and esi, 4095           (shadow slot)
-///   mov r8, [rbp+shadow] ; mov r9d, [r8+rsi*8]
-///   mov r10d, r9d ; xor r10d, edi ; test r10d, ~0xFFF ; jnz miss
-///   test r9d, fetch_bit ; jz miss
-///   mov esi, [r8+rsi*8+4] ; mov r10d, edi ; and r10d, 0xFFF
+///   <shadow probe for a fetch (`mem::emit_probe`)>
+///   mov esi, [r8+rsi+ram] ; mov r10d, edi ; and r10d, 0xFFF
 ///   or esi, r10d ; shl rsi, 32 ; or rsi, rdi     (phys:lin)
 ///   mov r8d, edi ; shr r8d, 12 ; xor r8d, edi
 ///   and r8d, IB_ENTRIES-1 ; shl r8d, 5 ; add r8, [rbp+ib_table]
@@ -111,9 +109,9 @@ pub fn emit_goto(e: &mut Emitter) {
         dynasm!(e.ops ; .arch x64 ; lea edi, [r11 + cs_base as i32]);
     }
     emit_probe(e, fetch, miss);
+    emit_probed_ram(e);
     dynasm!(e.ops
         ; .arch x64
-        ; mov esi, DWORD [r8 + rsi * 8 + 4]
         ; mov r10d, edi
         ; and r10d, 0xFFF
         ; or esi, r10d

@@ -19,7 +19,7 @@
 use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi};
 use iced_x86::{Code, Encoder, Instruction, MemoryOperand, Register};
 use umbra_core::cpu::SegReg;
-use umbra_core::mmu::shadow::perm;
+use umbra_core::mmu::shadow::{perm, Entry, ENTRY_BYTES, PAGE_KINDS, SLOTS};
 
 use super::native::{host_reg, MemUse, HOST32};
 use super::{flags, Emitter, FlagState};
@@ -343,15 +343,24 @@ pub fn emit_stack(e: &mut Emitter, m: &InsnMeta) -> bool {
     true
 }
 
+/// Byte offset of the shadow slot of the linear address in EDI, into
+/// ESI: `slot(lin) * ENTRY_BYTES` = `(lin >> 7) & 0x1FFE0`
+/// (`shadow::slot` is bits 23:12, an entry is 32 bytes).
+const SLOT_SHIFT: i8 = 12 - ENTRY_BYTES.trailing_zeros() as i8;
+const SLOT_MASK: i32 = ((SLOTS - 1) * ENTRY_BYTES) as i32;
+/// Offsets in `shadow::Entry`.
+const ENTRY_PAGES: i32 = std::mem::offset_of!(Entry, pages) as i32;
+const ENTRY_HOST: i32 = std::mem::offset_of!(Entry, host) as i32;
+const ENTRY_RAM: i32 = std::mem::offset_of!(Entry, ram) as i32;
+
 /// The shadow-table probe of the linear page in EDI for permission bit
-/// `bit`: on a hit, R8 = the table and RSI = the slot (the entry's RAM
-/// offset is at [r8+rsi*8+4]); else a jump to `miss`. Clobbers RFLAGS,
-/// R9, R10.
+/// `bit` (any kind, fetches too): on a hit, R8 = the table and RSI = the
+/// slot's byte offset (the entry's RAM offset is at [r8+rsi+ram]); else a
+/// jump to `miss`. Clobbers RFLAGS, R9, R10.
 ///
 /// ```text
-///   mov esi, edi ; shr esi, 12 ; mov r8d, edi ; shr r8d, 24
-///   xor esi, r8d ; and esi, 4095            (slot)
-///   mov r8, [rbp+shadow] ; mov r9d, [r8+rsi*8]          (tag)
+///   mov esi, edi ; shr esi, 7 ; and esi, 0x1FFE0       (slot * 32)
+///   mov r8, [rbp+shadow] ; mov r9d, [r8+rsi]           (tag)
 ///   mov r10d, r9d ; xor r10d, edi ; test r10d, ~0xFFF ; jnz miss
 ///   test r9d, bit ; jz miss
 /// ```
@@ -359,13 +368,10 @@ pub(super) fn emit_probe(e: &mut Emitter, bit: u32, miss: DynamicLabel) {
     dynasm!(e.ops
         ; .arch x64
         ; mov esi, edi
-        ; shr esi, 12
-        ; mov r8d, edi
-        ; shr r8d, 24
-        ; xor esi, r8d
-        ; and esi, 4095
+        ; shr esi, SLOT_SHIFT
+        ; and esi, SLOT_MASK
         ; mov r8, QWORD [rbp + off::SHADOW]
-        ; mov r9d, DWORD [r8 + rsi * 8]
+        ; mov r9d, DWORD [r8 + rsi]
         ; mov r10d, r9d
         ; xor r10d, edi
         ; test r10d, 0xFFFF_F000u32 as i32
@@ -375,47 +381,46 @@ pub(super) fn emit_probe(e: &mut Emitter, bit: u32, miss: DynamicLabel) {
     );
 }
 
-/// The inline shadow lookup of the linear address in EDI for an access
-/// of `size` bytes needing permission bit `bit`: host pointer into RSI,
-/// or a jump to `slow`. Clobbers RFLAGS, EDI, R8-R10.
+/// The RAM offset of the entry `emit_probe` hit, into ESI:
+/// `mov esi, [r8+rsi+ram]`
+pub(super) fn emit_probed_ram(e: &mut Emitter) {
+    dynasm!(e.ops ; .arch x64 ; mov esi, DWORD [r8 + rsi + ENTRY_RAM]);
+}
+
+/// The inline shadow lookup of the linear address in EDI for a data
+/// access of `size` bytes needing permission bit `bit`: host pointer into
+/// RSI, or a jump to `slow`. Clobbers RFLAGS, R8, R10.
 ///
-/// The slot is the first byte's, the tag is compared with the page of the
-/// last byte: an entry sits only in its own page's slot and `shadow::slot`
-/// never gives two consecutive pages (nor pages 0xFFFFF and 0) the same
-/// slot, so a hit means both bytes are in the entry's page, and an access
-/// that crosses a page (or wraps at 4 GiB) misses without a check of its
-/// own.
+/// The entry's page for this access kind (`Entry::pages`: the linear page,
+/// or a value no page equals where the kind is not granted) is compared
+/// with the page of the access's last byte, in the first byte's slot: an
+/// entry sits only in its own page's slot and `shadow::slot` never gives
+/// two consecutive pages (nor pages 0xFFFFF and 0) the same slot, so a
+/// hit means both bytes are in the entry's page, and an access that
+/// crosses a page (or wraps at 4 GiB) misses without a check of its own.
 ///
 /// ```text
-///   mov esi, edi ; shr esi, 12 ; mov r8d, edi ; shr r8d, 24
-///   xor esi, r8d ; and esi, 4095            (slot of the first byte)
-///   mov r8, [rbp+shadow] ; mov r9d, [r8+rsi*8]          (tag)
-///   lea r10d, [rdi+size-1] ; xor r10d, r9d ; test r10d, ~0xFFF ; jnz slow
-///   test r9d, bit ; jz slow
-///   mov esi, [r8+rsi*8+4] ; and edi, 0xFFF ; add rsi, rdi
-///   add rsi, [rbp+ram_base]
+///   mov esi, edi ; shr esi, 7 ; and esi, 0x1FFE0       (slot * 32)
+///   mov r8, [rbp+shadow]
+///   lea r10d, [rdi+size-1] ; and r10d, ~0xFFF          (last byte's page)
+///   cmp r10d, [r8+rsi+pages+4*kind] ; jne slow
+///   mov rsi, [r8+rsi+host] ; add rsi, rdi              (host address)
 /// ```
 pub(super) fn emit_lookup(e: &mut Emitter, size: i32, bit: u32, slow: DynamicLabel) {
+    let kind = PAGE_KINDS.iter().position(|&k| k == bit).unwrap_or(0) as i32;
+    debug_assert_eq!(PAGE_KINDS[kind as usize], bit, "a data access kind");
     dynasm!(e.ops
         ; .arch x64
         ; mov esi, edi
-        ; shr esi, 12
-        ; mov r8d, edi
-        ; shr r8d, 24
-        ; xor esi, r8d
-        ; and esi, 4095
+        ; shr esi, SLOT_SHIFT
+        ; and esi, SLOT_MASK
         ; mov r8, QWORD [rbp + off::SHADOW]
-        ; mov r9d, DWORD [r8 + rsi * 8]
         ; lea r10d, [rdi + size - 1]
-        ; xor r10d, r9d
-        ; test r10d, 0xFFFF_F000u32 as i32
-        ; jnz =>slow
-        ; test r9d, bit as i32
-        ; jz =>slow
-        ; mov esi, DWORD [r8 + rsi * 8 + 4]
-        ; and edi, 0xFFF
+        ; and r10d, 0xFFFF_F000u32 as i32
+        ; cmp r10d, DWORD [r8 + rsi + ENTRY_PAGES + 4 * kind]
+        ; jne =>slow
+        ; mov rsi, QWORD [r8 + rsi + ENTRY_HOST]
         ; add rsi, rdi
-        ; add rsi, QWORD [rbp + off::RAM_BASE]
     );
 }
 
