@@ -16,6 +16,8 @@
 
 use std::collections::HashMap;
 
+use umbra_core::mmu::shadow::FrameHasherBuilder;
+
 use umbra_core::mem::PAGE_SHIFT;
 use umbra_core::vm::Vm;
 
@@ -62,11 +64,13 @@ pub struct Cache {
     pub code: ExecMem,
     blocks: Vec<Option<Block>>,
     free: Vec<usize>,
-    map: HashMap<BlockKey, usize>,
+    /// Keys are a few u32s: a multiply-and-fold hash, not SipHash (every
+    /// dispatcher lookup that misses `fast` hashes one).
+    map: HashMap<BlockKey, usize, FrameHasherBuilder>,
     /// Direct-mapped (key, id) by linear EIP, in front of `map`.
     fast: Box<[(BlockKey, u32)]>,
     /// RAM frame -> blocks decoded from it.
-    by_frame: HashMap<u32, Vec<usize>>,
+    by_frame: HashMap<u32, Vec<usize>, FrameHasherBuilder>,
     /// Blocks dropped while generated code may still run them (their
     /// code refers to their `InsnMeta`s), freed when it has returned.
     dead: Vec<Block>,
@@ -108,9 +112,9 @@ impl Cache {
             code,
             blocks: Vec::new(),
             free: Vec::new(),
-            map: HashMap::new(),
+            map: HashMap::default(),
             fast: vec![(EMPTY_KEY, NO_BLOCK); FAST_ENTRIES].into_boxed_slice(),
-            by_frame: HashMap::new(),
+            by_frame: HashMap::default(),
             dead: Vec::new(),
             next_serial: 1,
             region_base,

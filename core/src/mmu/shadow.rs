@@ -278,14 +278,25 @@ impl Context {
     }
 }
 
-/// Take the write permissions away from entries that map `ram_frame`.
-fn revoke_in(table: &mut Table, ram_frame: u32) {
-    for e in table.iter_mut() {
-        if e.tag & perm::WRITES != 0 && e.ram >> 12 == ram_frame {
-            e.revoke_writes();
-        }
-    }
+/// `Wmap` table number of the global part (contexts are 0..CONTEXTS).
+const GLOBAL_TABLE: u8 = CONTEXTS as u8;
+
+/// Entries that grant writes, by the RAM frame they map: (table, slot)
+/// pairs, the table a context number or `GLOBAL_TABLE`. Pairs may be
+/// stale (the entry since emptied, refilled or revoked): users check the
+/// entry. It spares `revoke_write` a scan of every table, which made each
+/// newly watched page-table frame (a fork copies many) cost a pass over
+/// all contexts.
+#[derive(Default)]
+struct Wmap {
+    map: HashMap<u32, Vec<(u8, u16)>, FrameHasherBuilder>,
+    /// Pairs added since the last rebuild.
+    pairs: usize,
 }
+
+/// Pairs the write map may accumulate before it is rebuilt from the
+/// tables (dropping stale ones).
+const WMAP_REBUILD: usize = 8 * SLOTS * (CONTEXTS + 1);
 
 /// All shadow contexts plus the global part.
 pub struct Shadow {
@@ -299,6 +310,9 @@ pub struct Shadow {
     tick: u64,
     /// Host address of guest RAM offset 0 (`Entry::host`).
     host_base: u64,
+    wmap: Wmap,
+    /// Times the write map was rebuilt from the tables.
+    wmap_rebuilds: u64,
 }
 
 impl Default for Shadow {
@@ -320,7 +334,57 @@ impl Shadow {
             global_rmap: Rmap::default(),
             tick: 0,
             host_base: 0,
+            wmap: Wmap::default(),
+            wmap_rebuilds: 0,
         }
+    }
+
+    /// Table `t` of the write map: a context's (the active one is in
+    /// `cur`) or the global part.
+    fn table_mut(&mut self, t: u8) -> &mut Table {
+        if t == GLOBAL_TABLE {
+            &mut self.global
+        } else if t as usize == self.active {
+            &mut self.cur
+        } else {
+            &mut self.ctxs[t as usize].table
+        }
+    }
+
+    /// Entry `slot` of table `t` was just set to `e`: remember it if it
+    /// grants writes.
+    fn wmap_note(&mut self, t: u8, slot: usize, e: &Entry) {
+        if e.tag & perm::WRITES == 0 {
+            return;
+        }
+        self.wmap
+            .map
+            .entry(e.ram >> 12)
+            .or_default()
+            .push((t, slot as u16));
+        self.wmap.pairs += 1;
+        if self.wmap.pairs > WMAP_REBUILD {
+            self.wmap_rebuild();
+        }
+    }
+
+    /// The write map from the tables themselves.
+    fn wmap_rebuild(&mut self) {
+        let mut map: HashMap<u32, Vec<(u8, u16)>, FrameHasherBuilder> = HashMap::default();
+        let mut pairs = 0;
+        for t in 0..=GLOBAL_TABLE {
+            if t != GLOBAL_TABLE && self.ctxs[t as usize].key.is_none() {
+                continue;
+            }
+            for (s, e) in self.table_mut(t).iter().enumerate() {
+                if e.tag & perm::WRITES != 0 {
+                    map.entry(e.ram >> 12).or_default().push((t, s as u16));
+                    pairs += 1;
+                }
+            }
+        }
+        self.wmap = Wmap { map, pairs };
+        self.wmap_rebuilds += 1;
     }
 
     /// Host address of guest RAM offset 0, which entries' `host` fields
@@ -353,6 +417,7 @@ impl Shadow {
         let r = e.hit(lin, acc)?;
         let d = self.global_deps[s];
         self.cur[s] = e;
+        self.wmap_note(self.active as u8, s, &e);
         let ctx = &mut self.ctxs[self.active];
         ctx.deps[s] = d;
         ctx.rmap.add(d, s, &ctx.deps);
@@ -365,11 +430,13 @@ impl Shadow {
         let s = slot(lin);
         let e = Entry::new(lin, perms, ram, self.host_base);
         self.cur[s] = e;
+        self.wmap_note(self.active as u8, s, &e);
         let ctx = &mut self.ctxs[self.active];
         ctx.deps[s] = deps;
         ctx.rmap.add(deps, s, &ctx.deps);
         if global {
             self.global[s] = e;
+            self.wmap_note(GLOBAL_TABLE, s, &e);
             self.global_deps[s] = deps;
             self.global_rmap.add(deps, s, &self.global_deps);
         }
@@ -446,6 +513,7 @@ impl Shadow {
         self.global.fill(Entry::default());
         self.global_deps.fill([NO_DEP; 2]);
         self.global_rmap.clear();
+        self.wmap = Wmap::default();
     }
 
     /// INVLPG: drop the page of `lin` everywhere it is cached (the active
@@ -490,13 +558,15 @@ impl Shadow {
 
     /// `ram_frame` became write-watched: no entry may grant writes to it.
     pub fn revoke_write(&mut self, ram_frame: u32) {
-        revoke_in(&mut self.cur, ram_frame);
-        for (i, c) in self.ctxs.iter_mut().enumerate() {
-            if i != self.active && c.key.is_some() {
-                revoke_in(&mut c.table, ram_frame);
+        let Some(pairs) = self.wmap.map.remove(&ram_frame) else {
+            return;
+        };
+        for (t, s) in pairs {
+            let e = &mut self.table_mut(t)[s as usize];
+            if e.tag & perm::WRITES != 0 && e.ram >> 12 == ram_frame {
+                e.revoke_writes();
             }
         }
-        revoke_in(&mut self.global, ram_frame);
     }
 
     /// No entry of any table grants writes any more (the dirty bitmap was
@@ -514,6 +584,7 @@ impl Shadow {
             }
         }
         clear(&mut self.global);
+        self.wmap = Wmap::default();
     }
 
     /// Whether any entry of any table maps `ram_frame` writable (tests).
@@ -595,6 +666,57 @@ mod tests {
         // A new host base drops what was made for the old one.
         s.set_host_base(base + 0x1000_0000);
         assert_eq!(s.probe(0xC010_2345, Access::READ), None);
+    }
+
+    #[test]
+    fn revoke_write_finds_every_writable_entry_of_every_table() {
+        // Fills (some global) across address spaces, context switches,
+        // global copies and revokes in a pseudo-random order; after each
+        // revoke no table may grant writes to that frame (checked by a
+        // scan of all tables). Enough fills to force write-map rebuilds.
+        let mut s = Shadow::new();
+        let mut x = 0x1234_5678u32;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        for step in 0..800_000u32 {
+            let r = next();
+            match r % 16 {
+                0 => {
+                    s.select(next() % 12, None);
+                }
+                1 => {
+                    let f = next() % 64;
+                    s.revoke_write(f);
+                    // (A scan of all tables: not after every revoke.)
+                    if r & 0x700 == 0 {
+                        assert!(!s.grants_write(f), "step {step}: frame {f}");
+                    }
+                }
+                2 => {
+                    let _ = s.probe_global(next() & 0x00FF_F000, Access::WRITE);
+                }
+                _ => {
+                    let lin = next() & 0x00FF_F000;
+                    let perms = if r & 32 != 0 {
+                        perm::ALL
+                    } else {
+                        perm::SUP_READ
+                    };
+                    let ram = (next() % 64) << 12;
+                    let dep = 100 + next() % 64;
+                    s.fill(lin, perms, ram, [dep, NO_DEP], r & 64 != 0);
+                }
+            }
+        }
+        for f in 0..64 {
+            s.revoke_write(f);
+            assert!(!s.grants_write(f), "frame {f}");
+        }
+        assert!(s.wmap_rebuilds > 0, "the write map was never rebuilt");
     }
 
     #[test]
