@@ -633,7 +633,9 @@ impl Machine {
             let [next, budget, monitor, shutdown, chain, indirect] = j.exits;
             out += &format!(
                 "\ntranslated code exits: next {next} budget {budget} monitor {monitor} \
-                 shutdown {shutdown} chain {chain} inline-lookup misses {indirect}"
+                 shutdown {shutdown} chain {chain} inline-lookup misses {indirect} \
+                 (entry was empty {}, another address {}, same address other key {})",
+                j.ib_miss_empty, j.ib_miss_conflict, j.ib_miss_other_key,
             );
             let top: Vec<String> = j
                 .top_monitor_mnemonics(16)

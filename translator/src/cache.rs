@@ -28,7 +28,7 @@ use crate::engine::TranslatorStats;
 use crate::exec::ExecMem;
 
 /// Entries of the direct-mapped lookup table (a power of two).
-const FAST_ENTRIES: usize = 4096;
+const FAST_ENTRIES: usize = 16384;
 /// No block in a direct-mapped entry.
 const NO_BLOCK: u32 = u32::MAX;
 /// Most regions of the code memory.
@@ -156,6 +156,12 @@ impl Cache {
     /// The inline branch-target table, for `JitCtx::ib_table`.
     pub fn ib_table(&self) -> *const IbEntry {
         self.ib.as_ptr()
+    }
+
+    /// The inline table's entry where block `id` would go.
+    pub fn ib_entry_for(&self, id: usize) -> Option<IbEntry> {
+        let b = self.block(id)?;
+        Some(self.ib[ib_slot(b.key.lin)])
     }
 
     /// Record live block `id` in the inline branch-target table (its

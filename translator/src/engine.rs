@@ -65,6 +65,13 @@ pub struct TranslatorStats {
     /// Times the inline branch-target table was emptied because memory
     /// changed behind the write-watch (`GuestMemory::watched_code_gen`).
     pub ib_clears: u64,
+    /// Misses of the inline branch-target lookup by what the target's
+    /// table entry held when the dispatcher found the block: nothing,
+    /// another address (a conflict), or the same address under another
+    /// key (physical page, mode or CS base).
+    pub ib_miss_empty: u64,
+    pub ib_miss_conflict: u64,
+    pub ib_miss_other_key: u64,
     /// Calls from generated code into monitor routines.
     pub monitor_calls: u64,
     /// Monitor calls by the mnemonic of the instruction they ran
@@ -466,7 +473,16 @@ impl Engine for Translator {
                         self.mon.stats.ib_clears += 1;
                     }
                     if std::mem::take(&mut self.pending_ib) {
-                        self.mon.cache.ib_insert(id);
+                        let mon = &mut *self.mon;
+                        let held = mon.cache.ib_entry_for(id);
+                        match held {
+                            Some(e) if e.mode == u32::MAX => mon.stats.ib_miss_empty += 1,
+                            Some(e) if mon.cache.block(id).is_some_and(|b| b.key.lin != e.lin) => {
+                                mon.stats.ib_miss_conflict += 1
+                            }
+                            _ => mon.stats.ib_miss_other_key += 1,
+                        }
+                        mon.cache.ib_insert(id);
                     }
                     if let Some((src, idx, serial)) = self.pending_chain.take() {
                         let limit = vm.cpu.seg(SegReg::Cs).limit;

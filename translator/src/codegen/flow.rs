@@ -37,7 +37,7 @@ use crate::ctx::{exit, off, HOST_REG};
 use crate::helpers;
 
 /// Entries of the inline lookup table (a power of two).
-pub const IB_ENTRIES: usize = 4096;
+pub const IB_ENTRIES: usize = 16384;
 
 /// One entry of the inline lookup table: the block key fields and the
 /// host code. 32 bytes (generated code shifts the slot by 5).
