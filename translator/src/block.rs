@@ -72,6 +72,13 @@ fn flat(s: &umbra_core::cpu::Segment, write: bool) -> bool {
 }
 
 /// The mode bits of the CPU state `cpu`.
+///
+/// At CPL 0 GS has no bits (its accesses take the slow path): a kernel
+/// that leaves the interrupted program's GS loaded while it runs (Linux
+/// i386 does, and never addresses through it) would otherwise have every
+/// kernel block keyed twice, once per kind of GS user programs have
+/// (none, or a TLS segment), and each lookup by address would alternate
+/// between the two.
 pub fn mode_of(cpu: &CpuState) -> u32 {
     let mut m = 0;
     if cpu.code32() {
@@ -86,7 +93,11 @@ pub fn mode_of(cpu: &CpuState) -> u32 {
         if cpu.v86() {
             m |= mode::V86;
         } else {
+            let kernel = cpu.cpl() == 0;
             for (i, s) in cpu.seg.iter().enumerate() {
+                if kernel && i == SegReg::Gs as usize {
+                    continue;
+                }
                 if flat(s, false) {
                     m |= 1 << (mode::FLAT_READ_SHIFT + i as u32);
                 }
