@@ -63,11 +63,12 @@ def load_samples(path):
 def classify(text):
     """A coarse label for one host instruction of generated code (Intel
     syntax text from iced-x86; offsets of `ctx::JitCtx`: hflags 20h,
-    ram_base 38h, shadow 40h)."""
+    shadow 38h; shadow entries are 32 bytes, their fields at
+    [r8+rsi+...])."""
     t = text
     if t.startswith(("pushfq", "popfq", "sahf", "lahf")) or "[rbp+20h]" in t or "[rbp+21h]" in t:
         return "flags to/from hflags"
-    if "[rbp+38h]" in t or "[rbp+40h]" in t or "[r8+rsi*8" in t:
+    if "[rbp+38h]" in t or "[r8+rsi" in t:
         return "shadow table loads"
     if t.startswith("call"):
         return "monitor call"

@@ -64,8 +64,6 @@ pub struct JitCtx {
     /// Instructions the engine may still retire once the current block is
     /// done (each block subtracts its length on entry).
     pub budget: i64,
-    /// Host address of guest RAM offset 0.
-    pub ram_base: *mut u8,
     /// The active shadow lookup table (`Mmu::active_table`).
     pub shadow: *const Entry,
     /// Segment bases (ES, CS, SS, DS, FS, GS), for effective addresses.
@@ -118,7 +116,6 @@ impl JitCtx {
             eip: 0,
             exit: 0,
             budget: 0,
-            ram_base: core::ptr::null_mut(),
             shadow: core::ptr::null(),
             seg_base: [0; 6],
             vm: core::ptr::null_mut(),
@@ -273,7 +270,6 @@ pub mod off {
     pub const EIP: i32 = offset_of!(JitCtx, eip) as i32;
     pub const EXIT: i32 = offset_of!(JitCtx, exit) as i32;
     pub const BUDGET: i32 = offset_of!(JitCtx, budget) as i32;
-    pub const RAM_BASE: i32 = offset_of!(JitCtx, ram_base) as i32;
     pub const SHADOW: i32 = offset_of!(JitCtx, shadow) as i32;
     pub const EXIT_SITE: i32 = offset_of!(JitCtx, exit_site) as i32;
     pub const IB_TABLE: i32 = offset_of!(JitCtx, ib_table) as i32;

@@ -67,8 +67,9 @@ pub struct TranslatorStats {
     pub ib_clears: u64,
     /// Misses of the inline branch-target lookup by what the target's
     /// table entry held when the dispatcher found the block: nothing,
-    /// another address (a conflict), or the same address under another
-    /// key (physical page, mode or CS base).
+    /// another address (a conflict), or the same address (under another
+    /// key: physical page, mode or CS base; or the lookup found no shadow
+    /// entry for the fetch).
     pub ib_miss_empty: u64,
     pub ib_miss_conflict: u64,
     pub ib_miss_other_key: u64,
@@ -395,10 +396,11 @@ impl Translator {
         let ctx = &mut *self.ctx;
         ctx.load(&vm.cpu);
         ctx.budget = left as i64;
-        ctx.ram_base = vm.mem.ram_host_ptr_untracked();
-        if vm.mmu.host_base() != ctx.ram_base as u64 {
-            // Entries' host addresses are made for another RAM mapping.
-            vm.mmu.set_host_base(ctx.ram_base as u64);
+        let ram_base = vm.mem.ram_host_ptr_untracked() as u64;
+        if vm.mmu.host_base() != ram_base {
+            // Shadow entries' host addresses (which generated code adds
+            // to the linear address) are made for another RAM mapping.
+            vm.mmu.set_host_base(ram_base);
         }
         ctx.shadow = vm.mmu.active_table().as_ptr();
         ctx.exit = exit::NEXT;
