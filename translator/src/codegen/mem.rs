@@ -353,6 +353,17 @@ const ENTRY_PAGES: i32 = std::mem::offset_of!(Entry, pages) as i32;
 const ENTRY_HOST: i32 = std::mem::offset_of!(Entry, host) as i32;
 const ENTRY_RAM: i32 = std::mem::offset_of!(Entry, ram) as i32;
 
+/// The byte offset of the shadow slot of the linear address in EDI, into
+/// ESI: `mov esi, edi ; shr esi, 7 ; and esi, 0x1FFE0`
+fn emit_slot(e: &mut Emitter) {
+    dynasm!(e.ops
+        ; .arch x64
+        ; mov esi, edi
+        ; shr esi, SLOT_SHIFT
+        ; and esi, SLOT_MASK
+    );
+}
+
 /// The shadow-table probe of the linear page in EDI for permission bit
 /// `bit` (any kind, fetches too): on a hit, R8 = the table and RSI = the
 /// slot's byte offset (the entry's RAM offset is at [r8+rsi+ram]); else a
@@ -365,11 +376,9 @@ const ENTRY_RAM: i32 = std::mem::offset_of!(Entry, ram) as i32;
 ///   test r9d, bit ; jz miss
 /// ```
 pub(super) fn emit_probe(e: &mut Emitter, bit: u32, miss: DynamicLabel) {
+    emit_slot(e);
     dynasm!(e.ops
         ; .arch x64
-        ; mov esi, edi
-        ; shr esi, SLOT_SHIFT
-        ; and esi, SLOT_MASK
         ; mov r8, QWORD [rbp + off::SHADOW]
         ; mov r9d, DWORD [r8 + rsi]
         ; mov r10d, r9d
@@ -409,11 +418,9 @@ pub(super) fn emit_probed_ram(e: &mut Emitter) {
 pub(super) fn emit_lookup(e: &mut Emitter, size: i32, bit: u32, slow: DynamicLabel) {
     let kind = PAGE_KINDS.iter().position(|&k| k == bit).unwrap_or(0) as i32;
     debug_assert_eq!(PAGE_KINDS[kind as usize], bit, "a data access kind");
+    emit_slot(e);
     dynasm!(e.ops
         ; .arch x64
-        ; mov esi, edi
-        ; shr esi, SLOT_SHIFT
-        ; and esi, SLOT_MASK
         ; mov r8, QWORD [rbp + off::SHADOW]
         ; lea r10d, [rdi + size - 1]
         ; and r10d, 0xFFFF_F000u32 as i32
