@@ -724,6 +724,155 @@ fn code_across_a_page_boundary() {
     }
 }
 
+/// The code of `cross_page_program`, from `page2 - 6`: `add esi, 1`,
+/// then `mov eax, 12345678h` (5 bytes: B8 and two immediate bytes before
+/// `page2`, the other two from it), then `add esi, eax ; ret`. Returns the
+/// bytes before `page2` and those from it.
+fn cross_page_code(page2: u32) -> (Vec<u8>, Vec<u8>) {
+    let xs = asm32(page2 - 6, |a| {
+        a.add(esi, 1)?;
+        a.mov(eax, 0x1234_5678u32)?;
+        a.add(esi, eax)?;
+        a.ret()
+    });
+    assert_eq!(
+        &xs[3..6],
+        &[0xB8, 0x78, 0x56],
+        "MOV EAX, imm32 at page end - 3"
+    );
+    (xs[..6].to_vec(), xs[6..].to_vec())
+}
+
+/// A loop that calls `cross_page_code(page2)` `calls` times (EDI counts
+/// down from `calls`); before the call with EDI = `at`, set the PTE of
+/// `page2` to `pte_val` and INVLPG it. Run it with `map_page_table`.
+fn cross_page_program(page2: u32, calls: u32, at: u32, pte_val: u32) -> Program {
+    let x = page2 - 6;
+    let pte_at = layout::PT_BASE + 4 * ((page2 >> 12) & 0x3FF);
+    let main = asm32(layout::CODE_BASE, |a| {
+        let mut top = a.create_label();
+        let mut call = a.create_label();
+        a.xor(esi, esi)?;
+        a.mov(edi, calls)?;
+        a.set_label(&mut top)?;
+        a.cmp(edi, at)?;
+        a.jne(call)?;
+        a.mov(dword_ptr(pte_at), pte_val)?;
+        a.invlpg(byte_ptr(page2))?;
+        // The alias's shadow entry takes the slot `page2`'s had, with
+        // the frame `page2` had.
+        a.mov(ebx, dword_ptr(page2 + ALIAS_DISTANCE))?;
+        a.set_label(&mut call)?;
+        a.call(x as u64)?;
+        a.dec(edi)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
+    let (head, tail) = cross_page_code(page2);
+    let mut p = Program::new(
+        Mode::Paging,
+        place(&[(layout::CODE_BASE, main), (x, head), (page2, tail.clone())]),
+    );
+    // The frame the page may be pointed to instead: the immediate's top
+    // bytes 00 00, the same ADD and RET.
+    p.data = vec![0; 0x2000];
+    p.data_pages = [pte::P | pte::RW; 3];
+    p.data[0x1002..0x1000 + tail.len()].copy_from_slice(&tail[2..]);
+    p
+}
+
+/// Where `cross_page_program` reads the code frame of `page2` through
+/// another linear page: 16 MiB on, the same shadow slot
+/// (`umbra_core::mmu::shadow::slot`).
+const ALIAS_DISTANCE: u32 = 0x100_0000;
+
+/// Map the page table at `layout::PT_BASE` (identity, writable) so that
+/// the program can change its entries, and `CODE_BASE + 0x2000 +
+/// ALIAS_DISTANCE` to the frame of `CODE_BASE + 0x2000` (page table at
+/// 0x6000).
+fn map_page_table(vm: &mut Vm) {
+    const PT_ALIAS: u32 = 0x6000;
+    map(
+        vm,
+        layout::PT_BASE,
+        layout::PT_BASE,
+        layout::PT_BASE,
+        pte::P | pte::RW,
+    );
+    let alias = layout::CODE_BASE + 0x2000 + ALIAS_DISTANCE;
+    vm.mem.write_u32(
+        (layout::PD_BASE + 4 * (alias >> 22)) as u64,
+        PT_ALIAS | pte::P | pte::RW,
+    );
+    map(
+        vm,
+        PT_ALIAS,
+        alias,
+        layout::CODE_BASE + 0x2000,
+        pte::P | pte::RW,
+    );
+    flush_tlb(vm);
+}
+
+/// An instruction whose bytes span two pages runs as generated code (the
+/// block ends with it, after a check that the next page is still mapped
+/// to the frame it was decoded from), hot, and sees a remap of that page
+/// to another frame with other bytes (SDM Vol. 3 4.10.4: after INVLPG the
+/// fetch uses the new translation).
+#[test]
+fn code_across_a_page_runs_translated_and_follows_a_remap_of_its_second_page() {
+    let page2 = layout::CODE_BASE + 0x2000;
+    let other = (layout::DATA_BASE + 0x1000) | pte::P | pte::RW;
+    let p = cross_page_program(page2, 200, 100, other);
+    let vm = both(&p, map_page_table, |n, vm| {
+        // 100 calls (EDI = 200 .. 101) with 12345678h, 100 with 5678h,
+        // each also adding 1.
+        let want = (0x1234_5678u32.wrapping_mul(100))
+            .wrapping_add(0x5678 * 100)
+            .wrapping_add(200);
+        assert_eq!(r32(vm, ESI), want, "{n}");
+        assert_eq!(r32(vm, EAX), 0x5678, "{n}");
+        // The old frame's first bytes through the alias: 34 12, then
+        // ADD ESI, EAX (01 C6).
+        assert_eq!(r32(vm, 3), 0xC601_1234, "{n}: EBX");
+    });
+    drop(vm);
+    // The same on the translator alone: the crossing MOV ran in
+    // generated code, not once per call in the interpreter.
+    let mut t = Translator::new(DEFAULT_CACHE_BYTES).expect("code memory");
+    let mut vm = p.build_vm().unwrap();
+    map_page_table(&mut vm);
+    run_to_hlt("jit", &mut t, &mut vm);
+    let steps = t.stats().interp_steps;
+    assert!(steps < 20, "{steps} instructions interpreted for 200 calls");
+}
+
+/// The next page of a hot page-crossing instruction becomes not present:
+/// the fetch faults (#PF, CR2 = that page, EIP of the instruction) instead
+/// of running the bytes the block was made from.
+#[test]
+fn code_across_a_page_faults_when_its_second_page_goes_away() {
+    let page2 = layout::CODE_BASE + 0x2000;
+    let p = cross_page_program(page2, 50, 20, 0);
+    both(&p, map_page_table, |n, vm| {
+        assert_eq!(hlt_at(vm), layout::STUB_BASE + PF, "{n}: #PF stub");
+        assert_eq!(vm.cpu.cr2, page2, "{n}: the next page");
+        // 30 whole calls (EDI = 50 .. 21), then the ADD ESI, 1 of the
+        // 31st before the MOV faulted.
+        assert_eq!(
+            r32(vm, ESI),
+            0x1234_5678u32.wrapping_mul(30).wrapping_add(31),
+            "{n}"
+        );
+        // Frame: error code 0 (not present, read, supervisor), EIP of the
+        // MOV, CS.
+        let frame = r32(vm, ESP) as u64;
+        assert_eq!(vm.mem.read_u32(frame), 0, "{n}: error code");
+        assert_eq!(vm.mem.read_u32(frame + 4), page2 - 3, "{n}: EIP");
+        assert_eq!(vm.mem.read_u32(frame + 8), 0x08, "{n}: CS");
+    });
+}
+
 // ---- budgets ----------------------------------------------------------------
 
 /// `L: inc eax; inc ecx; inc edx; jmp L`: any budget stops after exactly

@@ -630,6 +630,13 @@ impl Machine {
                 j.indirect_hits,
                 j.ib_clears,
             );
+            let why: Vec<String> = j
+                .interp_why
+                .iter()
+                .zip(umbra_translator::engine::step_why::NAMES)
+                .map(|(n, name)| format!("{name} {n}"))
+                .collect();
+            out += &format!("\ninterpreter steps by why: {}", why.join(", "));
             let [next, budget, monitor, shutdown, chain, indirect] = j.exits;
             out += &format!(
                 "\ntranslated code exits: next {next} budget {budget} monitor {monitor} \

@@ -149,14 +149,31 @@ pub struct InsnMeta {
 /// decoded from.
 pub struct GuestBlock {
     pub insns: Vec<InsnMeta>,
+    /// The instruction bytes in order; with `cross`, the last
+    /// instruction's bytes run on from the next linear page's frame.
     pub bytes: Vec<u8>,
+    /// The last instruction crosses into the next linear page, which was
+    /// mapped to this RAM offset (page aligned) when the block was
+    /// decoded: generated code checks that mapping before it
+    /// (`codegen::emit_cross_guard`), and the block is on both frames.
+    pub cross: Option<u32>,
+}
+
+/// Where the next linear page's bytes come from for an instruction that
+/// crosses the page end: the RAM offset of that page's frame and its
+/// first bytes (at least `MAX_INSN_LEN - 1` of them).
+pub struct NextPage<'a> {
+    pub ram: u32,
+    pub bytes: &'a [u8],
 }
 
 /// Decode the block starting at `eip` (linear `lin`) from `code`, the
-/// bytes from there to the end of its page. `None` if not even the first
-/// instruction fits (it crosses the page or the CS limit, or is invalid):
-/// the dispatcher then lets the interpreter fetch it, which takes the
-/// fault the architecture says.
+/// bytes from there to the end of its page. An instruction that runs
+/// onto the next page ends the block, and is in it only when `next` gives
+/// that page's bytes. `None` if not even the first instruction fits (it
+/// crosses the page without `next` or the CS limit, or is invalid): the
+/// dispatcher then lets the interpreter fetch it, which takes the fault
+/// the architecture says.
 pub fn decode(
     table: &Table,
     code: &[u8],
@@ -164,6 +181,7 @@ pub fn decode(
     lin: u32,
     code32: bool,
     cs_limit: u32,
+    next: Option<NextPage>,
 ) -> Option<GuestBlock> {
     let to_page = (PAGE_SIZE - (lin as u64 & (PAGE_SIZE - 1))) as usize;
     let to_limit = (cs_limit as u64 + 1).saturating_sub(eip as u64) as usize;
@@ -172,25 +190,56 @@ pub fn decode(
     let mut d = Decoder::with_ip(bitness, &code[..avail], eip as u64, DecoderOptions::NONE);
     let mut insns: Vec<InsnMeta> = Vec::new();
     let mut used = 0;
-    while insns.len() < MAX_INSNS {
-        let ins = d.decode();
-        if d.last_error() != DecoderError::None || ins.code() == iced_x86::Code::INVALID {
-            break;
-        }
-        used += ins.len();
+    let mut bytes = Vec::new();
+    let mut cross = None;
+    let meta = |ins: Instruction| {
         let next = ins.next_ip32();
         let wraps = !code32 && next > 0xFFFF;
         let handler = table.lookup(&ins);
         let ends = fetch::ends_block(&ins);
         let last = handler.is_none() || wraps || ends;
-        insns.push(InsnMeta {
+        let m = InsnMeta {
             ins,
             handler,
             eip: ins.ip32(),
             next_eip: if code32 { next } else { next & 0xFFFF },
             rem: 0,
             ends,
-        });
+        };
+        (m, last)
+    };
+    while insns.len() < MAX_INSNS {
+        let ins = d.decode();
+        if d.last_error() != DecoderError::None || ins.code() == iced_x86::Code::INVALID {
+            // Out of bytes at the page end (not the CS limit): the
+            // instruction may be completed from the next page.
+            let at_page_end = d.last_error() == DecoderError::NoMoreBytes && avail == to_page;
+            if let (true, Some(np)) = (at_page_end, &next) {
+                let mut buf = [0u8; fetch::MAX_INSN_LEN];
+                let head = to_page - used;
+                let room = to_limit.saturating_sub(used).min(fetch::MAX_INSN_LEN);
+                let tail = room.saturating_sub(head).min(np.bytes.len());
+                buf[..head].copy_from_slice(&code[used..to_page]);
+                buf[head..head + tail].copy_from_slice(&np.bytes[..tail]);
+                let ip = eip.wrapping_add(used as u32) as u64;
+                let mut d2 =
+                    Decoder::with_ip(bitness, &buf[..head + tail], ip, DecoderOptions::NONE);
+                let ins = d2.decode();
+                if d2.last_error() == DecoderError::None
+                    && ins.code() != iced_x86::Code::INVALID
+                    && ins.len() > head
+                {
+                    bytes.extend_from_slice(&code[..used]);
+                    bytes.extend_from_slice(&buf[..ins.len()]);
+                    insns.push(meta(ins).0);
+                    cross = Some(np.ram & !0xFFF);
+                }
+            }
+            break;
+        }
+        used += ins.len();
+        let (m, last) = meta(ins);
+        insns.push(m);
         if last {
             break;
         }
@@ -198,12 +247,16 @@ pub fn decode(
     if insns.is_empty() {
         return None;
     }
+    if cross.is_none() {
+        bytes.extend_from_slice(&code[..used]);
+    }
     let n = insns.len() as u32;
     for (i, m) in insns.iter_mut().enumerate() {
         m.rem = n - i as u32;
     }
     Some(GuestBlock {
         insns,
-        bytes: code[..used].to_vec(),
+        bytes,
+        cross,
     })
 }

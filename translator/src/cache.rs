@@ -243,6 +243,7 @@ impl Cache {
     ) -> usize {
         let serial = self.next_serial;
         self.next_serial += 1;
+        let cross = guest.cross;
         let b = Block {
             key,
             code,
@@ -270,10 +271,11 @@ impl Cache {
         };
         self.map.insert(key, id);
         self.fast[fast_slot(key.lin)] = (key, id as u32);
-        let frame = key.phys >> PAGE_SHIFT;
-        vm.mmu.watch_frame(&mut vm.mem, frame as u64);
-        vm.mem.mark_code_frame(frame as usize);
-        self.by_frame.entry(frame).or_default().push(id);
+        for frame in frames(key.phys, cross) {
+            vm.mmu.watch_frame(&mut vm.mem, frame as u64);
+            vm.mem.mark_code_frame(frame as usize);
+            self.by_frame.entry(frame).or_default().push(id);
+        }
         self.region_blocks[self.cur].push((id, serial));
         id
     }
@@ -376,18 +378,26 @@ impl Cache {
                 }
             }
         }
-        let frame = b.key.phys >> PAGE_SHIFT;
-        if let Some(ids) = self.by_frame.get_mut(&frame) {
-            ids.retain(|&i| i != id);
-            if ids.is_empty() {
-                self.by_frame.remove(&frame);
-                vm.mmu.unwatch_frame(&mut vm.mem, frame as u64);
+        for frame in frames(b.key.phys, b.guest.cross) {
+            if let Some(ids) = self.by_frame.get_mut(&frame) {
+                ids.retain(|&i| i != id);
+                if ids.is_empty() {
+                    self.by_frame.remove(&frame);
+                    vm.mmu.unwatch_frame(&mut vm.mem, frame as u64);
+                }
             }
         }
         if running {
             self.dead.push(b);
         }
         Some(())
+    }
+
+    /// Drop block `id` from the dispatcher (no generated code runs).
+    pub fn discard(&mut self, vm: &mut Vm, id: usize, stats: &mut TranslatorStats) {
+        if self.drop_block(vm, id, false, stats).is_some() {
+            stats.invalidations += 1;
+        }
     }
 
     /// Compare the bytes of every block on RAM frame `frame` with memory;
@@ -402,9 +412,19 @@ impl Cache {
             let Some(b) = self.blocks.get(id).and_then(|b| b.as_ref()) else {
                 return false;
             };
-            let n = b.guest.bytes.len();
-            if vm.mem.ram_slice(b.key.phys as usize, n) != Some(&b.guest.bytes[..]) {
+            let bytes = &b.guest.bytes[..];
+            let phys = b.key.phys as usize;
+            let (first, rest) = match b.guest.cross {
+                Some(_) => bytes.split_at(((phys | 0xFFF) + 1 - phys).min(bytes.len())),
+                None => (bytes, &[][..]),
+            };
+            if vm.mem.ram_slice(phys, first.len()) != Some(first) {
                 return false;
+            }
+            if let Some(p2) = b.guest.cross {
+                if vm.mem.ram_slice(p2 as usize, rest.len()) != Some(rest) {
+                    return false;
+                }
             }
         }
         for &id in ids {
@@ -452,6 +472,15 @@ impl Cache {
     pub fn reap(&mut self) {
         self.dead.clear();
     }
+}
+
+/// The RAM frames a block's bytes come from: its first byte's, and the
+/// next linear page's (RAM offset `cross`) where its last instruction
+/// runs onto it.
+fn frames(phys: u32, cross: Option<u32>) -> impl Iterator<Item = u32> {
+    let first = phys >> PAGE_SHIFT;
+    let second = cross.map(|p| p >> PAGE_SHIFT).filter(|&f| f != first);
+    std::iter::once(first).chain(second)
 }
 
 /// Point the rel32 at `rel_at` to `target`.

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 
 use umbra_core::cpu::{SegReg, RF, TF};
 use umbra_core::engine::{Budget, Engine, Exit, ShutdownReason};
-use umbra_core::interp::{event_deliverable, Interpreter, Step, Table};
+use umbra_core::interp::{event_deliverable, fetch, Interpreter, Step, Table};
 use umbra_core::mem::PAGE_SHIFT;
 use umbra_core::mmu::Access;
 use umbra_core::vm::Vm;
@@ -87,6 +87,8 @@ pub struct TranslatorStats {
     pub x87_spills: u64,
     /// Instructions the dispatcher gave to the interpreter.
     pub interp_steps: u64,
+    /// Those by why, indexed by `step_why`.
+    pub interp_why: [u64; step_why::NAMES.len()],
     /// Entries into generated code.
     pub entries: u64,
     /// Returns from generated code by `ctx::exit` code (NEXT, BUDGET,
@@ -120,6 +122,33 @@ impl TranslatorStats {
         v.truncate(n);
         v
     }
+}
+
+/// Why the dispatcher stepped the interpreter (`TranslatorStats::interp_why`).
+pub mod step_why {
+    /// An event to deliver, or a halted CPU.
+    pub const EVENT: usize = 0;
+    /// The interrupt shadow of STI or a load of SS.
+    pub const SHADOW: usize = 1;
+    /// EFLAGS.TF or RF.
+    pub const TRAP_FLAGS: usize = 2;
+    /// Alignment checking (CR0.AM, EFLAGS.AC, CPL 3).
+    pub const ALIGNMENT: usize = 3;
+    /// No block at CS:EIP: the fetch faults, the code is not in RAM, or
+    /// the first instruction crosses into a page not yet in the shadow.
+    pub const NO_BLOCK: usize = 4;
+    /// A block whose length exceeds what is left of the budget, or one
+    /// that left before its first instruction ran.
+    pub const BUDGET: usize = 5;
+    /// Names for `--stats`, by index.
+    pub const NAMES: [&str; 6] = [
+        "event",
+        "shadow",
+        "tf/rf",
+        "alignment",
+        "no block",
+        "budget",
+    ];
 }
 
 /// What monitor routines need while generated code runs, reached through
@@ -322,6 +351,19 @@ impl Translator {
         if let Some(id) = mon.cache.find(&key) {
             let gen = vm.mem.watched_code_gen();
             let b = mon.cache.block(id)?;
+            if let Some(ram) = b.guest.cross {
+                // Its last instruction's next page is mapped elsewhere
+                // now: its guard would fail on every run.
+                let lin2 = (lin | 0xFFF).wrapping_add(1);
+                if vm
+                    .mmu
+                    .lookup_ram(lin2, acc)
+                    .is_some_and(|p| p as u32 & !0xFFF != ram)
+                {
+                    mon.cache.discard(vm, id, &mut mon.stats);
+                    return self.translate(vm, key);
+                }
+            }
             if b.gen == gen {
                 mon.stats.hits += 1;
                 return Some(id);
@@ -344,6 +386,22 @@ impl Translator {
         let cs_limit = key.cs_limit;
         let phys = key.phys as usize;
         let page_end = (phys | 0xFFF) + 1;
+        // The next linear page, for an instruction that runs onto it: only
+        // if the shadow already lets this CPL fetch from it (a lookup, not
+        // a walk: the guest's page tables see no access the CPU might not
+        // make).
+        let lin2 = (key.lin | 0xFFF).wrapping_add(1);
+        let cpl = (key.mode >> block::mode::CPL_SHIFT) & 3;
+        let next = vm
+            .mmu
+            .lookup_ram(lin2, Access::FETCH.at_cpl(cpl as u8))
+            .and_then(|p2| {
+                let bytes = vm.mem.ram_slice(p2, fetch::MAX_INSN_LEN)?;
+                Some(block::NextPage {
+                    ram: p2 as u32,
+                    bytes,
+                })
+            });
         let code = vm.mem.ram_slice(phys, page_end - phys)?;
         let eip = key.lin.wrapping_sub(key.cs_base);
         let guest = block::decode(
@@ -353,6 +411,7 @@ impl Translator {
             key.lin,
             key.mode & block::mode::CODE32 != 0,
             cs_limit,
+            next,
         )?;
         let mon = &mut *self.mon;
         let emit = |c: &Cache| {
@@ -461,12 +520,20 @@ impl Engine for Translator {
         let mut left = budget.instructions;
         while left > 0 {
             let cpu = &vm.cpu;
-            let blocked = cpu.halted
-                || cpu.interrupt_shadow
-                || cpu.eflags & (TF | RF) != 0
-                || cpu.alignment_checked()
-                || event_deliverable(vm);
-            if !blocked {
+            let mut why = if cpu.halted {
+                step_why::EVENT
+            } else if cpu.interrupt_shadow {
+                step_why::SHADOW
+            } else if cpu.eflags & (TF | RF) != 0 {
+                step_why::TRAP_FLAGS
+            } else if cpu.alignment_checked() {
+                step_why::ALIGNMENT
+            } else if event_deliverable(vm) {
+                step_why::EVENT
+            } else {
+                step_why::NO_BLOCK
+            };
+            if why == step_why::NO_BLOCK {
                 if let Some(id) = self.block_here(vm) {
                     let gen = vm.mem.watched_code_gen();
                     if gen != self.mon.ib_gen {
@@ -492,6 +559,7 @@ impl Engine for Translator {
                         mon.cache.chain(src, idx, serial, id, limit, &mut mon.stats);
                     }
                     let n = self.mon.cache.block(id).map_or(0, |b| b.guest.insns.len());
+                    why = step_why::BUDGET;
                     if (n as u64) <= left {
                         let used = self.enter(vm, id, left);
                         left = left.saturating_sub(used);
@@ -507,6 +575,7 @@ impl Engine for Translator {
             self.pending_chain = None;
             self.pending_ib = false;
             self.mon.stats.interp_steps += 1;
+            self.mon.stats.interp_why[why] += 1;
             match self.interp.step(vm) {
                 Step::Retired => {}
                 Step::Halted => return Exit::Halted,

@@ -344,6 +344,45 @@ pub fn emit_stack(e: &mut Emitter, m: &InsnMeta) -> bool {
 }
 
 /// Byte offset of the shadow slot of the linear address in EDI, into
+/// Before an instruction `m` that runs onto the next linear page (the
+/// block's last, `GuestBlock::cross`): check that the active shadow table
+/// still lets this CPL fetch from that page and maps it to RAM offset
+/// `ram`, the frame its bytes were decoded from (the block is on that
+/// frame too, so a write to it drops the block). Returns the label to
+/// jump to when not; the instruction then runs from the dispatcher (which
+/// walks the page, or raises the fault). The slot is a constant:
+///
+/// ```text
+///   pushfq ; pop [rbp+hflags]                  (if the flags are dirty)
+///   mov r8, [rbp+shadow]
+///   mov r10d, [r8+slot*32+tag] ; and r10d, ~0xFFF | fetch_bit
+///   cmp r10d, page | fetch_bit ; jne fail
+///   cmp dword [r8+slot*32+ram], ram ; jne fail
+/// ```
+pub(super) fn emit_cross_guard(e: &mut Emitter, m: &InsnMeta, ram: u32) -> DynamicLabel {
+    let fail = e.ops.new_dynamic_label();
+    let page = (m.eip.wrapping_add(e.key.cs_base) | 0xFFF).wrapping_add(1);
+    let user = (e.key.mode >> mode::CPL_SHIFT) & 3 == 3;
+    let fetch = if user {
+        perm::USER_FETCH
+    } else {
+        perm::SUP_FETCH
+    };
+    let at = (umbra_core::mmu::shadow::slot(page) * ENTRY_BYTES) as i32;
+    e.clobber_flags();
+    dynasm!(e.ops
+        ; .arch x64
+        ; mov r8, QWORD [rbp + off::SHADOW]
+        ; mov r10d, DWORD [r8 + at + ENTRY_TAG]
+        ; and r10d, (!0xFFF | fetch) as i32
+        ; cmp r10d, (page | fetch) as i32
+        ; jne =>fail
+        ; cmp DWORD [r8 + at + ENTRY_RAM], ram as i32
+        ; jne =>fail
+    );
+    fail
+}
+
 /// ESI: `slot(lin) * ENTRY_BYTES` = `(lin >> 7) & 0x1FFE0`
 /// (`shadow::slot` is bits 23:12, an entry is 32 bytes).
 const SLOT_SHIFT: i8 = 12 - ENTRY_BYTES.trailing_zeros() as i8;
@@ -352,6 +391,7 @@ const SLOT_MASK: i32 = ((SLOTS - 1) * ENTRY_BYTES) as i32;
 const ENTRY_PAGES: i32 = std::mem::offset_of!(Entry, pages) as i32;
 const ENTRY_HOST: i32 = std::mem::offset_of!(Entry, host) as i32;
 const ENTRY_RAM: i32 = std::mem::offset_of!(Entry, ram) as i32;
+const ENTRY_TAG: i32 = std::mem::offset_of!(Entry, tag) as i32;
 
 /// The byte offset of the shadow slot of the linear address in EDI, into
 /// ESI: `mov esi, edi ; shr esi, 7 ; and esi, 0x1FFE0`

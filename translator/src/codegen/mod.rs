@@ -236,11 +236,15 @@ pub fn emit_block(
     );
     let live = flags::live_after(block);
     let n_insns = block.insns.len();
+    let mut cross_fail = None;
     for (i, m) in block.insns.iter().enumerate() {
         let is_last = i + 1 == n_insns;
+        if let (true, Some(ram)) = (is_last, block.cross) {
+            cross_fail = Some((mem::emit_cross_guard(&mut e, m, ram), m.eip));
+        }
         if is_last && branch::emit(&mut e, m) {
             // The branch emitted the block's exits.
-            return finish(e, budget_out, n, first_eip, stubs);
+            return finish(e, budget_out, n, first_eip, stubs, cross_fail);
         }
         let at = m.eip.wrapping_sub(first_eip) as usize;
         let bytes = block.bytes.get(at..at + m.ins.len()).unwrap_or(&[]);
@@ -257,20 +261,41 @@ pub fn emit_block(
     }
     let last = block.insns.last().map_or(first_eip, |m| m.next_eip);
     branch::emit_fallthrough(&mut e, last);
-    finish(e, budget_out, n, first_eip, stubs)
+    finish(e, budget_out, n, first_eip, stubs, cross_fail)
 }
 
-/// The budget exit and the final bytes.
+/// The budget exit, the exit of a failed `mem::emit_cross_guard` (label
+/// and EIP of the last instruction, which does not run) and the final
+/// bytes:
+///
+/// ```text
+/// cross_fail:
+///         add qword [rbp+budget], 1
+///         mov dword [rbp+eip], last_eip ; mov dword [rbp+exit], NEXT
+///         jmp exit_store
+/// ```
 fn finish(
     mut e: Emitter,
     budget_out: dynasmrt::DynamicLabel,
     n: i32,
     first_eip: u32,
     stubs: &Stubs,
+    cross_fail: Option<(dynasmrt::DynamicLabel, u32)>,
 ) -> (Vec<u8>, Vec<branch::ExitSite>) {
     mem::emit_cold_paths(&mut e);
     x87::emit_cold(&mut e);
     let exit_store = stubs.exit_store;
+    if let Some((label, eip)) = cross_fail {
+        // The guard spilled the flags before it compared.
+        dynasm!(e.ops
+            ; .arch x64
+            ; =>label
+            ; add QWORD [rbp + off::BUDGET], 1
+            ; mov DWORD [rbp + off::EIP], eip as i32
+            ; mov DWORD [rbp + off::EXIT], exit::NEXT as i32
+            ; jmp extern exit_store
+        );
+    }
     dynasm!(e.ops
         ; .arch x64
         ; =>budget_out
