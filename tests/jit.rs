@@ -920,6 +920,50 @@ fn a_budget_that_ends_inside_a_block_is_exact() {
     }
 }
 
+/// `Budget::about(n)` lets the translator finish the block it enters
+/// instead of running the budget's last instructions one by one: on the
+/// 4-instruction loop of `a_budget_that_ends_inside_a_block_is_exact`, a
+/// run of about 1 instruction from the loop's top retires the whole pass,
+/// in generated code; one from inside the block (no block starts there
+/// yet) runs exactly 1 in the interpreter. The interpreter runs exactly n.
+#[test]
+fn an_approximate_budget_finishes_the_block() {
+    let code = asm32(layout::CODE_BASE, |a| {
+        let mut top = a.create_label();
+        a.set_label(&mut top)?;
+        a.inc(eax)?;
+        a.inc(ecx)?;
+        a.inc(edx)?;
+        a.jmp(top)
+    });
+    let p = Program::new(Mode::Prot32, code);
+    let mut t = Translator::new(DEFAULT_CACHE_BYTES).expect("code memory");
+    let mut vm = p.build_vm().unwrap();
+    assert_eq!(t.run(&mut vm, Budget::insns(400)), Exit::BudgetSpent);
+    let steps = t.stats().interp_steps;
+    assert_eq!(t.run(&mut vm, Budget::about(1)), Exit::BudgetSpent);
+    assert_eq!(vm.clock.retired, 404, "one whole pass");
+    assert_eq!(
+        (r32(&vm, EAX), r32(&vm, ECX), r32(&vm, EDX)),
+        (101, 101, 101)
+    );
+    assert_eq!(vm.cpu.eip, layout::CODE_BASE);
+    assert_eq!(t.stats().interp_steps, steps, "no instruction interpreted");
+    let mut vi = p.build_vm().unwrap();
+    let mut i = Interpreter::new();
+    assert_eq!(i.run(&mut vi, Budget::insns(401)), Exit::BudgetSpent);
+    assert_eq!(i.run(&mut vi, Budget::about(2)), Exit::BudgetSpent);
+    assert_eq!(vi.clock.retired, 403, "the interpreter runs exactly n");
+    // From the middle of the pass (EIP = top + 3: the JMP), about 1 is
+    // exactly the JMP.
+    let mut vm = p.build_vm().unwrap();
+    let mut t = Translator::new(DEFAULT_CACHE_BYTES).expect("code memory");
+    assert_eq!(t.run(&mut vm, Budget::insns(403)), Exit::BudgetSpent);
+    assert_eq!(t.run(&mut vm, Budget::about(1)), Exit::BudgetSpent);
+    assert_eq!(vm.clock.retired, 404);
+    assert_eq!(vm.cpu.eip, layout::CODE_BASE);
+}
+
 /// A device (DMA) rewrites code between two runs, through `Vm::write_phys`
 /// or plain `GuestMemory::write`: the next run must execute the new bytes.
 #[test]

@@ -10,14 +10,30 @@ pub struct Budget {
     /// Retired guest instructions (an exception or interrupt delivery
     /// counts as one step).
     pub instructions: u64,
+    /// The engine may run past `instructions` to the end of the block of
+    /// generated code it is about to enter (at most one block's
+    /// instructions more) rather than run the rest one by one: for a
+    /// machine loop whose slices only pace device polling.
+    pub overrun: bool,
 }
 
 impl Budget {
+    /// Exactly `n` instructions.
     pub const fn insns(n: u64) -> Self {
-        Budget { instructions: n }
+        Budget {
+            instructions: n,
+            overrun: false,
+        }
+    }
+    /// About `n` instructions (`overrun`).
+    pub const fn about(n: u64) -> Self {
+        Budget {
+            instructions: n,
+            overrun: true,
+        }
     }
     /// Exactly one instruction: lockstep.
-    pub const ONE: Budget = Budget { instructions: 1 };
+    pub const ONE: Budget = Budget::insns(1);
 }
 
 /// Why the guest stopped.

@@ -415,11 +415,17 @@ impl Machine {
             }
             self.feed_serial();
             let next = self.platform.next_event(now);
-            let mut budget = match self.vm.clock.mode() {
-                ClockMode::Deterministic { ns_per_insn } => next.map_or(SLICE, |t| {
-                    (t.saturating_sub(now) / ns_per_insn.max(1)).clamp(1, SLICE)
-                }),
-                ClockMode::RealTime => SLICE,
+            // Time from the host clock: the slice only paces polling, and
+            // may end a block late. Time from instructions: exact.
+            let (mut budget, overrun) = match self.vm.clock.mode() {
+                ClockMode::Deterministic { ns_per_insn } => {
+                    let n = next.map_or(SLICE, |t| {
+                        (t.saturating_sub(now) / ns_per_insn.max(1)).clamp(1, SLICE)
+                    });
+                    (n, false)
+                }
+                // --max-instructions is exact.
+                ClockMode::RealTime => (SLICE, self.max_instructions.is_none()),
             };
             if let Some(max) = self.max_instructions {
                 let done = self.vm.clock.retired;
@@ -428,7 +434,12 @@ impl Machine {
                 }
                 budget = budget.min(max - done);
             }
-            match self.engine.run(&mut self.vm, Budget::insns(budget)) {
+            let budget = if overrun {
+                Budget::about(budget)
+            } else {
+                Budget::insns(budget)
+            };
+            match self.engine.run(&mut self.vm, budget) {
                 Exit::BudgetSpent => {
                     if let Some(p) = &mut self.profile {
                         *p.entry(self.vm.cpu.eip).or_default() += 1;

@@ -560,8 +560,8 @@ impl Engine for Translator {
                     }
                     let n = self.mon.cache.block(id).map_or(0, |b| b.guest.insns.len());
                     why = step_why::BUDGET;
-                    if (n as u64) <= left {
-                        let used = self.enter(vm, id, left);
+                    if (n as u64) <= left || budget.overrun {
+                        let used = self.enter(vm, id, left.max(n as u64));
                         left = left.saturating_sub(used);
                         if let Some(r) = self.mon.shutdown.take() {
                             return Exit::Shutdown(r);
