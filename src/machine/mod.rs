@@ -615,7 +615,8 @@ impl Machine {
             let (used, size) = t.cache_usage();
             out += &format!(
                 "\ntranslator: lookups {} hits {}, translations {} ({} guest instructions, {} host bytes), \
-                 invalidations {}, flushes {}, entries {}, monitor calls {}, interpreter steps {}, \
+                 invalidations {}, flushes {}, entries {}, monitor calls {} (and RDTSC light calls {}), \
+                 interpreter steps {}, \
                  code cache {:.1}/{} MiB",
                 j.lookups,
                 j.hits,
@@ -626,6 +627,7 @@ impl Machine {
                 j.flushes,
                 j.entries,
                 j.monitor_calls,
+                j.inline_rdtsc,
                 j.interp_steps,
                 used as f64 / (1 << 20) as f64,
                 size >> 20,

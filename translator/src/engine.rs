@@ -75,6 +75,9 @@ pub struct TranslatorStats {
     pub ib_miss_other_key: u64,
     /// Calls from generated code into monitor routines.
     pub monitor_calls: u64,
+    /// RDTSCs that read the clock through the light call
+    /// (`helpers::rdtsc`) instead.
+    pub inline_rdtsc: u64,
     /// Monitor calls by the mnemonic of the instruction they ran
     /// (`iced_x86::Mnemonic` as index).
     pub monitor_by_mnemonic: Vec<u64>,

@@ -32,6 +32,26 @@ pub unsafe extern "sysv64" fn exec_insn(ctx: *mut JitCtx, meta: *const InsnMeta)
     unsafe { run_insn(ctx, meta, false) as u32 }
 }
 
+/// RDTSC at CPL 0 (CR4.TSD cannot fault there): the time-stamp counter,
+/// with the retired count brought up to this instruction (`rem`: as in
+/// `exec_insn`) for a clock derived from it. Reads the clock and the TSC
+/// offset only: the guest registers stay in the host's, and generated
+/// code puts the value into EDX:EAX (`codegen::system`).
+///
+/// # Safety
+/// Only generated code calls it, with the running context.
+pub unsafe extern "sysv64" fn rdtsc(ctx: *mut JitCtx, rem: u64) -> u64 {
+    // SAFETY: `ctx` is the running context (the caller's contract).
+    let ctx = unsafe { &mut *ctx };
+    // SAFETY: `vm` and `engine` were set by the dispatcher from live
+    // exclusive borrows that it does not use while generated code runs.
+    let (vm, mon) = unsafe { (&mut *ctx.vm, &mut *(ctx.engine as *mut Monitor)) };
+    let consumed = (mon.budget_start - ctx.budget) as u64 - rem;
+    vm.clock.retired = mon.retired_base + consumed;
+    mon.stats.inline_rdtsc += 1;
+    umbra_core::interp::system::tsc(vm)
+}
+
 /// A near CALL rel as the block's last instruction: like `exec_insn`, but
 /// the transfer itself does not leave the block (its exit to the target
 /// follows, chainable). Faults and code writes still leave.

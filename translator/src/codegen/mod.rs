@@ -20,6 +20,7 @@ pub mod mem;
 pub mod native;
 pub mod string;
 pub mod stubs;
+pub mod system;
 pub mod x87;
 
 use dynasmrt::x64::X64Relocation;
@@ -254,6 +255,7 @@ pub fn emit_block(
             || string::emit_single(&mut e, m)
             || flow::emit_leave(&mut e, m)
             || flow::emit_push_mem(&mut e, m)
+            || system::emit(&mut e, m)
         {
             continue;
         }
