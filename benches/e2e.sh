@@ -19,7 +19,14 @@
 # arrives, and a heartbeat after 30 s without serial output.
 #
 # Usage: benches/e2e.sh [options]
-#   --engines LIST   comma-separated, of interp, jit, qemu (default all)
+#   --engines LIST   comma-separated, of interp, jit, qemu (default all);
+#                    NAME=PATH runs engine NAME of the umbra binary PATH
+#                    (e.g. jit,jit=/tmp/old/umbra to compare two builds;
+#                    its column is NAME:FILE, FILE the binary's file name)
+#   --deterministic  Umbra engines run with --deterministic: the guest
+#                    then does the same work on every run and build (its
+#                    time comes from retired instructions), so that host
+#                    times compare emulator builds; not QEMU's
 #   --quick          boot to BOOT-OK only (umbra.poweroff=1), no workload
 #   --timeout SECS   per engine (default 3600; the workload on the
 #                    interpreter takes ~20 min)
@@ -38,6 +45,7 @@ set -euo pipefail
 
 engines="interp,jit,qemu"
 quick=0
+det=()
 timeout_s=3600
 memory=256
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -52,6 +60,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
     --engines) engines="$2"; shift 2 ;;
     --quick) quick=1; shift ;;
+    --deterministic) det=(--deterministic); shift ;;
     --timeout) timeout_s="$2"; shift 2 ;;
     --memory) memory="$2"; shift 2 ;;
     --umbra) umbra="$2"; shift 2 ;;
@@ -88,6 +97,10 @@ IFS=, read -r -a list <<<"$engines"
 run_list=()
 for e in "${list[@]}"; do
     case "$e" in
+    interp=* | jit=*)
+        [ -x "${e#*=}" ] || { echo "e2e.sh: no umbra binary ${e#*=}" >&2; exit 2; }
+        run_list+=("$e")
+        ;;
     interp | jit)
         if [ ! -x "$umbra" ]; then
             echo "e2e.sh: building $umbra" >&2
@@ -114,6 +127,14 @@ mkdir -p "$logdir"
 # in the order they appeared.
 declare -A secs cpu status
 parts=(boot)
+
+# label ENGINE: how tables name ENGINE (NAME=PATH: NAME:file name).
+label() {
+    case "$1" in
+    *=*) echo "${1%%=*}:$(basename "${1#*=}")" ;;
+    *) echo "$1" ;;
+    esac
+}
 
 # keep_min ARRAY KEY VALUE: ARRAY[KEY] = VALUE unless it holds less.
 keep_min() {
@@ -143,23 +164,30 @@ cpu_of() {
 # run_engine NAME ROUND: boot the guest on NAME, record the times (the
 # least so far of each part).
 run_engine() {
-    local name="$1" round="$2" cmd
+    local name="$1" round="$2" cmd bin="$umbra"
     case "$name" in
+    interp=* | jit=*)
+        bin="${name#*=}"
+        cmd=("$bin" run --engine "${name%%=*}" "${det[@]}" --kernel "$KERNEL" --initrd "$INITRD"
+            --append "$append" --memory "${memory}M" --serial stdio) ;;
     interp | jit)
-        cmd=("$umbra" run --engine "$name" --kernel "$KERNEL" --initrd "$INITRD"
+        cmd=("$umbra" run --engine "$name" "${det[@]}" --kernel "$KERNEL" --initrd "$INITRD"
             --append "$append" --memory "${memory}M" --serial stdio) ;;
     qemu)
         cmd=("$qemu" -accel tcg -m "$memory" -kernel "$KERNEL" -initrd "$INITRD"
             -append "$append" -nodefaults -display none -serial stdio
             -monitor none -no-reboot) ;;
     esac
-    local log="$logdir/$name.serial" fifo="$logdir/$name.fifo"
-    [ "$runs" = 1 ] || log="$logdir/$name.$round.serial"
+    local file
+    file="$(label "$name")"
+    file="${file//\//_}"
+    local log="$logdir/$file.serial" fifo="$logdir/$file.fifo"
+    [ "$runs" = 1 ] || log="$logdir/$file.$round.serial"
     rm -f "$fifo"
     mkfifo "$fifo"
     echo "== $name: ${cmd[*]}" >&2
     local t0="$EPOCHREALTIME" last="$EPOCHREALTIME"
-    timeout "$timeout_s" "${cmd[@]}" </dev/null >"$fifo" 2>"$logdir/$name.stderr" &
+    timeout "$timeout_s" "${cmd[@]}" </dev/null >"$fifo" 2>"$logdir/$file.stderr" &
     local pid=$! line now part got="" pending="" lines=0 rc child="" c cpu_last=0 cpu_mark=0
     : >"$log"
     while :; do
@@ -223,7 +251,7 @@ run_engine() {
     if [ "$rc" = 124 ]; then
         status[$name]="timeout after ${timeout_s}s (last: ${got:-nothing})"
     elif [ -z "$got" ]; then
-        status[$name]="no BOOT-OK (exit $rc, see $logdir/$name.stderr)"
+        status[$name]="no BOOT-OK (exit $rc, see $logdir/$file.stderr)"
     elif [ "$quick" = 0 ] && [ "$got" != done ]; then
         status[$name]="stopped after $got (exit $rc)"
     else
@@ -247,23 +275,31 @@ case " ${run_list[*]} " in *" qemu "*) has_qemu=1 ;; esac
 table() {
     local -n v="$2"
     echo "$1"
+    local e l w
+    declare -A width
     printf '%-8s' part
-    for e in "${run_list[@]}"; do printf ' %10s' "$e s"; done
+    for e in "${run_list[@]}"; do
+        l="$(label "$e") s"
+        w=$((${#l} > 10 ? ${#l} : 10))
+        width[$e]=$w
+        printf ' %*s' "$w" "$l"
+    done
     if [ "$has_qemu" = 1 ]; then
         for e in "${run_list[@]}"; do
-            [ "$e" = qemu ] || printf ' %12s' "$e/qemu"
+            [ "$e" = qemu ] || printf ' %12s' "$(label "$e")/qemu"
         done
     fi
     echo
     for p in "${parts[@]}"; do
         printf '%-8s' "$p"
-        for e in "${run_list[@]}"; do printf ' %10s' "${v[$e.$p]:--}"; done
+        for e in "${run_list[@]}"; do printf ' %*s' "${width[$e]}" "${v[$e.$p]:--}"; done
         if [ "$has_qemu" = 1 ]; then
             for e in "${run_list[@]}"; do
                 [ "$e" = qemu ] && continue
-                awk -v a="${v[$e.$p]:-}" -v b="${v[qemu.$p]:-}" 'BEGIN {
-                    if (a == "" || b == "" || b + 0 == 0) printf " %12s", "-";
-                    else printf " %12.2f", a / b }'
+                l="$(label "$e")/qemu"
+                awk -v a="${v[$e.$p]:-}" -v b="${v[qemu.$p]:-}" -v w=$((${#l} > 12 ? ${#l} : 12)) 'BEGIN {
+                    if (a == "" || b == "" || b + 0 == 0) printf " %*s", w, "-";
+                    else printf " %*.2f", w, a / b }'
             done
         fi
         echo
