@@ -873,6 +873,51 @@ fn code_across_a_page_faults_when_its_second_page_goes_away() {
     });
 }
 
+/// Two hot branch targets on other pages whose addresses share a set of
+/// the inline branch-target table (`codegen::flow::ib_set`): called in
+/// turn, both stay in the table, so the calls do not leave generated code
+/// for the dispatcher after the first few.
+#[test]
+fn two_targets_sharing_an_inline_table_set_both_hit() {
+    use umbra_translator::codegen::flow::ib_set;
+    use umbra_translator::ctx::exit;
+    let a = layout::CODE_BASE + 0x2100;
+    let b = layout::CODE_BASE + 0x4106;
+    assert_eq!(ib_set(a), ib_set(b), "the two targets share a set");
+    let main = asm32(layout::CODE_BASE, |asm| {
+        let mut top = asm.create_label();
+        asm.xor(eax, eax)?;
+        asm.xor(edx, edx)?;
+        asm.mov(edi, 200u32)?;
+        asm.set_label(&mut top)?;
+        asm.call(a as u64)?;
+        asm.call(b as u64)?;
+        asm.dec(edi)?;
+        asm.jnz(top)?;
+        asm.hlt()
+    });
+    let fa = asm32(a, |asm| {
+        asm.inc(eax)?;
+        asm.ret()
+    });
+    let fb = asm32(b, |asm| {
+        asm.inc(edx)?;
+        asm.ret()
+    });
+    let p = Program::new(
+        Mode::Prot32,
+        place(&[(layout::CODE_BASE, main), (a, fa), (b, fb)]),
+    );
+    both(&p, no_setup, |n, vm| {
+        assert_eq!((r32(vm, EAX), r32(vm, EDX)), (200, 200), "{n}");
+    });
+    let mut t = Translator::new(DEFAULT_CACHE_BYTES).expect("code memory");
+    let mut vm = p.build_vm().unwrap();
+    run_to_hlt("jit", &mut t, &mut vm);
+    let misses = t.stats().exits[exit::INDIRECT as usize];
+    assert!(misses < 20, "{misses} inline-lookup misses in 400 calls");
+}
+
 // ---- budgets ----------------------------------------------------------------
 
 /// `L: inc eax; inc ecx; inc edx; jmp L`: any budget stops after exactly

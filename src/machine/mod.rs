@@ -654,7 +654,7 @@ impl Machine {
             out += &format!(
                 "\ntranslated code exits: next {next} budget {budget} monitor {monitor} \
                  shutdown {shutdown} chain {chain} inline-lookup misses {indirect} \
-                 (entry was empty {}, another address {}, same address other key {})",
+                 (set had an empty way {}, two other addresses {}, same address other key {})",
                 j.ib_miss_empty, j.ib_miss_conflict, j.ib_miss_other_key,
             );
             let top: Vec<String> = j

@@ -23,7 +23,7 @@ use umbra_core::vm::Vm;
 
 use crate::block::{BlockKey, GuestBlock};
 use crate::codegen::branch::ExitSite;
-use crate::codegen::flow::{ib_slot, IbEntry, IB_EMPTY, IB_ENTRIES};
+use crate::codegen::flow::{ib_set, IbEntry, IbSet, IB_EMPTY, IB_EMPTY_SET, IB_SETS};
 use crate::engine::TranslatorStats;
 use crate::exec::ExecMem;
 
@@ -85,7 +85,7 @@ pub struct Cache {
     region_blocks: Vec<Vec<(usize, u64)>>,
     /// The inline branch-target table generated code reads
     /// (`codegen::flow`): only live blocks, by full key.
-    ib: Box<[IbEntry]>,
+    ib: Box<[IbSet]>,
 }
 
 fn fast_slot(lin: u32) -> usize {
@@ -122,7 +122,7 @@ impl Cache {
             regions,
             cur: 0,
             region_blocks: vec![Vec::new(); regions],
-            ib: vec![IB_EMPTY; IB_ENTRIES].into_boxed_slice(),
+            ib: vec![IB_EMPTY_SET; IB_SETS].into_boxed_slice(),
         }
     }
 
@@ -154,14 +154,14 @@ impl Cache {
     }
 
     /// The inline branch-target table, for `JitCtx::ib_table`.
-    pub fn ib_table(&self) -> *const IbEntry {
+    pub fn ib_table(&self) -> *const IbSet {
         self.ib.as_ptr()
     }
 
-    /// The inline table's entry where block `id` would go.
-    pub fn ib_entry_for(&self, id: usize) -> Option<IbEntry> {
+    /// The inline table's set where block `id` would go.
+    pub fn ib_set_for(&self, id: usize) -> Option<IbSet> {
         let b = self.block(id)?;
-        Some(self.ib[ib_slot(b.key.lin)])
+        Some(self.ib[ib_set(b.key.lin)])
     }
 
     /// Record live block `id` in the inline branch-target table (its
@@ -185,13 +185,22 @@ impl Cache {
             code: b.code as u64,
             pad: 0,
         };
-        self.ib[ib_slot(k.lin)] = entry;
+        // Way 0 is the newest: an entry for the same key is replaced,
+        // else the older of the two goes.
+        let set = &mut self.ib[ib_set(k.lin)];
+        let same = |e: &IbEntry| {
+            (e.lin, e.phys, e.mode, e.cs_base) == (entry.lin, entry.phys, entry.mode, entry.cs_base)
+        };
+        if !same(&set.ways[0]) {
+            set.ways[1] = set.ways[0];
+        }
+        set.ways[0] = entry;
     }
 
     /// Empty the inline branch-target table (memory changed behind the
     /// write-watch: no block is known valid any more).
     pub fn ib_clear(&mut self) {
-        self.ib.fill(IB_EMPTY);
+        self.ib.fill(IB_EMPTY_SET);
     }
 
     /// The id the next `insert` uses.
@@ -348,9 +357,10 @@ impl Cache {
         if self.fast[slot].1 == id as u32 {
             self.fast[slot].1 = NO_BLOCK;
         }
-        let ib = &mut self.ib[ib_slot(b.key.lin)];
-        if ib.code == b.code as u64 {
-            *ib = IB_EMPTY;
+        for way in self.ib[ib_set(b.key.lin)].ways.iter_mut() {
+            if way.code == b.code as u64 {
+                *way = IB_EMPTY;
+            }
         }
         for &(src, idx, serial) in &b.incoming {
             let Some(s) = self.blocks.get_mut(src).and_then(|s| s.as_mut()) else {

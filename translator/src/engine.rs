@@ -66,10 +66,10 @@ pub struct TranslatorStats {
     /// changed behind the write-watch (`GuestMemory::watched_code_gen`).
     pub ib_clears: u64,
     /// Misses of the inline branch-target lookup by what the target's
-    /// table entry held when the dispatcher found the block: nothing,
-    /// another address (a conflict), or the same address (under another
-    /// key: physical page, mode or CS base; or the lookup found no shadow
-    /// entry for the fetch).
+    /// table set held when the dispatcher found the block: the same
+    /// address (under another key: physical page, mode or CS base; or the
+    /// lookup found no shadow entry for the fetch), else an empty way,
+    /// else two other addresses (a conflict).
     pub ib_miss_empty: u64,
     pub ib_miss_conflict: u64,
     pub ib_miss_other_key: u64,
@@ -546,13 +546,20 @@ impl Engine for Translator {
                     }
                     if std::mem::take(&mut self.pending_ib) {
                         let mon = &mut *self.mon;
-                        let held = mon.cache.ib_entry_for(id);
-                        match held {
-                            Some(e) if e.mode == u32::MAX => mon.stats.ib_miss_empty += 1,
-                            Some(e) if mon.cache.block(id).is_some_and(|b| b.key.lin != e.lin) => {
-                                mon.stats.ib_miss_conflict += 1
+                        let lin = mon.cache.block(id).map(|b| b.key.lin);
+                        match mon.cache.ib_set_for(id) {
+                            Some(s)
+                                if s.ways
+                                    .iter()
+                                    .any(|e| Some(e.lin) == lin && e.mode != u32::MAX) =>
+                            {
+                                mon.stats.ib_miss_other_key += 1
                             }
-                            _ => mon.stats.ib_miss_other_key += 1,
+                            Some(s) if s.ways.iter().any(|e| e.mode == u32::MAX) => {
+                                mon.stats.ib_miss_empty += 1
+                            }
+                            Some(_) => mon.stats.ib_miss_conflict += 1,
+                            None => {}
                         }
                         mon.cache.ib_insert(id);
                     }

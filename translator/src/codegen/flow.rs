@@ -4,9 +4,11 @@
 //!
 //! The inline lookup: the target's linear address (the block's CS base
 //! plus the guest EIP), the shadow lookup of it for a fetch at the
-//! block's CPL (its RAM offset), then a direct-mapped table of
-//! (linear, RAM offset, mode, CS base) -> host code (`IbEntry`, in the
-//! cache, reached through `JitCtx::ib_table`). A hit jumps to the block's
+//! block's CPL (its RAM offset), then a 2-way set-associative table of
+//! (linear, RAM offset, mode, CS base) -> host code (`IbSet`s of two
+//! `IbEntry`s, one cache line each, in the cache, reached through
+//! `JitCtx::ib_table`; two hot targets whose addresses share a set both
+//! stay, where a direct-mapped table had them evict each other). A hit jumps to the block's
 //! entry, which takes its length from the budget like any entry; a miss
 //! leaves with `exit::INDIRECT` and the guest state after the branch, and
 //! the dispatcher enters (and records in the table) the block it finds.
@@ -36,11 +38,13 @@ use crate::block::{mode, seg_flat, InsnMeta};
 use crate::ctx::{exit, off, HOST_REG};
 use crate::helpers;
 
-/// Entries of the inline lookup table (a power of two).
-pub const IB_ENTRIES: usize = 16384;
+/// Sets of the inline lookup table (a power of two), and entries per
+/// set.
+pub const IB_SETS: usize = 8192;
+pub const IB_WAYS: usize = 2;
 
 /// One entry of the inline lookup table: the block key fields and the
-/// host code. 32 bytes (generated code shifts the slot by 5).
+/// host code. 32 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IbEntry {
@@ -65,9 +69,23 @@ pub const IB_EMPTY: IbEntry = IbEntry {
     pad: 0,
 };
 
-/// Slot of linear address `lin` (generated code computes the same).
-pub const fn ib_slot(lin: u32) -> usize {
-    ((lin ^ (lin >> 12)) as usize) & (IB_ENTRIES - 1)
+/// One set of the inline lookup table: 64 bytes, one cache line
+/// (generated code shifts the set number by 6). Way 0 holds the most
+/// recently inserted entry.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IbSet {
+    pub ways: [IbEntry; IB_WAYS],
+}
+
+/// A set no lookup matches.
+pub const IB_EMPTY_SET: IbSet = IbSet {
+    ways: [IB_EMPTY; IB_WAYS],
+};
+
+/// Set of linear address `lin` (generated code computes the same).
+pub const fn ib_set(lin: u32) -> usize {
+    ((lin ^ (lin >> 12)) as usize) & (IB_SETS - 1)
 }
 
 /// The block's CS is flat in its mode: any EIP is within the limit.
@@ -84,10 +102,13 @@ fn cs_flat(e: &Emitter) -> bool {
 ///   mov esi, [r8+rsi+ram] ; mov r10d, edi ; and r10d, 0xFFF
 ///   or esi, r10d ; shl rsi, 32 ; or rsi, rdi     (phys:lin)
 ///   mov r8d, edi ; shr r8d, 12 ; xor r8d, edi
-///   and r8d, IB_ENTRIES-1 ; shl r8d, 5 ; add r8, [rbp+ib_table]
-///   cmp rsi, [r8] ; jne miss
-///   mov r9, cs_base:mode ; cmp r9, [r8+8] ; jne miss
+///   and r8d, IB_SETS-1 ; shl r8d, 6 ; add r8, [rbp+ib_table]
+///   mov r9, cs_base:mode
+///   cmp rsi, [r8] ; jne way1 ; cmp r9, [r8+8] ; jne way1
 ///   jmp [r8+16]
+/// way1:
+///   cmp rsi, [r8+32] ; jne miss ; cmp r9, [r8+40] ; jne miss
+///   jmp [r8+48]
 /// miss:
 ///   mov [rbp+eip], r11d ; mov dword [rbp+exit], INDIRECT
 ///   jmp exit_store
@@ -102,6 +123,7 @@ pub fn emit_goto(e: &mut Emitter) {
     };
     let tag = e.key.mode as u64 | ((cs_base as u64) << 32);
     let miss = e.ops.new_dynamic_label();
+    let way1 = e.ops.new_dynamic_label();
     let exit_store = e.stubs.exit_store;
     if cs_base == 0 {
         dynasm!(e.ops ; .arch x64 ; mov edi, r11d);
@@ -120,15 +142,21 @@ pub fn emit_goto(e: &mut Emitter) {
         ; mov r8d, edi
         ; shr r8d, 12
         ; xor r8d, edi
-        ; and r8d, (IB_ENTRIES - 1) as i32
-        ; shl r8d, 5
+        ; and r8d, (IB_SETS - 1) as i32
+        ; shl r8d, 6
         ; add r8, QWORD [rbp + off::IB_TABLE]
-        ; cmp rsi, QWORD [r8]
-        ; jne =>miss
         ; mov r9, QWORD tag as i64
+        ; cmp rsi, QWORD [r8]
+        ; jne =>way1
         ; cmp r9, QWORD [r8 + 8]
-        ; jne =>miss
+        ; jne =>way1
         ; jmp QWORD [r8 + 16]
+        ; =>way1
+        ; cmp rsi, QWORD [r8 + 32]
+        ; jne =>miss
+        ; cmp r9, QWORD [r8 + 40]
+        ; jne =>miss
+        ; jmp QWORD [r8 + 48]
         ; =>miss
         ; mov DWORD [rbp + off::EIP], r11d
         ; mov DWORD [rbp + off::EXIT], exit::INDIRECT as i32
