@@ -665,6 +665,14 @@ impl Machine {
             if !top.is_empty() {
                 out += &format!("\nmonitor calls by instruction: {}", top.join(" "));
             }
+            let top: Vec<String> = j
+                .top_monitor_exit_mnemonics(16)
+                .iter()
+                .map(|(k, n)| format!("{k}:{n}"))
+                .collect();
+            if !top.is_empty() {
+                out += &format!("\nof those, leaving generated code: {}", top.join(" "));
+            }
             out += &format!(
                 "\nx87: loads into the host unit {}, spills {}",
                 j.x87_loads, j.x87_spills,

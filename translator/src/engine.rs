@@ -81,6 +81,8 @@ pub struct TranslatorStats {
     /// Monitor calls by the mnemonic of the instruction they ran
     /// (`iced_x86::Mnemonic` as index).
     pub monitor_by_mnemonic: Vec<u64>,
+    /// Those monitor calls that left generated code for the dispatcher.
+    pub monitor_exits_by_mnemonic: Vec<u64>,
     /// Exceptions raised by instructions run in monitor routines.
     pub exceptions: u64,
     /// Entries into native x87 code that loaded the guest's x87 state
@@ -113,19 +115,41 @@ impl TranslatorStats {
         self.monitor_by_mnemonic[i] += 1;
     }
 
+    /// Count a monitor call of mnemonic `m` that left generated code.
+    #[inline]
+    pub fn note_monitor_exit(&mut self, m: iced_x86::Mnemonic) {
+        let i = m as usize;
+        if i >= self.monitor_exits_by_mnemonic.len() {
+            self.monitor_exits_by_mnemonic.resize(i + 1, 0);
+        }
+        self.monitor_exits_by_mnemonic[i] += 1;
+    }
+
     /// The `n` mnemonics with the most monitor calls, most first.
     pub fn top_monitor_mnemonics(&self, n: usize) -> Vec<(String, u64)> {
-        let mut v: Vec<(String, u64)> = iced_x86::Mnemonic::values()
-            .filter_map(|m| {
-                let c = *self.monitor_by_mnemonic.get(m as usize)?;
-                (c > 0).then(|| (format!("{m:?}"), c))
-            })
-            .collect();
-        v.sort_by_key(|e| std::cmp::Reverse(e.1));
-        v.truncate(n);
-        v
+        top_mnemonics(&self.monitor_by_mnemonic, n)
+    }
+
+    /// The `n` mnemonics whose monitor calls left generated code most.
+    pub fn top_monitor_exit_mnemonics(&self, n: usize) -> Vec<(String, u64)> {
+        top_mnemonics(&self.monitor_exits_by_mnemonic, n)
     }
 }
+
+/// The `n` largest counts of `by` (indexed by `iced_x86::Mnemonic`).
+fn top_mnemonics(by: &[u64], n: usize) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = iced_x86::Mnemonic::values()
+        .filter_map(|m| {
+            let c = *by.get(m as usize)?;
+            (c > 0).then(|| (format!("{m:?}"), c))
+        })
+        .collect();
+    v.sort_by_key(|e| std::cmp::Reverse(e.1));
+    v.truncate(n);
+    v
+}
+
+impl TranslatorStats {}
 
 /// Why the dispatcher stepped the interpreter (`TranslatorStats::interp_why`).
 pub mod step_why {
@@ -266,6 +290,7 @@ impl Translator {
             mon: Box::new(Monitor {
                 stats: TranslatorStats {
                     monitor_by_mnemonic: vec![0; iced_x86::Mnemonic::values().count()],
+                    monitor_exits_by_mnemonic: vec![0; iced_x86::Mnemonic::values().count()],
                     ..Default::default()
                 },
                 rep_batch: 256,

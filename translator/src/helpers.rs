@@ -224,6 +224,7 @@ unsafe fn run_insn(ctx: *mut JitCtx, meta: *const InsnMeta, branch_ok: bool) -> 
     ctx.load(&vm.cpu);
     ctx.shadow = vm.mmu.active_table().as_ptr();
     if leave {
+        mon.stats.note_monitor_exit(meta.ins.mnemonic());
         // The rest of the block does not run: give its budget back.
         ctx.budget += meta.rem as i64 - 1;
         ctx.eip = vm.cpu.eip;
