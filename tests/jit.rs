@@ -460,6 +460,55 @@ fn an_irq_stops_a_hot_loop_that_never_exits() {
     }
 }
 
+/// `L: cli ; inc ecx ; sti ; inc eax ; inc edx ; jmp L`, hot, then an IRQ
+/// pending after the CLI: it is taken after the instruction in STI's shadow
+/// (INC EAX) and before the next (SDM Vol. 2B STI). The translator runs
+/// STI and its shadow in one block, without the interpreter.
+#[test]
+fn an_irq_waits_for_the_instruction_after_sti_and_no_longer() {
+    const VEC: u8 = 0x40;
+    let (code, inc_edx) = asm32_self(layout::CODE_BASE, |a, _| {
+        let mut top = a.create_label();
+        let mut d = a.create_label();
+        a.set_label(&mut top)?;
+        a.cli()?;
+        a.inc(ecx)?;
+        a.sti()?;
+        a.inc(eax)?;
+        a.set_label(&mut d)?;
+        a.inc(edx)?;
+        a.jmp(top)?;
+        Ok(d)
+    });
+    let p = Program::new(Mode::Prot32, code);
+    let mut out = Vec::new();
+    for (name, mut e) in [("jit", jit()), ("interp", interp())] {
+        let mut vm = p.build_vm().unwrap();
+        // 1,000 whole passes and the CLI of the next: IF clear.
+        assert_eq!(e.run(&mut vm, Budget::insns(3_000)), Exit::BudgetSpent);
+        assert_eq!(e.run(&mut vm, Budget::insns(3_001)), Exit::BudgetSpent);
+        assert_eq!(vm.cpu.eip, layout::CODE_BASE + 1, "{name}");
+        assert_eq!(vm.cpu.eflags & IF, 0, "{name}");
+        vm.cpu.pending_irq = Some(VEC);
+        let x = e.run(&mut vm, Budget::insns(1_000_000));
+        assert!(x == Exit::Halted || vm.cpu.halted, "{name}: {x:?}");
+        assert_eq!(hlt_at(&vm), layout::STUB_BASE + VEC as u32, "{name}");
+        let regs = (r32(&vm, EAX), r32(&vm, ECX), r32(&vm, EDX));
+        assert_eq!(regs, (1_001, 1_001, 1_000), "{name}: EAX, ECX, EDX");
+        let top = layout::STACK_INIT - 12;
+        assert_eq!(vm.mem.read_u32(top as u64), inc_edx, "{name}: return EIP");
+        out.push(vm);
+    }
+    assert_same(&out[0], &out[1]);
+    // The translator alone: no instruction of the loop was interpreted
+    // for the shadow.
+    let mut t = Translator::new(DEFAULT_CACHE_BYTES).expect("code memory");
+    let mut vm = p.build_vm().unwrap();
+    assert_eq!(t.run(&mut vm, Budget::insns(6_000)), Exit::BudgetSpent);
+    let shadow = t.stats().interp_why[umbra_translator::engine::step_why::SHADOW];
+    assert!(shadow < 5, "{shadow} instructions interpreted in a shadow");
+}
+
 /// Two address spaces share the code page but map the data page 0x300000
 /// to different frames; the loop switches CR3 twice a pass. Loads and a
 /// store must go where the current CR3 says, the code keep running.

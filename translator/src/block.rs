@@ -157,6 +157,21 @@ pub struct GuestBlock {
     /// decoded: generated code checks that mapping before it
     /// (`codegen::emit_cross_guard`), and the block is on both frames.
     pub cross: Option<u32>,
+    /// The block ends with STI and the instruction in its interrupt
+    /// shadow (`sti_shadow_ok`), after which it leaves for the dispatcher,
+    /// which checks events: STI runs inline and no event is checked
+    /// between the two, as the shadow requires (SDM Vol. 2B STI).
+    pub sti_shadow: bool,
+}
+
+/// An instruction that may follow an inline STI in its block: it falls
+/// through (no control transfer, no REP iterations to come back to) and
+/// does not end blocks itself.
+fn sti_shadow_ok(ins: &Instruction) -> bool {
+    ins.flow_control() == iced_x86::FlowControl::Next
+        && !fetch::ends_block(ins)
+        && !ins.has_rep_prefix()
+        && !ins.has_repne_prefix()
 }
 
 /// Where the next linear page's bytes come from for an instruction that
@@ -179,10 +194,15 @@ pub fn decode(
     code: &[u8],
     eip: u32,
     lin: u32,
-    code32: bool,
+    key_mode: u32,
     cs_limit: u32,
     next: Option<NextPage>,
 ) -> Option<GuestBlock> {
+    let code32 = key_mode & mode::CODE32 != 0;
+    // STI cannot fault at CPL 0 outside virtual-8086 mode (CPL <= IOPL;
+    // real mode has CPL 0): it may run inline.
+    let sti_inline = (key_mode >> mode::CPL_SHIFT) & 3 == 0 && key_mode & mode::V86 == 0;
+    let mut sti_shadow = false;
     let to_page = (PAGE_SIZE - (lin as u64 & (PAGE_SIZE - 1))) as usize;
     let to_limit = (cs_limit as u64 + 1).saturating_sub(eip as u64) as usize;
     let avail = to_page.min(to_limit).min(code.len());
@@ -240,6 +260,25 @@ pub fn decode(
         used += ins.len();
         let (m, last) = meta(ins);
         insns.push(m);
+        if sti_inline && ins.mnemonic() == iced_x86::Mnemonic::Sti {
+            // The instruction in its shadow joins the block if it can.
+            let at = d.position();
+            let shadowed = d.decode();
+            let (sm, _) = meta(shadowed);
+            if d.last_error() == DecoderError::None
+                && shadowed.code() != iced_x86::Code::INVALID
+                && sm.handler.is_some()
+                && sm.next_eip == shadowed.next_ip32()
+                && sti_shadow_ok(&shadowed)
+            {
+                used += shadowed.len();
+                insns.push(sm);
+                sti_shadow = true;
+            } else {
+                d.set_position(at).ok();
+            }
+            break;
+        }
         if last {
             break;
         }
@@ -258,5 +297,6 @@ pub fn decode(
         insns,
         bytes,
         cross,
+        sti_shadow,
     })
 }

@@ -432,15 +432,7 @@ impl Translator {
             });
         let code = vm.mem.ram_slice(phys, page_end - phys)?;
         let eip = key.lin.wrapping_sub(key.cs_base);
-        let guest = block::decode(
-            &self.table,
-            code,
-            eip,
-            key.lin,
-            key.mode & block::mode::CODE32 != 0,
-            cs_limit,
-            next,
-        )?;
+        let guest = block::decode(&self.table, code, eip, key.lin, key.mode, cs_limit, next)?;
         let mon = &mut *self.mon;
         let emit = |c: &Cache| {
             let addr = c.code.next_addr();

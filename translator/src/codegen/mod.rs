@@ -243,6 +243,10 @@ pub fn emit_block(
         if let (true, Some(ram)) = (is_last, block.cross) {
             cross_fail = Some((mem::emit_cross_guard(&mut e, m, ram), m.eip));
         }
+        if block.sti_shadow && i + 2 == n_insns {
+            system::emit_sti(&mut e);
+            continue;
+        }
         if is_last && branch::emit(&mut e, m) {
             // The branch emitted the block's exits.
             return finish(e, budget_out, n, first_eip, stubs, cross_fail);
@@ -262,7 +266,12 @@ pub fn emit_block(
         e.emit_fallback(m);
     }
     let last = block.insns.last().map_or(first_eip, |m| m.next_eip);
-    branch::emit_fallthrough(&mut e, last);
+    if block.sti_shadow {
+        // The shadow is over: the dispatcher checks events.
+        e.emit_exit(last);
+    } else {
+        branch::emit_fallthrough(&mut e, last);
+    }
     finish(e, budget_out, n, first_eip, stubs, cross_fail)
 }
 

@@ -1,5 +1,6 @@
 //! System instructions cheap enough to run inline where the block's mode
-//! rules out their faults: CLD and STD, CLI at CPL 0, PUSHFD, and RDTSC
+//! rules out their faults: CLD and STD, CLI at CPL 0, STI at CPL 0 when
+//! its block ends after the instruction in its shadow, PUSHFD, and RDTSC
 //! at CPL 0 through a light call that leaves the guest registers in the
 //! host's. Everywhere else they stay monitor calls
 //! (`helpers::exec_insn`).
@@ -63,6 +64,14 @@ fn emit_eflags_bit(e: &mut Emitter, bit: u32, set: bool) -> bool {
         dynasm!(e.ops ; .arch x64 ; and DWORD [r8 + VM_EFLAGS], !bit as i32);
     }
     true
+}
+
+/// STI of a block that ends with the instruction in its shadow
+/// (`GuestBlock::sti_shadow`, only at CPL 0 outside virtual-8086 mode):
+/// set IF; the block leaves for the dispatcher after the next
+/// instruction, and nothing checks events before.
+pub fn emit_sti(e: &mut Emitter) {
+    emit_eflags_bit(e, flags::IF, true);
 }
 
 /// RDTSC through `helpers::rdtsc`, which only reads the clock: ECX is the
