@@ -149,29 +149,22 @@ impl<'a> Emitter<'a> {
 
     /// Call a monitor routine `f(ctx, arg) -> u32` with the guest state
     /// synchronised; a non-zero result leaves the block (the routine set
-    /// `eip` and `exit`):
+    /// `eip` and `exit`). The shared stub stores and reloads the guest
+    /// registers (`Stubs::monitor_call`):
     ///
     /// ```text
     ///   pushfq ; pop [rbp+hflags]         (if the flags are dirty)
-    ///   mov [rbp+gpr(i)], r(i)            x8
-    ///   mov rdi, rbp ; mov rsi, arg ; mov rax, f ; call rax
-    ///   test eax, eax ; jnz exit_nostore
-    ///   mov r(i), [rbp+gpr(i)]            x8
+    ///   mov rsi, arg ; mov r11, f ; call monitor_call
     /// ```
     pub fn call_monitor(&mut self, f: usize, arg: u64) {
         self.clobber_flags();
-        self.store_regs();
-        let exit_nostore = self.stubs.exit_nostore;
+        let monitor_call = self.stubs.monitor_call;
         dynasm!(self.ops
             ; .arch x64
-            ; mov rdi, rbp
             ; mov rsi, QWORD arg as i64
-            ; mov rax, QWORD f as i64
-            ; call rax
-            ; test eax, eax
-            ; jnz extern exit_nostore
+            ; mov r11, QWORD f as i64
+            ; call extern monitor_call
         );
-        self.load_regs();
     }
 
     /// The instruction `m` through the interpreter's handler.

@@ -2,7 +2,7 @@
 //! memory: the entry trampoline from Rust into a block and the exits back.
 
 use dynasmrt::x64::X64Relocation;
-use dynasmrt::{dynasm, DynasmApi, VecAssembler};
+use dynasmrt::{dynasm, DynasmApi, DynasmLabelApi, VecAssembler};
 
 use crate::ctx::{off, CTX_REG, HOST_REG};
 
@@ -16,6 +16,12 @@ pub struct Stubs {
     pub exit_store: usize,
     /// Return to Rust (the GPRs are already in the context).
     pub exit_nostore: usize,
+    /// Called from a block with the monitor routine in R11 and its
+    /// argument in RSI: store the guest GPRs, call `r11(ctx, rsi)`, and
+    /// either reload them and return to the block (result 0) or leave
+    /// for Rust (any other result). One copy of what every monitor call
+    /// needs, instead of one per call site.
+    pub monitor_call: usize,
 }
 
 /// The stubs for placement at `addr`, and their addresses.
@@ -26,6 +32,11 @@ pub struct Stubs {
 ///               mov r(i), [rbp+gpr(i)] x8 ; jmp rsi
 /// exit_store:   mov [rbp+gpr(i)], r(i) x8
 /// exit_nostore: add rsp, 8 ; pop r15-r12, rbp, rbx ; ret
+/// monitor_call: mov [rbp+gpr(i)], r(i) x8
+///               mov rdi, rbp ; sub rsp, 8 ; call r11 ; add rsp, 8
+///               test eax, eax ; jnz leave
+///               mov r(i), [rbp+gpr(i)] x8 ; ret
+/// leave:        add rsp, 8 ; jmp exit_nostore   (drop the return address)
 /// ```
 pub fn emit(addr: usize) -> (Vec<u8>, Stubs) {
     debug_assert_eq!(CTX_REG, 5);
@@ -62,13 +73,38 @@ pub fn emit(addr: usize) -> (Vec<u8>, Stubs) {
         ; pop rbx
         ; ret
     );
-    let code = ops.finalize().expect("no labels");
+    let monitor_call = ops.offset().0;
+    for (i, &r) in HOST_REG.iter().enumerate() {
+        dynasm!(ops ; .arch x64 ; mov DWORD [rbp + off::gpr(i)], Rd(r));
+    }
+    let leave = ops.new_dynamic_label();
+    dynasm!(ops
+        ; .arch x64
+        ; mov rdi, rbp
+        ; sub rsp, 8
+        ; call r11
+        ; add rsp, 8
+        ; test eax, eax
+        ; jnz =>leave
+    );
+    for (i, &r) in HOST_REG.iter().enumerate() {
+        dynasm!(ops ; .arch x64 ; mov Rd(r), DWORD [rbp + off::gpr(i)]);
+    }
+    dynasm!(ops
+        ; .arch x64
+        ; ret
+        ; =>leave
+        ; add rsp, 8
+        ; jmp extern addr + exit_nostore
+    );
+    let code = ops.finalize().expect("labels defined");
     (
         code,
         Stubs {
             enter: addr + enter,
             exit_store: addr + exit_store,
             exit_nostore: addr + exit_nostore,
+            monitor_call: addr + monitor_call,
         },
     )
 }
