@@ -509,6 +509,55 @@ fn an_irq_waits_for_the_instruction_after_sti_and_no_longer() {
     assert!(shadow < 5, "{shadow} instructions interpreted in a shadow");
 }
 
+/// A data segment load ends its block, but when it leaves the block's mode
+/// as it was (the same flat selector again), the block goes on in
+/// generated code instead of leaving for the dispatcher; one that changes
+/// the mode (to or from DS based at DATA_BASE with a 64 KiB limit) leaves,
+/// and the loads after it go through the new base.
+#[test]
+fn a_segment_load_that_keeps_the_mode_stays_in_generated_code() {
+    use umbra::diff::program::sel;
+    let code = asm32(layout::CODE_BASE, |a| {
+        let mut top = a.create_label();
+        a.xor(ebx, ebx)?;
+        a.xor(edx, edx)?;
+        a.mov(edi, 100u32)?;
+        a.set_label(&mut top)?;
+        a.mov(ecx, sel::DATA32 as u32)?;
+        a.mov(ds, cx)?;
+        a.mov(ds, cx)?;
+        a.add(ebx, dword_ptr(layout::DATA_BASE + 0x10))?;
+        a.mov(ecx, sel::DATA16 as u32)?;
+        a.mov(ds, cx)?;
+        a.add(edx, dword_ptr(0x10))?;
+        a.dec(edi)?;
+        a.jnz(top)?;
+        a.mov(ecx, sel::DATA32 as u32)?;
+        a.mov(ds, cx)?;
+        a.hlt()
+    });
+    let mut p = Program::new(Mode::Prot32, code);
+    p.data = vec![0; 0x20];
+    p.data[0x10..0x14].copy_from_slice(&7u32.to_le_bytes());
+    both(&p, no_setup, |n, vm| {
+        assert_eq!((r32(vm, 3), r32(vm, EDX)), (700, 700), "{n}: EBX, EDX");
+    });
+    let mut t = Translator::new(DEFAULT_CACHE_BYTES).expect("code memory");
+    let mut vm = p.build_vm().unwrap();
+    run_to_hlt("jit", &mut t, &mut vm);
+    let s = t.stats();
+    // Each pass: the first flat load changes the mode (DS was DATA16; on
+    // the first pass it was flat already) and leaves, the second keeps it
+    // and goes on, the DATA16 load changes it and leaves.
+    assert!(
+        s.monitor_continues >= 100,
+        "{} went on",
+        s.monitor_continues
+    );
+    let exits = s.exits[umbra_translator::ctx::exit::MONITOR as usize];
+    assert!((199..210).contains(&exits), "{exits} monitor exits");
+}
+
 /// Two address spaces share the code page but map the data page 0x300000
 /// to different frames; the loop switches CR3 twice a pass. Loads and a
 /// store must go where the current CR3 says, the code keep running.

@@ -671,7 +671,12 @@ impl Machine {
                 .map(|(k, n)| format!("{k}:{n}"))
                 .collect();
             if !top.is_empty() {
-                out += &format!("\nof those, leaving generated code: {}", top.join(" "));
+                out += &format!(
+                    "\nof those, leaving generated code: {} (went on in generated code after \
+                     an instruction that ends blocks: {})",
+                    top.join(" "),
+                    j.monitor_continues
+                );
             }
             out += &format!(
                 "\nx87: loads into the host unit {}, spills {}",

@@ -83,6 +83,9 @@ pub struct TranslatorStats {
     pub monitor_by_mnemonic: Vec<u64>,
     /// Those monitor calls that left generated code for the dispatcher.
     pub monitor_exits_by_mnemonic: Vec<u64>,
+    /// Monitor calls of instructions that end blocks after which the
+    /// block went on in generated code (`helpers::may_continue`).
+    pub monitor_continues: u64,
     /// Exceptions raised by instructions run in monitor routines.
     pub exceptions: u64,
     /// Entries into native x87 code that loaded the guest's x87 state

@@ -197,7 +197,13 @@ unsafe fn run_insn(ctx: *mut JitCtx, meta: *const InsnMeta, branch_ok: bool) -> 
         Ok(()) => {
             vm.cpu.eip = next;
             vm.cpu.interrupt_shadow = shadow;
-            shadow || (!branch_ok && (next != meta.next_eip || meta.ends))
+            let ends_only = !shadow && !branch_ok && next == meta.next_eip && meta.ends;
+            if ends_only && may_continue(vm, mon, &meta.ins) {
+                mon.stats.monitor_continues += 1;
+                false
+            } else {
+                shadow || (!branch_ok && (next != meta.next_eip || meta.ends))
+            }
         }
         Err(f) => {
             // Delivery changes CS (the spill records FCS from it).
@@ -235,6 +241,45 @@ unsafe fn run_insn(ctx: *mut JitCtx, meta: *const InsnMeta, branch_ok: bool) -> 
         };
     }
     leave
+}
+
+/// After an instruction that ends blocks and fell through: whether the
+/// block may go on to its fall-through exit (chained within its mode)
+/// instead of leaving for the dispatcher, because nothing the dispatcher
+/// re-checks has changed. Only for instructions that cannot change how
+/// code is fetched (no control, debug or paging register; port writes
+/// only to the interrupt controllers, timer, CMOS/RTC, COM1 and the POST
+/// port: others may move A20, the PAM shadowing or reset), with no event
+/// deliverable, no TF/RF or alignment checking, and the block's mode
+/// still that of the CPU (a data segment load often reloads what was
+/// there).
+fn may_continue(vm: &umbra_core::vm::Vm, mon: &Monitor, ins: &iced_x86::Instruction) -> bool {
+    use iced_x86::{Mnemonic, OpKind, Register};
+    let data_seg =
+        |r: Register| matches!(r, Register::DS | Register::ES | Register::FS | Register::GS);
+    let ok = match ins.mnemonic() {
+        Mnemonic::Mov | Mnemonic::Pop => {
+            ins.op0_kind() == OpKind::Register && data_seg(ins.op0_register())
+        }
+        // PUSH of a segment register ends blocks only for its operand.
+        Mnemonic::Push => true,
+        Mnemonic::Lds | Mnemonic::Les | Mnemonic::Lfs | Mnemonic::Lgs => true,
+        Mnemonic::In | Mnemonic::Popf | Mnemonic::Popfd | Mnemonic::Cli => true,
+        Mnemonic::Out => {
+            let port = match ins.op0_kind() {
+                OpKind::Immediate8 => ins.immediate8() as u16,
+                _ => vm.cpu.reg32(2) as u16,
+            };
+            matches!(port, 0x20 | 0x21 | 0xA0 | 0xA1 | 0x40..=0x43 | 0x70 | 0x71 | 0x80 | 0x3F8..=0x3FF)
+        }
+        _ => false,
+    };
+    ok && mon.shutdown.is_none()
+        && !vm.cpu.halted
+        && vm.cpu.eflags & (TF | RF) == 0
+        && !vm.cpu.alignment_checked()
+        && !event_deliverable(vm)
+        && crate::block::mode_of(&vm.cpu) == mon.cur_mode
 }
 
 /// `JitCtx::x87_spill`, counted.
