@@ -463,7 +463,8 @@ fn an_irq_stops_a_hot_loop_that_never_exits() {
 /// `L: cli ; inc ecx ; sti ; inc eax ; inc edx ; jmp L`, hot, then an IRQ
 /// pending after the CLI: it is taken after the instruction in STI's shadow
 /// (INC EAX) and before the next (SDM Vol. 2B STI). The translator runs
-/// STI and its shadow in one block, without the interpreter.
+/// STI and its shadow in one block, without the interpreter, and with no
+/// event pending goes on in generated code after it.
 #[test]
 fn an_irq_waits_for_the_instruction_after_sti_and_no_longer() {
     const VEC: u8 = 0x40;
@@ -507,6 +508,15 @@ fn an_irq_waits_for_the_instruction_after_sti_and_no_longer() {
     assert_eq!(t.run(&mut vm, Budget::insns(6_000)), Exit::BudgetSpent);
     let shadow = t.stats().interp_why[umbra_translator::engine::step_why::SHADOW];
     assert!(shadow < 5, "{shadow} instructions interpreted in a shadow");
+    // With no event pending after the shadow, the block went on in
+    // generated code (chained) instead of leaving for the dispatcher.
+    let next = t.stats().exits[umbra_translator::ctx::exit::NEXT as usize];
+    assert!(next < 5, "{next} exits to the dispatcher after the shadow");
+    assert!(
+        t.stats().sti_continues >= 990,
+        "{}",
+        t.stats().sti_continues
+    );
 }
 
 /// A data segment load ends its block, but when it leaves the block's mode

@@ -673,9 +673,10 @@ impl Machine {
             if !top.is_empty() {
                 out += &format!(
                     "\nof those, leaving generated code: {} (went on in generated code after \
-                     an instruction that ends blocks: {})",
+                     an instruction that ends blocks: {}; after STI and its shadow: {})",
                     top.join(" "),
-                    j.monitor_continues
+                    j.monitor_continues,
+                    j.sti_continues
                 );
             }
             out += &format!(

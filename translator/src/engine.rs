@@ -86,6 +86,9 @@ pub struct TranslatorStats {
     /// Monitor calls of instructions that end blocks after which the
     /// block went on in generated code (`helpers::may_continue`).
     pub monitor_continues: u64,
+    /// Blocks ending with STI and its shadow that went on in generated
+    /// code (no event deliverable after the shadow).
+    pub sti_continues: u64,
     /// Exceptions raised by instructions run in monitor routines.
     pub exceptions: u64,
     /// Entries into native x87 code that loaded the guest's x87 state

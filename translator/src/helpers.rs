@@ -52,6 +52,27 @@ pub unsafe extern "sysv64" fn rdtsc(ctx: *mut JitCtx, rem: u64) -> u64 {
     umbra_core::interp::system::tsc(vm)
 }
 
+/// Whether an event is deliverable now (1) or not (0), for a block that
+/// ran STI and the instruction in its shadow (`codegen::emit_block`):
+/// the state it reads (EFLAGS.IF, which inline STI sets in `CpuState`,
+/// the pending events and the interrupt controller) needs no guest
+/// register.
+///
+/// # Safety
+/// Only generated code calls it, with the running context.
+pub unsafe extern "sysv64" fn event_pending(ctx: *mut JitCtx) -> u32 {
+    // SAFETY: `ctx` is the running context (the caller's contract).
+    let ctx = unsafe { &mut *ctx };
+    // SAFETY: `vm` and `engine` were set by the dispatcher from live
+    // exclusive borrows that it does not use while generated code runs.
+    let (vm, mon) = unsafe { (&*ctx.vm, &mut *(ctx.engine as *mut Monitor)) };
+    let pending = event_deliverable(vm);
+    if !pending {
+        mon.stats.sti_continues += 1;
+    }
+    pending as u32
+}
+
 /// A near CALL rel as the block's last instruction: like `exec_insn`, but
 /// the transfer itself does not leave the block (its exit to the target
 /// follows, chainable). Faults and code writes still leave.

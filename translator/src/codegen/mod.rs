@@ -260,7 +260,23 @@ pub fn emit_block(
     }
     let last = block.insns.last().map_or(first_eip, |m| m.next_eip);
     if block.sti_shadow {
-        // The shadow is over: the dispatcher checks events.
+        // The shadow is over: an event deliverable now goes to the
+        // dispatcher, else the block falls through like any other.
+        e.clobber_flags();
+        let event = e.ops.new_dynamic_label();
+        let event_check = e.stubs.event_check;
+        dynasm!(e.ops
+            ; .arch x64
+            ; call extern event_check
+            ; test r11d, r11d
+            ; jnz =>event
+        );
+        branch::emit_fallthrough(&mut e, last);
+        dynasm!(e.ops ; .arch x64 ; =>event);
+        e.flags = FlagState {
+            in_host: false,
+            dirty: false,
+        };
         e.emit_exit(last);
     } else {
         branch::emit_fallthrough(&mut e, last);

@@ -22,6 +22,9 @@ pub struct Stubs {
     /// for Rust (any other result). One copy of what every monitor call
     /// needs, instead of one per call site.
     pub monitor_call: usize,
+    /// Called from a block: R11D = 1 if an event is deliverable now
+    /// (`helpers::event_pending`), else 0. Keeps every guest register.
+    pub event_check: usize,
 }
 
 /// The stubs for placement at `addr`, and their addresses.
@@ -37,6 +40,9 @@ pub struct Stubs {
 ///               test eax, eax ; jnz leave
 ///               mov r(i), [rbp+gpr(i)] x8 ; ret
 /// leave:        add rsp, 8 ; jmp exit_nostore   (drop the return address)
+/// event_check:  push rax ; push rcx ; push rdx    (RSP 16-aligned again)
+///               mov rdi, rbp ; mov rax, event_pending ; call rax
+///               mov r11d, eax ; pop rdx ; pop rcx ; pop rax ; ret
 /// ```
 pub fn emit(addr: usize) -> (Vec<u8>, Stubs) {
     debug_assert_eq!(CTX_REG, 5);
@@ -97,6 +103,21 @@ pub fn emit(addr: usize) -> (Vec<u8>, Stubs) {
         ; add rsp, 8
         ; jmp extern addr + exit_nostore
     );
+    let event_check = ops.offset().0;
+    dynasm!(ops
+        ; .arch x64
+        ; push rax
+        ; push rcx
+        ; push rdx
+        ; mov rdi, rbp
+        ; mov rax, QWORD crate::helpers::event_pending as *const () as i64
+        ; call rax
+        ; mov r11d, eax
+        ; pop rdx
+        ; pop rcx
+        ; pop rax
+        ; ret
+    );
     let code = ops.finalize().expect("labels defined");
     (
         code,
@@ -105,6 +126,7 @@ pub fn emit(addr: usize) -> (Vec<u8>, Stubs) {
             exit_store: addr + exit_store,
             exit_nostore: addr + exit_nostore,
             monitor_call: addr + monitor_call,
+            event_check: addr + event_check,
         },
     )
 }
