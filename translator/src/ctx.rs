@@ -23,7 +23,9 @@ pub const HOST_FLAGS_BASE: u64 = 0x202;
 /// Host register number (x86-64 encoding) of guest GPR `i` (EAX..EDI).
 /// EAX..EBX keep their numbers so that AH..BH stay encodable (no REX);
 /// ESP..EDI go to R12..R15, which calls preserve. RSP stays the host
-/// stack, RBP holds `&JitCtx`, RSI, RDI and R8-R11 are scratch.
+/// stack, RBP holds `&JitCtx`, R8 holds `JitCtx::shadow` (the active
+/// shadow table: loaded on entry and after every call out of generated
+/// code, which may switch it), RSI, RDI and R9-R11 are scratch.
 pub const HOST_REG: [u8; 8] = [0, 1, 2, 3, 12, 13, 14, 15];
 /// The pinned register holding `*mut JitCtx`.
 pub const CTX_REG: u8 = 5;

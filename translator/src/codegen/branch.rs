@@ -310,7 +310,7 @@ fn emit_loop(e: &mut Emitter, m: &InsnMeta, target: u32) {
 ///   mov [rbp+gpr(i)], r(i)            x8
 ///   mov rdi, rbp ; mov rsi, meta ; mov rax, exec_indirect ; call rax
 ///   test rax, rax ; jz exit_nostore   (it set eip and exit)
-///   mov rsi, rax
+///   mov rsi, rax ; mov r8, [rbp+shadow]
 ///   mov r(i), [rbp+gpr(i)]            x8
 ///   jmp rsi                           (a block entry: flags in hflags)
 /// ```
@@ -327,6 +327,7 @@ fn emit_indirect(e: &mut Emitter, m: &InsnMeta) {
         ; test rax, rax
         ; jz extern exit_nostore
         ; mov rsi, rax
+        ; mov r8, QWORD [rbp + off::SHADOW]
     );
     e.load_regs();
     dynasm!(e.ops ; .arch x64 ; jmp rsi);

@@ -94,21 +94,21 @@ fn cs_flat(e: &Emitter) -> bool {
 }
 
 /// Continue at the guest EIP in R11D in the block's mode, the guest's
-/// flags in `hflags` (a block entry). Clobbers RSI, RDI, R8-R10, RFLAGS.
+/// flags in `hflags` (a block entry). Clobbers RSI, RDI, R9, R10, RFLAGS.
 ///
 /// ```text
 ///   lea edi, [r11+cs_base]                 (linear address)
 ///   <shadow probe for a fetch (`mem::emit_probe`)>
 ///   mov esi, [r8+rsi+ram] ; mov r10d, edi ; and r10d, 0xFFF
 ///   or esi, r10d ; shl rsi, 32 ; or rsi, rdi     (phys:lin)
-///   mov r8d, edi ; shr r8d, 12 ; xor r8d, edi
-///   and r8d, IB_SETS-1 ; shl r8d, 6 ; add r8, [rbp+ib_table]
+///   mov r10d, edi ; shr r10d, 12 ; xor r10d, edi
+///   and r10d, IB_SETS-1 ; shl r10d, 6 ; add r10, [rbp+ib_table]
 ///   mov r9, cs_base:mode
-///   cmp rsi, [r8] ; jne way1 ; cmp r9, [r8+8] ; jne way1
-///   jmp [r8+16]
+///   cmp rsi, [r10] ; jne way1 ; cmp r9, [r10+8] ; jne way1
+///   jmp [r10+16]
 /// way1:
-///   cmp rsi, [r8+32] ; jne miss ; cmp r9, [r8+40] ; jne miss
-///   jmp [r8+48]
+///   cmp rsi, [r10+32] ; jne miss ; cmp r9, [r10+40] ; jne miss
+///   jmp [r10+48]
 /// miss:
 ///   mov [rbp+eip], r11d ; mov dword [rbp+exit], INDIRECT
 ///   jmp exit_store
@@ -139,24 +139,24 @@ pub fn emit_goto(e: &mut Emitter) {
         ; or esi, r10d
         ; shl rsi, 32
         ; or rsi, rdi
-        ; mov r8d, edi
-        ; shr r8d, 12
-        ; xor r8d, edi
-        ; and r8d, (IB_SETS - 1) as i32
-        ; shl r8d, 6
-        ; add r8, QWORD [rbp + off::IB_TABLE]
+        ; mov r10d, edi
+        ; shr r10d, 12
+        ; xor r10d, edi
+        ; and r10d, (IB_SETS - 1) as i32
+        ; shl r10d, 6
+        ; add r10, QWORD [rbp + off::IB_TABLE]
         ; mov r9, QWORD tag as i64
-        ; cmp rsi, QWORD [r8]
+        ; cmp rsi, QWORD [r10]
         ; jne =>way1
-        ; cmp r9, QWORD [r8 + 8]
+        ; cmp r9, QWORD [r10 + 8]
         ; jne =>way1
-        ; jmp QWORD [r8 + 16]
+        ; jmp QWORD [r10 + 16]
         ; =>way1
-        ; cmp rsi, QWORD [r8 + 32]
+        ; cmp rsi, QWORD [r10 + 32]
         ; jne =>miss
-        ; cmp r9, QWORD [r8 + 40]
+        ; cmp r9, QWORD [r10 + 40]
         ; jne =>miss
-        ; jmp QWORD [r8 + 48]
+        ; jmp QWORD [r10 + 48]
         ; =>miss
         ; mov DWORD [rbp + off::EIP], r11d
         ; mov DWORD [rbp + off::EXIT], exit::INDIRECT as i32

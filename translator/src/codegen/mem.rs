@@ -354,7 +354,6 @@ pub fn emit_stack(e: &mut Emitter, m: &InsnMeta) -> bool {
 ///
 /// ```text
 ///   pushfq ; pop [rbp+hflags]                  (if the flags are dirty)
-///   mov r8, [rbp+shadow]
 ///   mov r10d, [r8+slot*32+tag] ; and r10d, ~0xFFF | fetch_bit
 ///   cmp r10d, page | fetch_bit ; jne fail
 ///   cmp dword [r8+slot*32+ram], ram ; jne fail
@@ -372,7 +371,6 @@ pub(super) fn emit_cross_guard(e: &mut Emitter, m: &InsnMeta, ram: u32) -> Dynam
     e.clobber_flags();
     dynasm!(e.ops
         ; .arch x64
-        ; mov r8, QWORD [rbp + off::SHADOW]
         ; mov r10d, DWORD [r8 + at + ENTRY_TAG]
         ; and r10d, (!0xFFF | fetch) as i32
         ; cmp r10d, (page | fetch) as i32
@@ -405,13 +403,13 @@ fn emit_slot(e: &mut Emitter) {
 }
 
 /// The shadow-table probe of the linear page in EDI for permission bit
-/// `bit` (any kind, fetches too): on a hit, R8 = the table and RSI = the
-/// slot's byte offset (the entry's RAM offset is at [r8+rsi+ram]); else a
+/// `bit` (any kind, fetches too): on a hit, RSI = the slot's byte offset
+/// in the table (R8; the entry's RAM offset is at [r8+rsi+ram]); else a
 /// jump to `miss`. Clobbers RFLAGS, R9, R10.
 ///
 /// ```text
 ///   mov esi, edi ; shr esi, 7 ; and esi, 0x1FFE0       (slot * 32)
-///   mov r8, [rbp+shadow] ; mov r9d, [r8+rsi]           (tag)
+///   mov r9d, [r8+rsi]                                  (tag)
 ///   mov r10d, r9d ; xor r10d, edi ; test r10d, ~0xFFF ; jnz miss
 ///   test r9d, bit ; jz miss
 /// ```
@@ -419,7 +417,6 @@ pub(super) fn emit_probe(e: &mut Emitter, bit: u32, miss: DynamicLabel) {
     emit_slot(e);
     dynasm!(e.ops
         ; .arch x64
-        ; mov r8, QWORD [rbp + off::SHADOW]
         ; mov r9d, DWORD [r8 + rsi]
         ; mov r10d, r9d
         ; xor r10d, edi
@@ -438,7 +435,7 @@ pub(super) fn emit_probed_ram(e: &mut Emitter) {
 
 /// The inline shadow lookup of the linear address in EDI for a data
 /// access of `size` bytes needing permission bit `bit`: host pointer into
-/// RSI, or a jump to `slow`. Clobbers RFLAGS, R8, R10.
+/// RSI, or a jump to `slow`. Clobbers RFLAGS, R10.
 ///
 /// The entry's page for this access kind (`Entry::pages`: the linear page,
 /// or a value no page equals where the kind is not granted) is compared
@@ -450,7 +447,6 @@ pub(super) fn emit_probed_ram(e: &mut Emitter) {
 ///
 /// ```text
 ///   mov esi, edi ; shr esi, 7 ; and esi, 0x1FFE0       (slot * 32)
-///   mov r8, [rbp+shadow]
 ///   lea r10d, [rdi+size-1] ; and r10d, ~0xFFF          (last byte's page)
 ///   cmp r10d, [r8+rsi+pages+4*kind] ; jne slow
 ///   mov rsi, [r8+rsi+host] ; add rsi, rdi              (host address)
@@ -461,7 +457,6 @@ pub(super) fn emit_lookup(e: &mut Emitter, size: i32, bit: u32, slow: DynamicLab
     emit_slot(e);
     dynasm!(e.ops
         ; .arch x64
-        ; mov r8, QWORD [rbp + off::SHADOW]
         ; lea r10d, [rdi + size - 1]
         ; and r10d, 0xFFFF_F000u32 as i32
         ; cmp r10d, DWORD [r8 + rsi + ENTRY_PAGES + 4 * kind]

@@ -149,13 +149,13 @@ pub fn emit(e: &mut Emitter, m: &InsnMeta) -> bool {
     dynasm!(e.ops
         ; .arch x64
         ; =>top
-        ; mov r8, QWORD [rbp + CTX_VM]
-        ; test DWORD [r8 + VM_EFLAGS], flags::DF as i32
+        ; mov r10, QWORD [rbp + CTX_VM]
+        ; test DWORD [r10 + VM_EFLAGS], flags::DF as i32
         ; jnz =>slow
         ; test ecx, ecx
         ; jz =>done
-        ; mov r8, QWORD [rbp + CTX_ENGINE]
-        ; mov r11d, DWORD [r8 + MON_REP_BATCH]
+        ; mov r10, QWORD [rbp + CTX_ENGINE]
+        ; mov r11d, DWORD [r10 + MON_REP_BATCH]
         ; cmp r11d, ecx
         ; cmova r11d, ecx
     );
@@ -167,7 +167,7 @@ pub fn emit(e: &mut Emitter, m: &InsnMeta) -> bool {
     dynasm!(e.ops
         ; .arch x64
         ; pop rdi
-        ; mov r8, rcx
+        ; mov r10, rcx
         ; mov ecx, r11d
     );
     match (movs, size) {
@@ -180,7 +180,7 @@ pub fn emit(e: &mut Emitter, m: &InsnMeta) -> bool {
     }
     dynasm!(e.ops
         ; .arch x64
-        ; mov rcx, r8
+        ; mov rcx, r10
         ; sub ecx, r11d
         ; mov r9d, r11d
         ; shl r9, shift
@@ -282,8 +282,8 @@ pub fn emit_single(e: &mut Emitter, m: &InsnMeta) -> bool {
     let resume = e.ops.new_dynamic_label();
     dynasm!(e.ops
         ; .arch x64
-        ; mov r8, QWORD [rbp + CTX_VM]
-        ; test DWORD [r8 + VM_EFLAGS], flags::DF as i32
+        ; mov r10, QWORD [rbp + CTX_VM]
+        ; test DWORD [r10 + VM_EFLAGS], flags::DF as i32
         ; jnz =>slow
         ; mov edi, Rd(idx)
     );

@@ -31,18 +31,19 @@ pub struct Stubs {
 ///
 /// ```text
 /// enter:        push rbx, rbp, r12-r15 ; sub rsp, 8   (RSP 16-aligned)
-///               mov rbp, rdi
+///               mov rbp, rdi ; mov r8, [rbp+shadow]
 ///               mov r(i), [rbp+gpr(i)] x8 ; jmp rsi
 /// exit_store:   mov [rbp+gpr(i)], r(i) x8
 /// exit_nostore: add rsp, 8 ; pop r15-r12, rbp, rbx ; ret
 /// monitor_call: mov [rbp+gpr(i)], r(i) x8
 ///               mov rdi, rbp ; sub rsp, 8 ; call r11 ; add rsp, 8
 ///               test eax, eax ; jnz leave
-///               mov r(i), [rbp+gpr(i)] x8 ; ret
+///               mov r8, [rbp+shadow] ; mov r(i), [rbp+gpr(i)] x8 ; ret
 /// leave:        add rsp, 8 ; jmp exit_nostore   (drop the return address)
 /// event_check:  push rax ; push rcx ; push rdx    (RSP 16-aligned again)
 ///               mov rdi, rbp ; mov rax, event_pending ; call rax
-///               mov r11d, eax ; pop rdx ; pop rcx ; pop rax ; ret
+///               mov r11d, eax ; pop rdx ; pop rcx ; pop rax
+///               mov r8, [rbp+shadow] ; ret
 /// ```
 pub fn emit(addr: usize) -> (Vec<u8>, Stubs) {
     debug_assert_eq!(CTX_REG, 5);
@@ -58,6 +59,7 @@ pub fn emit(addr: usize) -> (Vec<u8>, Stubs) {
         ; push r15
         ; sub rsp, 8
         ; mov rbp, rdi
+        ; mov r8, QWORD [rbp + off::SHADOW]
     );
     for (i, &r) in HOST_REG.iter().enumerate() {
         dynasm!(ops ; .arch x64 ; mov Rd(r), DWORD [rbp + off::gpr(i)]);
@@ -92,6 +94,7 @@ pub fn emit(addr: usize) -> (Vec<u8>, Stubs) {
         ; add rsp, 8
         ; test eax, eax
         ; jnz =>leave
+        ; mov r8, QWORD [rbp + off::SHADOW]
     );
     for (i, &r) in HOST_REG.iter().enumerate() {
         dynasm!(ops ; .arch x64 ; mov Rd(r), DWORD [rbp + off::gpr(i)]);
@@ -116,6 +119,7 @@ pub fn emit(addr: usize) -> (Vec<u8>, Stubs) {
         ; pop rdx
         ; pop rcx
         ; pop rax
+        ; mov r8, QWORD [rbp + off::SHADOW]
         ; ret
     );
     let code = ops.finalize().expect("labels defined");

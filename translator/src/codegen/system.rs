@@ -52,16 +52,16 @@ pub fn emit(e: &mut Emitter, m: &InsnMeta) -> bool {
 ///
 /// ```text
 ///   pushfq ; pop [rbp+hflags]                  (if dirty)
-///   mov r8, [rbp+vm]
-///   and dword [r8+eflags], ~bit  |  or dword [r8+eflags], bit
+///   mov r10, [rbp+vm]
+///   and dword [r10+eflags], ~bit  |  or dword [r10+eflags], bit
 /// ```
 fn emit_eflags_bit(e: &mut Emitter, bit: u32, set: bool) -> bool {
     e.clobber_flags();
-    dynasm!(e.ops ; .arch x64 ; mov r8, QWORD [rbp + CTX_VM]);
+    dynasm!(e.ops ; .arch x64 ; mov r10, QWORD [rbp + CTX_VM]);
     if set {
-        dynasm!(e.ops ; .arch x64 ; or DWORD [r8 + VM_EFLAGS], bit as i32);
+        dynasm!(e.ops ; .arch x64 ; or DWORD [r10 + VM_EFLAGS], bit as i32);
     } else {
-        dynasm!(e.ops ; .arch x64 ; and DWORD [r8 + VM_EFLAGS], !bit as i32);
+        dynasm!(e.ops ; .arch x64 ; and DWORD [r10 + VM_EFLAGS], !bit as i32);
     }
     true
 }
@@ -83,7 +83,7 @@ pub fn emit_sti(e: &mut Emitter) {
 ///   mov [rbp+gpr(ECX)], ecx
 ///   mov rdi, rbp ; mov esi, rem ; mov rax, helpers::rdtsc ; call rax
 ///   mov rdx, rax ; shr rdx, 32 ; mov eax, eax
-///   mov ecx, [rbp+gpr(ECX)]
+///   mov ecx, [rbp+gpr(ECX)] ; mov r8, [rbp+shadow]    (the pinned table)
 /// ```
 fn emit_rdtsc(e: &mut Emitter, m: &InsnMeta) -> bool {
     e.clobber_flags();
@@ -98,6 +98,7 @@ fn emit_rdtsc(e: &mut Emitter, m: &InsnMeta) -> bool {
         ; shr rdx, 32
         ; mov eax, eax
         ; mov ecx, DWORD [rbp + off::gpr(ECX)]
+        ; mov r8, QWORD [rbp + off::SHADOW]
     );
     true
 }
@@ -109,7 +110,7 @@ fn emit_rdtsc(e: &mut Emitter, m: &InsnMeta) -> bool {
 ///
 /// ```text
 ///   pushfq ; pop [rbp+hflags]                  (if dirty)
-///   mov r8, [rbp+vm] ; mov r11d, [r8+eflags] ; and r11d, ~(ARITH|VM|RF)
+///   mov r10, [rbp+vm] ; mov r11d, [r10+eflags] ; and r11d, ~(ARITH|VM|RF)
 ///   mov r9d, [rbp+hflags] ; and r9d, ARITH ; or r11d, r9d
 ///   lea edi, [r12-4] ; <linear through SS> ; <write lookup: rsi or slow>
 ///   mov [rsi], r11d ; lea r12d, [r12-4]
@@ -129,8 +130,8 @@ fn emit_pushfd(e: &mut Emitter, m: &InsnMeta) -> bool {
     let resume = e.ops.new_dynamic_label();
     dynasm!(e.ops
         ; .arch x64
-        ; mov r8, QWORD [rbp + CTX_VM]
-        ; mov r11d, DWORD [r8 + VM_EFLAGS]
+        ; mov r10, QWORD [rbp + CTX_VM]
+        ; mov r11d, DWORD [r10 + VM_EFLAGS]
         ; and r11d, !(ARITH_FLAGS | flags::VM | flags::RF) as i32
         ; mov r9d, DWORD [rbp + off::HFLAGS]
         ; and r9d, ARITH_FLAGS as i32

@@ -425,6 +425,7 @@ fn emit_clear_c1(e: &mut Emitter) {
 ///   push rax ; push rcx ; push rdx ; sub rsp, 8
 ///   mov rdi, rbp ; mov rax, f ; call rax
 ///   add rsp, 8 ; mov esi, eax ; pop rdx ; pop rcx ; pop rax
+///   mov r8, [rbp+shadow]                       (the pinned table)
 /// ```
 fn emit_light_call(e: &mut Emitter, f: usize) {
     dynasm!(e.ops
@@ -441,6 +442,7 @@ fn emit_light_call(e: &mut Emitter, f: usize) {
         ; pop rdx
         ; pop rcx
         ; pop rax
+        ; mov r8, QWORD [rbp + off::SHADOW]
     );
 }
 
