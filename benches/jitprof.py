@@ -17,7 +17,7 @@ pip install iced-x86) and prints:
   - samples per host mnemonic;
   - samples per host instruction *sequence class*: each instruction is
     labelled by a few recognisable idioms of the code generator (flag
-    spill/restore, shadow lookup, monitor call register spill/reload);
+    spill/restore, shadow lookup, guest registers to and from the context);
   - the hottest blocks, each with its hottest instructions.
 """
 
@@ -62,13 +62,13 @@ def load_samples(path):
 
 def classify(text):
     """A coarse label for one host instruction of generated code (Intel
-    syntax text from iced-x86; offsets of `ctx::JitCtx`: hflags 20h,
-    shadow 38h; shadow entries are 32 bytes, their fields at
+    syntax text from iced-x86; offset of `ctx::JitCtx::hflags`: 20h; R8
+    holds the shadow table, whose 32-byte entries are read at
     [r8+rsi+...])."""
     t = text
     if t.startswith(("pushfq", "popfq", "sahf", "lahf")) or "[rbp+20h]" in t or "[rbp+21h]" in t:
         return "flags to/from hflags"
-    if "[rbp+38h]" in t or "[r8+rsi" in t:
+    if "[r8+" in t:
         return "shadow table loads"
     if t.startswith("call"):
         return "monitor call"
