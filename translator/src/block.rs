@@ -158,9 +158,10 @@ pub struct GuestBlock {
     /// (`codegen::emit_cross_guard`), and the block is on both frames.
     pub cross: Option<u32>,
     /// The block ends with STI and the instruction in its interrupt
-    /// shadow (`sti_shadow_ok`), after which it leaves for the dispatcher,
-    /// which checks events: STI runs inline and no event is checked
-    /// between the two, as the shadow requires (SDM Vol. 2B STI).
+    /// shadow (`sti_shadow_ok`): STI runs inline, no event is checked
+    /// between the two, as the shadow requires (SDM Vol. 2B STI), and
+    /// after them the block leaves for the dispatcher if an event is
+    /// deliverable (`helpers::event_pending`), else falls through.
     pub sti_shadow: bool,
 }
 
@@ -261,8 +262,8 @@ pub fn decode(
         let (m, last) = meta(ins);
         insns.push(m);
         if sti_inline && ins.mnemonic() == iced_x86::Mnemonic::Sti {
-            // The instruction in its shadow joins the block if it can.
-            let at = d.position();
+            // The instruction in its shadow joins the block if it can;
+            // either way the block ends.
             let shadowed = d.decode();
             let (sm, _) = meta(shadowed);
             if d.last_error() == DecoderError::None
@@ -274,8 +275,6 @@ pub fn decode(
                 used += shadowed.len();
                 insns.push(sm);
                 sti_shadow = true;
-            } else {
-                d.set_position(at).ok();
             }
             break;
         }

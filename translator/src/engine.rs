@@ -155,8 +155,6 @@ fn top_mnemonics(by: &[u64], n: usize) -> Vec<(String, u64)> {
     v
 }
 
-impl TranslatorStats {}
-
 /// Why the dispatcher stepped the interpreter (`TranslatorStats::interp_why`).
 pub mod step_why {
     /// An event to deliver, or a halted CPU.
