@@ -521,14 +521,25 @@ pub fn emit_push_mem(e: &mut Emitter, m: &InsnMeta) -> bool {
     }
     e.clobber_flags();
     let slow = e.ops.new_dynamic_label();
-    let resume = e.ops.new_dynamic_label();
     if !emit_rm_target(e, m, 4, slow) {
         dynasm!(e.ops ; .arch x64 ; jmp =>slow);
     }
-    dynasm!(e.ops
-        ; .arch x64
-        ; lea edi, [r12 - 4]
-    );
+    emit_push32_r11(e, m, slow);
+    true
+}
+
+/// Push R11D through the flat 32-bit SS for instruction `m` and commit
+/// ESP, or (from a miss here or a jump to `slow` before) run the whole
+/// instruction in the monitor. The flags are in `hflags`.
+///
+/// ```text
+///   lea edi, [r12-4] ; <linear through SS> ; <write lookup: rsi or slow>
+///   mov [rsi], r11d ; lea r12d, [r12-4]
+/// resume:
+/// ```
+pub(super) fn emit_push32_r11(e: &mut Emitter, m: &InsnMeta, slow: DynamicLabel) {
+    let resume = e.ops.new_dynamic_label();
+    dynasm!(e.ops ; .arch x64 ; lea edi, [r12 - 4]);
     emit_linear(e, SegReg::Ss, true, 4, slow);
     let bit = perm_bit(e, true);
     emit_lookup(e, 4, bit, slow);
@@ -544,5 +555,4 @@ pub fn emit_push_mem(e: &mut Emitter, m: &InsnMeta) -> bool {
         meta: m as *const InsnMeta,
         flags_in_host: false,
     });
-    true
 }

@@ -13,12 +13,11 @@
 
 use core::mem::offset_of;
 
-use dynasmrt::{dynasm, DynasmApi, DynasmLabelApi};
+use dynasmrt::{dynasm, DynasmApi};
 use iced_x86::{Code, Mnemonic};
 use umbra_core::cpu::{flags, CpuState, SegReg};
 use umbra_core::vm::Vm;
 
-use super::mem::{emit_linear, emit_lookup, perm_bit, ColdPath};
 use super::Emitter;
 use crate::block::{mode, seg_flat, InsnMeta};
 use crate::ctx::{off, JitCtx, ARITH_FLAGS};
@@ -112,9 +111,7 @@ fn emit_rdtsc(e: &mut Emitter, m: &InsnMeta) -> bool {
 ///   pushfq ; pop [rbp+hflags]                  (if dirty)
 ///   mov r10, [rbp+vm] ; mov r11d, [r10+eflags] ; and r11d, ~(ARITH|VM|RF)
 ///   mov r9d, [rbp+hflags] ; and r9d, ARITH ; or r11d, r9d
-///   lea edi, [r12-4] ; <linear through SS> ; <write lookup: rsi or slow>
-///   mov [rsi], r11d ; lea r12d, [r12-4]
-/// resume:
+///   <push r11d (`flow::emit_push32_r11`)>
 /// ```
 fn emit_pushfd(e: &mut Emitter, m: &InsnMeta) -> bool {
     if m.ins.code() != Code::Pushfd
@@ -127,7 +124,6 @@ fn emit_pushfd(e: &mut Emitter, m: &InsnMeta) -> bool {
     }
     e.clobber_flags();
     let slow = e.ops.new_dynamic_label();
-    let resume = e.ops.new_dynamic_label();
     dynasm!(e.ops
         ; .arch x64
         ; mov r10, QWORD [rbp + CTX_VM]
@@ -136,23 +132,8 @@ fn emit_pushfd(e: &mut Emitter, m: &InsnMeta) -> bool {
         ; mov r9d, DWORD [rbp + off::HFLAGS]
         ; and r9d, ARITH_FLAGS as i32
         ; or r11d, r9d
-        ; lea edi, [r12 - 4]
     );
-    emit_linear(e, SegReg::Ss, true, 4, slow);
-    let bit = perm_bit(e, true);
-    emit_lookup(e, 4, bit, slow);
-    dynasm!(e.ops
-        ; .arch x64
-        ; mov DWORD [rsi], r11d
-        ; lea r12d, [r12 - 4]
-        ; =>resume
-    );
-    e.cold.push(ColdPath {
-        slow,
-        resume,
-        meta: m as *const InsnMeta,
-        flags_in_host: false,
-    });
+    super::flow::emit_push32_r11(e, m, slow);
     true
 }
 
