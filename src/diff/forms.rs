@@ -332,28 +332,38 @@ pub fn oracle_blind_flags(ins: &Instruction) -> u32 {
 
 /// EFLAGS bits that `ins` leaves undefined (SDM Vol. 1 Appendix A and each
 /// instruction's "Flags Affected"), given CL when it is the count: iced's
-/// table, plus CF of SHL/SHR when the count is at least the operand width
-/// (SDM Vol. 2B SAL/SAR/SHL/SHR: "undefined for SHL and SHR instructions
-/// where the count is greater than or equal to the size").
+/// table, plus
+/// - CF of SHL/SHR when the count is at least the operand width (SDM Vol.
+///   2B SAL/SAR/SHL/SHR: "undefined for SHL and SHR instructions where the
+///   count is greater than or equal to the size");
+/// - OF of RCL/RCR by any masked count but 0 and 1. iced says a byte
+///   rotated by 9 or 18, or a word by 17, changes no flag (the rotation
+///   modulo 9 or 17 is empty), but the SDM's pseudo-code tests the masked
+///   count, not the remainder, and hosts differ: an Intel Xeon leaves OF
+///   alone, an AMD EPYC sets it from the result as for a one-bit rotate.
 pub fn undefined_flags(ins: &Instruction, cl: u8) -> u32 {
     let mut undef = eflags_of(ins.rflags_undefined()) | oracle_blind_flags(ins);
-    if matches!(
-        ins.mnemonic(),
-        Mnemonic::Shl | Mnemonic::Shr | Mnemonic::Sal
-    ) {
-        let count = match ins.op1_kind() {
+    let count = || {
+        let raw = match ins.op1_kind() {
             OpKind::Register => cl,
             OpKind::Immediate8 => ins.immediate8(),
             _ => 1,
-        } & 0x1F;
-        let width = match ins.op_code().operand_size() {
-            16 => 16,
-            32 => 32,
-            _ => 8,
         };
-        if count as u32 >= width {
-            undef |= umbra_core::cpu::CF;
+        raw & 0x1F
+    };
+    match ins.mnemonic() {
+        Mnemonic::Shl | Mnemonic::Shr | Mnemonic::Sal => {
+            let width = match ins.op_code().operand_size() {
+                16 => 16,
+                32 => 32,
+                _ => 8,
+            };
+            if count() as u32 >= width {
+                undef |= umbra_core::cpu::CF;
+            }
         }
+        Mnemonic::Rcl | Mnemonic::Rcr if count() > 1 => undef |= umbra_core::cpu::OF,
+        _ => {}
     }
     undef
 }
@@ -465,6 +475,29 @@ mod tests {
         let shr_cl = Instruction::with2(Code::Shr_rm16_CL, Register::AX, Register::CL).unwrap();
         assert_ne!(undefined_flags(&shr_cl, 16) & CF, 0);
         assert_eq!(undefined_flags(&shr_cl, 15) & CF, 0);
+    }
+
+    #[test]
+    fn a_whole_turn_through_cf_leaves_of_undefined() {
+        use umbra_core::cpu::OF;
+        for (code, count) in [
+            (Code::Rcl_rm8_imm8, 9u32),
+            (Code::Rcr_rm8_imm8, 0x12),
+            (Code::Rcl_rm16_imm8, 0x31),
+            (Code::Rcr_rm16_imm8, 0x91),
+        ] {
+            let reg = if count < 0x20 {
+                Register::DL
+            } else {
+                Register::DX
+            };
+            let ins = Instruction::with2(code, reg, count).unwrap();
+            assert_ne!(undefined_flags(&ins, 0) & OF, 0, "{code:?} by {count:#x}");
+        }
+        let rcl_cl = Instruction::with2(Code::Rcl_rm8_CL, Register::DL, Register::CL).unwrap();
+        assert_ne!(undefined_flags(&rcl_cl, 18) & OF, 0);
+        let rcl_1 = Instruction::with2(Code::Rcl_rm8_imm8, Register::DL, 0x21u32).unwrap();
+        assert_eq!(undefined_flags(&rcl_1, 0) & OF, 0, "OF is defined for 1");
     }
 
     #[test]

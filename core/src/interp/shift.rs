@@ -22,7 +22,11 @@
 //!   by the rotates;
 //! - CF of a shift past the width is the bit the wide shift leaves there
 //!   (0 for SHL/SHR, the sign for SAR);
-//! - RCL/RCR of a byte by 9 or 18, or a word by 17, change no flag;
+//! - RCL/RCR of a byte by 9 or 18, or a word by 17, change no flag (an
+//!   AMD EPYC host sets OF there from the result, as for a one-bit
+//!   rotate; the interpreter keeps one behaviour on every host so that a
+//!   deterministic run replays anywhere, and the harness treats that OF
+//!   as undefined, which the SDM's pseudo-code makes it);
 //! - a 16-bit SHLD/SHRD by more than 16 shifts dst:src:dst (below).
 
 use iced_x86::{Instruction, Mnemonic};
