@@ -473,6 +473,53 @@ fn session_compares_a_hand_written_program() {
     }
 }
 
+/// x87 against KVM: a ninth push overflows the register stack, which the
+/// default control word masks (SDM Vol. 1 8.5.1.1: IE and SF set, C1 = 1
+/// for an overflow, ES clear, the QNaN indefinite pushed), then FNINIT.
+/// KVM was no x87 oracle while the KVM engine exchanged the state through
+/// KVM_SET_FPU/KVM_GET_FPU, which ignore XSTATE_BV.
+#[test]
+fn a_masked_x87_stack_overflow_agrees_with_kvm() {
+    for mode in [Mode::Real, Mode::Prot32] {
+        let code = asm(mode, |a| {
+            a.fninit()?;
+            for _ in 0..9 {
+                a.fld1()?;
+            }
+            a.fnstsw(ax)?;
+            a.fadd_2(st0, st1)?;
+            a.fstp(dword_ptr(ebx))?;
+            a.fnstcw(word_ptr(ebx + 4))?;
+            // Back to the initial x87 state, which the host's XSAVE may
+            // then skip (XSTATE_BV clear): KVM_GET_FPU read a stale FCW.
+            a.fninit()
+        });
+        let p = Program::new(mode, code);
+        expect(&p, |n, vm| {
+            let fsw = r32(vm, EAX) as u16;
+            assert_eq!(fsw & 0x02C1, 0x0241, "{n} {mode:?}: FSW {fsw:#06x}");
+            let data = vm.cpu.gpr[3]
+                + if mode == Mode::Real {
+                    vm.cpu.seg[SegReg::Ds as usize].base as u64
+                } else {
+                    0
+                };
+            assert_eq!(vm.mem.read_u32(data), 0xFFC0_0000, "{n} {mode:?}");
+            assert_eq!(vm.mem.read_u32(data + 4) as u16, 0x037F, "{n} {mode:?}");
+            let f = &vm.cpu.fpu;
+            assert_eq!((f.fcw, f.fsw, f.ftw), (0x037F, 0, 0xFFFF), "{n} {mode:?}");
+        });
+        if kvm_available() {
+            for a in ["interp", "jit"] {
+                for lockstep in [false, true] {
+                    let out = Session::new(a, "kvm", lockstep).check(&p).unwrap();
+                    assert!(out.divergence.is_none(), "{}", out.divergence.unwrap());
+                }
+            }
+        }
+    }
+}
+
 /// A store that crosses from a writable data page into a not-present one
 /// faults on the second page and writes nothing (SDM: a faulting
 /// instruction changes no state; the host CPU agrees). This host's KVM

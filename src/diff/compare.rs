@@ -89,6 +89,20 @@ impl Regs {
     }
 }
 
+impl Regs {
+    /// The state without the x87 last-instruction pointers (FOP, FIP:FCS,
+    /// FDP:FDS), for comparisons with KVM: what KVM reads back there
+    /// depends on the host CPU, not on the guest. An AMD EPYC's XSAVE
+    /// stores them only while an x87 exception is pending (zeros
+    /// otherwise), and Intel parts that deprecate FCS and FDS store 0
+    /// for those two.
+    pub fn without_x87_pointers(mut self) -> Regs {
+        let f = &mut self.fpu;
+        (f.fop, f.fip, f.fcs, f.fdp, f.fds) = (0, 0, 0, 0, 0);
+        self
+    }
+}
+
 const GPR_NAMES: [&str; 8] = ["eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi"];
 const SEG_NAMES: [&str; 6] = ["es", "cs", "ss", "ds", "fs", "gs"];
 const CR_NAMES: [&str; 4] = ["cr0", "cr2", "cr3", "cr4"];

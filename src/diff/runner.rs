@@ -163,6 +163,17 @@ impl Session {
         }
     }
 
+    /// The compared registers of both machines (see
+    /// `Regs::without_x87_pointers` for what KVM leaves out).
+    fn regs(&self, va: &Vm, vb: &Vm) -> (Regs, Regs) {
+        let (ra, rb) = (Regs::of(va), Regs::of(vb));
+        if self.engines.0 == "kvm" || self.engines.1 == "kvm" {
+            (ra.without_x87_pointers(), rb.without_x87_pointers())
+        } else {
+            (ra, rb)
+        }
+    }
+
     fn setup(&self, p: &Program) -> Result<[Machine; 2], DiffError> {
         let mut va = p.build_vm()?;
         let ea = (self.factory)(&self.engines.0, &mut va, self.lockstep)?;
@@ -244,7 +255,7 @@ impl Session {
                 skipped,
             });
         }
-        let (ra, rb) = (Regs::of(&va), Regs::of(&vb));
+        let (ra, rb) = self.regs(&va, &vb);
         let ranges = compare::compared_ranges(p);
         let mut mismatches = compare::diff_regs(&ra, &rb, ALL_FLAGS, &end_a, &end_b);
         mismatches.extend(compare::diff_mem(&va, &vb, &ranges, 16));
@@ -321,7 +332,7 @@ impl Session {
             }
             let undef = undefined_flags(&at.ins, cl);
             va.cpu.eflags = (va.cpu.eflags & !undef) | (vb.cpu.eflags & undef);
-            let (ra, rb) = (Regs::of(&va), Regs::of(&vb));
+            let (ra, rb) = self.regs(&va, &vb);
             let mut mismatches = compare::diff_regs(&ra, &rb, ALL_FLAGS, &end_a, &end_b);
             if let Some((lin, page2, Some(before))) = split {
                 let untouched = va.mem.ram().get(lin as usize..page2 as usize) == Some(&before[..]);
@@ -471,17 +482,7 @@ impl Campaign {
         mut report: impl FnMut(&Divergence),
         mut progress: impl FnMut(&Summary),
     ) -> Result<Summary, DiffError> {
-        let mut exclude = self.exclude.clone();
-        // KVM's x87 on this (nested) host is no oracle: FNSTSW and
-        // FNINIT in the guest see a state other than the one KVM_SET_FPU
-        // gave and KVM_GET_FPU returns (an FNSTSW after a masked stack
-        // fault stores 0). x87 programs are compared between the
-        // interpreter and the translator only.
-        let (a, b) = &self.session.engines;
-        if (a == "kvm" || b == "kvm") && !exclude.contains(&Class::X87) {
-            exclude.push(Class::X87);
-        }
-        let table = FormTable::new(&exclude);
+        let table = FormTable::new(&self.exclude);
         let strategies: Vec<_> = self
             .modes
             .iter()

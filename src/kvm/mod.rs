@@ -112,6 +112,8 @@ pub enum KvmError {
     Layout(usize),
     #[error("guest RAM of {0:#x} bytes reaches the KVM engine's private pages at 0xFFFBB000: use less than 4 GiB - 276 KiB of RAM")]
     RamTooLarge(u64),
+    #[error("the host's KVM wants {0}-byte XSAVE images, more than the 4096 this engine exchanges: run where AMX is not enabled for this process")]
+    XsaveSize(i32),
     #[error("cannot allocate the engine's private memory: {0}")]
     Alloc(std::io::Error),
 }
@@ -237,6 +239,14 @@ impl KvmEngine {
     pub fn new(vm: &mut Vm) -> Result<Self, KvmError> {
         let kvm = Kvm::new().map_err(|e| KvmError::Unavailable(e.to_string()))?;
         let vm_fd = kvm.create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
+        // The FPU state goes through KVM_{GET,SET}_XSAVE, whose buffer is
+        // 4 KiB; the kernel copies the guest's XSAVE size, larger only
+        // with dynamically enabled components (AMX), which this process
+        // never requests.
+        let xsave_size = vm_fd.check_extension_int(kvm_ioctls::Cap::Xsave2);
+        if xsave_size as usize > std::mem::size_of::<kvm_bindings::kvm_xsave>() {
+            return Err(KvmError::XsaveSize(xsave_size));
+        }
         vm_fd
             .set_tss_address(TSS_ADDR)
             .map_err(ioctl("KVM_SET_TSS_ADDR"))?;
@@ -426,9 +436,7 @@ impl KvmEngine {
         self.set_sregs(sregs)?;
         self.set_regs(&state::to_kvm_regs(cpu))?;
         if !same(&|k| k.fpu == cpu.fpu && k.sse == cpu.sse) {
-            self.vcpu
-                .set_fpu(&state::to_kvm_fpu(cpu))
-                .map_err(ioctl("KVM_SET_FPU"))?;
+            self.set_fpu_state(cpu)?;
         }
         if !same(&|k| k.dr == cpu.dr) {
             self.load_debug_regs(cpu)?;
@@ -506,8 +514,7 @@ impl KvmEngine {
     /// The part of `store` that paging emulation shares: FPU, debug
     /// registers, MSRs, events.
     fn store_common(&mut self, cpu: &mut CpuState, all_msrs: bool) -> Result<(), KvmError> {
-        let fpu = self.vcpu.get_fpu().map_err(ioctl("KVM_GET_FPU"))?;
-        state::from_kvm_fpu(cpu, &fpu);
+        self.get_fpu_state(cpu).map_err(ioctl("KVM_GET_XSAVE"))?;
         let dr = self
             .vcpu
             .get_debug_regs()
@@ -835,6 +842,25 @@ impl KvmEngine {
             self.vcpu
                 .clear_sync_dirty_reg(kvm_ioctls::SyncReg::SystemRegister);
         }
+        Ok(())
+    }
+
+    /// Load the x87/SSE state through KVM_SET_XSAVE. KVM_SET_FPU writes
+    /// the legacy region of the kernel's save buffer but not its
+    /// XSTATE_BV, so where the CPU had last found the x87 unit in its
+    /// initial state (XSAVES then clears that bit) the next XRSTORS
+    /// ignores what was written.
+    fn set_fpu_state(&mut self, cpu: &CpuState) -> Result<(), KvmError> {
+        let xsave = state::to_kvm_xsave(cpu);
+        // SAFETY: the kernel reads the guest's XSAVE size, which `new`
+        // checked fits `kvm_xsave` (no dynamically enabled components).
+        unsafe { self.vcpu.set_xsave(&xsave) }.map_err(ioctl("KVM_SET_XSAVE"))
+    }
+
+    /// Read the x87/SSE state back through KVM_GET_XSAVE (see
+    /// `state::from_kvm_xsave` for why not KVM_GET_FPU).
+    fn get_fpu_state(&mut self, cpu: &mut CpuState) -> Result<(), kvm_ioctls::Error> {
+        state::from_kvm_xsave(cpu, &self.vcpu.get_xsave()?);
         Ok(())
     }
 

@@ -718,8 +718,7 @@ impl KvmEngine {
         ins: Option<&iced_x86::Instruction>,
     ) -> Result<(), kvm_ioctls::Error> {
         if touches_fpu(ins) {
-            let fpu = self.vcpu.get_fpu()?;
-            super::state::from_kvm_fpu(cpu, &fpu);
+            self.get_fpu_state(cpu)?;
         }
         cpu.interrupt_shadow = if makes_shadow(ins) {
             self.vcpu.get_vcpu_events()?.interrupt.shadow != 0

@@ -3,7 +3,7 @@
 //! descriptor tables, control registers, x87/SSE state (the full tag word
 //! <-> FXSAVE's abridged one) and the MSRs `CpuState` keeps.
 
-use kvm_bindings::{kvm_dtable, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs};
+use kvm_bindings::{kvm_dtable, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, kvm_xsave};
 use umbra_core::cpu::flags;
 use umbra_core::cpu::{
     attr, CpuState, DescTable, SegReg, Segment, EAX, EBP, EBX, ECX, EDI, EDX, ESI, ESP,
@@ -182,18 +182,37 @@ fn classify(r: &[u8; 10]) -> u16 {
     }
 }
 
-pub(super) fn to_kvm_fpu(c: &CpuState) -> kvm_fpu {
+/// Byte offsets in the XSAVE area's legacy (FXSAVE) region and header
+/// (SDM Vol. 1 10.5.1 and 13.4); FIP and FDP are stored as KVM keeps them,
+/// offset in the low and selector in the high half of a quadword.
+mod xs {
+    pub const FCW: usize = 0;
+    pub const FSW: usize = 2;
+    pub const FTWX: usize = 4;
+    pub const FOP: usize = 6;
+    pub const FIP: usize = 8;
+    pub const FDP: usize = 16;
+    pub const MXCSR: usize = 24;
+    pub const ST0: usize = 32;
+    pub const XMM0: usize = 160;
+    pub const XSTATE_BV: usize = 512;
+    /// The legacy region and the header: all of the image the engine
+    /// reads or writes (the rest stays zero: components in initial state).
+    pub const USED: usize = 576;
+    /// XSTATE_BV bits of the x87 and SSE components.
+    pub const FP_SSE: u64 = 3;
+}
+
+/// `CpuState`'s x87/SSE state -> a KVM_SET_XSAVE image that holds the x87
+/// and SSE components (XSTATE_BV says so; every other component takes
+/// its initial state, which is what the guest model has).
+pub(super) fn to_kvm_xsave(c: &CpuState) -> kvm_xsave {
     let f = &c.fpu;
     let top = ((f.fsw >> 11) & 7) as usize;
-    let mut k = kvm_fpu {
-        fcw: f.fcw,
-        fsw: f.fsw,
-        last_opcode: f.fop & 0x7FF,
-        last_ip: f.fip as u64 | ((f.fcs as u64) << 32),
-        last_dp: f.fdp as u64 | ((f.fds as u64) << 32),
-        mxcsr: c.sse.mxcsr,
-        ..Default::default()
-    };
+    let mut b = [0u8; xs::USED];
+    let mut put = |at: usize, bytes: &[u8]| b[at..at + bytes.len()].copy_from_slice(bytes);
+    put(xs::FCW, &f.fcw.to_le_bytes());
+    put(xs::FSW, &f.fsw.to_le_bytes());
     // Abridged tag: one bit per physical register, set when not empty.
     let mut ftwx = 0u8;
     for i in 0..8 {
@@ -201,35 +220,61 @@ pub(super) fn to_kvm_fpu(c: &CpuState) -> kvm_fpu {
             ftwx |= 1 << i;
         }
     }
-    k.ftwx = ftwx;
-    // FXSAVE stores ST(i), i.e. physical register (TOP + i) mod 8.
+    put(xs::FTWX, &[ftwx]);
+    put(xs::FOP, &(f.fop & 0x7FF).to_le_bytes());
+    put(
+        xs::FIP,
+        &(f.fip as u64 | ((f.fcs as u64) << 32)).to_le_bytes(),
+    );
+    put(
+        xs::FDP,
+        &(f.fdp as u64 | ((f.fds as u64) << 32)).to_le_bytes(),
+    );
+    put(xs::MXCSR, &c.sse.mxcsr.to_le_bytes());
+    // The image stores ST(i), i.e. physical register (TOP + i) mod 8.
     for i in 0..8 {
-        k.fpr[i][..10].copy_from_slice(&f.regs[(top + i) & 7]);
+        put(xs::ST0 + 16 * i, &f.regs[(top + i) & 7]);
     }
     for (i, x) in c.sse.xmm.iter().enumerate() {
-        k.xmm[i] = x.to_le_bytes();
+        put(xs::XMM0 + 16 * i, &x.to_le_bytes());
+    }
+    put(xs::XSTATE_BV, &xs::FP_SSE.to_le_bytes());
+    let mut k = kvm_xsave::default();
+    for (w, q) in k.region.iter_mut().zip(b.chunks_exact(4)) {
+        *w = u32::from_le_bytes([q[0], q[1], q[2], q[3]]);
     }
     k
 }
 
-pub(super) fn from_kvm_fpu(c: &mut CpuState, k: &kvm_fpu) {
+/// A KVM_GET_XSAVE image -> `CpuState`'s x87/SSE state. The kernel fills
+/// in the initial values of a component the CPU did not save because it
+/// was in its initial configuration (XSTATE_BV clear), which KVM_GET_FPU
+/// does not: it copies its buffer's legacy region as it finds it.
+pub(super) fn from_kvm_xsave(c: &mut CpuState, k: &kvm_xsave) {
+    let mut b = [0u8; xs::USED];
+    for (q, w) in b.chunks_exact_mut(4).zip(&k.region) {
+        q.copy_from_slice(&w.to_le_bytes());
+    }
+    let u16_at = |at: usize| u16::from_le_bytes([b[at], b[at + 1]]);
+    let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
     let f = &mut c.fpu;
-    f.fcw = k.fcw;
-    f.fsw = k.fsw;
-    f.fop = k.last_opcode & 0x7FF;
-    f.fip = k.last_ip as u32;
-    f.fcs = (k.last_ip >> 32) as u16;
-    f.fdp = k.last_dp as u32;
-    f.fds = (k.last_dp >> 32) as u16;
+    f.fcw = u16_at(xs::FCW);
+    f.fsw = u16_at(xs::FSW);
+    f.fop = u16_at(xs::FOP) & 0x7FF;
+    let (ip, dp) = (u64_at(xs::FIP), u64_at(xs::FDP));
+    f.fip = ip as u32;
+    f.fcs = (ip >> 32) as u16;
+    f.fdp = dp as u32;
+    f.fds = (dp >> 32) as u16;
     let top = ((f.fsw >> 11) & 7) as usize;
     for i in 0..8 {
-        let mut r = [0u8; 10];
-        r.copy_from_slice(&k.fpr[i][..10]);
-        f.regs[(top + i) & 7] = r;
+        let at = xs::ST0 + 16 * i;
+        f.regs[(top + i) & 7].copy_from_slice(&b[at..at + 10]);
     }
+    let ftwx = b[xs::FTWX];
     let mut ftw = 0u16;
     for i in 0..8 {
-        let tag = if k.ftwx & (1 << i) == 0 {
+        let tag = if ftwx & (1 << i) == 0 {
             TAG_EMPTY
         } else {
             classify(&f.regs[i])
@@ -237,9 +282,10 @@ pub(super) fn from_kvm_fpu(c: &mut CpuState, k: &kvm_fpu) {
         ftw |= tag << (2 * i);
     }
     f.ftw = ftw;
-    c.sse.mxcsr = k.mxcsr;
+    c.sse.mxcsr = u32::from_le_bytes(b[xs::MXCSR..xs::MXCSR + 4].try_into().unwrap());
     for (i, x) in c.sse.xmm.iter_mut().enumerate() {
-        *x = u128::from_le_bytes(k.xmm[i]);
+        let at = xs::XMM0 + 16 * i;
+        *x = u128::from_le_bytes(b[at..at + 16].try_into().unwrap());
     }
 }
 
@@ -350,13 +396,22 @@ mod tests {
         c.fpu.regs[6] = [0, 0, 0, 0, 0, 0, 0, 0x80, 0xFF, 0x3F];
         c.fpu.regs[7] = [0; 10];
         c.fpu.ftw = 0x0FFF | (TAG_VALID << 12) | (TAG_ZERO << 14);
-        let k = to_kvm_fpu(&c);
-        assert_eq!(k.ftwx, 0xC0);
-        // ST(0) is R6.
-        assert_eq!(k.fpr[0][7], 0x80);
+        c.fpu.fcw = 0x027F;
+        c.fpu.fip = 0x1234;
+        c.fpu.fcs = 0x08;
+        c.sse.mxcsr = 0x1F80;
+        c.sse.xmm[7] = 0x0123_4567_89AB_CDEF_0011_2233_4455_6677;
+        let k = to_kvm_xsave(&c);
+        // Abridged tag byte 4, FCW bytes 0-1, XSTATE_BV x87|SSE.
+        assert_eq!(k.region[1] & 0xFF, 0xC0);
+        assert_eq!(k.region[0] & 0xFFFF, 0x027F);
+        assert_eq!(k.region[128], 3);
+        // ST(0) (bytes 32..) is R6: its integer bit is byte 39.
+        assert_eq!(k.region[9] >> 24, 0x80);
         let mut d = CpuState::reset();
-        from_kvm_fpu(&mut d, &k);
+        from_kvm_xsave(&mut d, &k);
         assert_eq!(d.fpu, c.fpu);
+        assert_eq!(d.sse, c.sse);
     }
 
     #[test]
