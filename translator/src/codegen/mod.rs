@@ -75,15 +75,45 @@ impl<'a> Emitter<'a> {
         }
     }
 
-    /// Flags to `hflags` if RFLAGS is newer:
-    /// `pushfq ; pop qword [rbp+hflags]`
+    /// Flags to `hflags` if RFLAGS is newer, leaving RFLAGS as it is.
+    /// PUSHFQ is microcoded on some hosts (on an AMD EPYC a PUSHFQ/POP
+    /// pair costs several times the sequence below), so where the host
+    /// has LAHF in 64-bit mode the two low bytes of the image are written
+    /// by plain instructions, with RAX kept in R9 (free at every point
+    /// this is emitted); the image stays what PUSHFQ would store in user
+    /// mode (bit 1 and IF set; TF, DF, IOPL, NT clear), of which readers
+    /// use only the arithmetic flags:
+    ///
+    /// ```text
+    ///   mov r9, rax
+    ///   lahf ; mov [rbp+hflags], ah             (SF ZF AF PF CF, bit 1)
+    ///   seto al ; movzx eax, al
+    ///   lea eax, [rax*8+2] ; mov [rbp+hflags+1], al   (OF, IF)
+    ///   mov rax, r9
+    /// ```
+    ///
+    /// else `pushfq ; pop qword [rbp+hflags]`.
     pub fn spill_flags(&mut self) {
         if self.flags.in_host && self.flags.dirty {
-            dynasm!(self.ops
-                ; .arch x64
-                ; pushfq
-                ; pop QWORD [rbp + off::HFLAGS]
-            );
+            if native::host_has_lahf_sahf() {
+                dynasm!(self.ops
+                    ; .arch x64
+                    ; mov r9, rax
+                    ; lahf
+                    ; mov BYTE [rbp + off::HFLAGS], ah
+                    ; seto al
+                    ; movzx eax, al
+                    ; lea eax, [rax * 8 + 2]
+                    ; mov BYTE [rbp + off::HFLAGS + 1], al
+                    ; mov rax, r9
+                );
+            } else {
+                dynasm!(self.ops
+                    ; .arch x64
+                    ; pushfq
+                    ; pop QWORD [rbp + off::HFLAGS]
+                );
+            }
             self.flags.dirty = false;
         }
     }

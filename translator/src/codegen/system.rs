@@ -191,6 +191,41 @@ mod tests {
         assert_eq!(calls, 1, "monitor calls: HLT");
     }
 
+    /// Flags spilled to the context before a memory access (its lookup
+    /// clobbers RFLAGS) and at the block's exit keep all six arithmetic
+    /// flags, OF (the one in the image's second byte) among them: a
+    /// PUSHFD after each store reads the spilled image, and the HLT's
+    /// exit carries the last one into EFLAGS.
+    #[test]
+    fn spilled_flags_keep_every_arithmetic_flag() {
+        const DATA: u32 = 0x9000;
+        let code = asm32(|a| {
+            a.push(eax)?;
+            a.pop(eax)?;
+            a.mov(eax, 0x7FFF_FFFFu32)?;
+            a.add(eax, 1)?; // 0x80000000: OF SF AF PF
+            a.mov(dword_ptr(DATA), ecx)?;
+            a.pushfd()?;
+            a.pop(edx)?;
+            a.mov(eax, 0x8000_0000u32)?;
+            a.add(eax, eax)?; // 0 with a carry: OF CF ZF PF
+            a.mov(dword_ptr(DATA), ecx)?;
+            a.pushfd()?;
+            a.pop(ebx)?;
+            a.mov(eax, 0x4000_0000u32)?;
+            a.add(eax, eax)?; // 0x80000000: OF SF PF
+            a.mov(dword_ptr(DATA), ecx)?;
+            Ok(())
+        });
+        let (mut j, mut i, _) = run_both_with(|_| {}, [0; 8], &code);
+        assert_same(&mut j, &mut i, 0xFFFF_FFFF);
+        let (cf, pf, af, zf, sf, of) = (1, 1 << 2, 1 << 4, 1 << 6, 1 << 7, 1 << 11);
+        let base = flags::FIXED1;
+        assert_eq!(j.cpu.reg32(EDX), base | of | sf | af | pf, "first image");
+        assert_eq!(j.cpu.reg32(EBX), base | of | cf | zf | pf, "second image");
+        assert_eq!(j.cpu.eflags & 0x8D5, of | sf | pf, "at the exit");
+    }
+
     /// RDTSC at CPL 0 runs the light call: EDX:EAX from the clock, ECX
     /// and the flags of the CMP before it kept; the interpreter, run from
     /// the same state after the same number of instructions, reads a TSC
