@@ -617,7 +617,7 @@ impl Machine {
                 "\ntranslator: lookups {} hits {}, translations {} ({} guest instructions, {} host bytes), \
                  invalidations {}, flushes {}, entries {}, monitor calls {} (and RDTSC light calls {}), \
                  interpreter steps {}, \
-                 code cache {:.1}/{} MiB",
+                 code cache {:.1}/{} MiB (written {})",
                 j.lookups,
                 j.hits,
                 j.translations,
@@ -631,6 +631,7 @@ impl Machine {
                 j.interp_steps,
                 used as f64 / (1 << 20) as f64,
                 size >> 20,
+                t.code_writes(),
             );
             out += &format!(
                 "\ntranslation cache: chains {} unchains {}, evictions {} ({} regions emptied), \

@@ -350,6 +350,15 @@ impl Translator {
         (c.code.used(), c.code.size())
     }
 
+    /// How code is written into the read-execute cache (`exec`).
+    pub fn code_writes(&self) -> &'static str {
+        if self.mon.cache.code.writes_through_proc_mem() {
+            "through /proc/self/mem"
+        } else {
+            "by mprotect"
+        }
+    }
+
     /// The block for the current CS:EIP, translated if needed; `None` when
     /// the interpreter must fetch (fault, not RAM, crosses the page).
     fn block_here(&mut self, vm: &mut Vm) -> Option<usize> {
