@@ -147,6 +147,17 @@ keep_min() {
 # Seconds since $1 (an $EPOCHREALTIME), three decimals.
 since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b - a }'; }
 
+# Seconds from $EPOCHREALTIME $1 to $EPOCHREALTIME $2, three decimals, into
+# REPLY: no process started, so that the reader of the serial lines keeps
+# up with a boot's burst of kernel messages (a reader that forks for each
+# line falls behind, and every later line's time is then when it was read,
+# not when it was written).
+since_at() {
+    local a="${1/[.,]/}" b="${2/[.,]/}"
+    local d=$((10#$b - 10#$a))
+    printf -v REPLY '%d.%03d' $((d / 1000000)) $((d % 1000000 / 1000))
+}
+
 clk_tck="$(getconf CLK_TCK)"
 # CPU seconds (user + system, all threads) of process $1 so far; the last
 # value known if it is gone.
@@ -188,7 +199,7 @@ run_engine() {
     echo "== $name: ${cmd[*]}" >&2
     local t0="$EPOCHREALTIME" last="$EPOCHREALTIME"
     timeout "$timeout_s" "${cmd[@]}" </dev/null >"$fifo" 2>"$logdir/$file.stderr" &
-    local pid=$! line now part got="" pending="" lines=0 rc child="" c cpu_last=0 cpu_mark=0
+    local pid=$! line at now part got="" pending="" lines=0 rc child="" c cpu_last=0 cpu_mark=0
     : >"$log"
     while :; do
         # A heartbeat every 30 s of silence; a line cut by the timeout is
@@ -205,36 +216,46 @@ run_engine() {
             fi
             break
         fi
+        at="$EPOCHREALTIME"
         lines=$((lines + 1))
         line="${line%$'\r'}"
-        printf '%s %s\n' "$(since "$t0")" "$line" >>"$log"
-        # The emulator is the child of `timeout`.
-        [ -n "$child" ] || child="$(pgrep -P "$pid" | head -n 1 || true)"
-        c="$(cpu_of "${child:-$pid}")"
-        cpu_last="$c"
+        since_at "$t0" "$at"
+        printf '%s %s\n' "$REPLY" "$line" >>"$log"
+        case "$line" in
+        BOOT-OK* | "WORKLOAD "* | WORK-DONE*)
+            # The emulator is the child of `timeout`.
+            [ -n "$child" ] || child="$(pgrep -P "$pid" | head -n 1 || true)"
+            c="$(cpu_of "${child:-$pid}")"
+            cpu_last="$c"
+            ;;
+        esac
         case "$line" in
         BOOT-OK*)
-            now="$(since "$t0")"
+            since_at "$t0" "$at"
+            now="$REPLY"
             keep_min secs "$name.boot" "$now"
             keep_min cpu "$name.boot" "$c"
             cpu_mark="$c"
-            last="$EPOCHREALTIME"
+            last="$at"
             echo "[$name ${now}s] $line" >&2
             got=boot
             [ "$quick" = 1 ] && break
             ;;
         "WORKLOAD "*)
             part="$(awk '{ print $2 }' <<<"$line")"
-            keep_min secs "$name.$part" "$(since "$last")"
+            since_at "$last" "$at"
+            keep_min secs "$name.$part" "$REPLY"
             keep_min cpu "$name.$part" "$(awk -v a="$c" -v b="$cpu_mark" 'BEGIN { printf "%.2f", a - b }')"
             cpu_mark="$c"
-            last="$EPOCHREALTIME"
-            echo "[$name $(since "$t0")s] $line" >&2
+            last="$at"
+            since_at "$t0" "$at"
+            echo "[$name ${REPLY}s] $line" >&2
             case " ${parts[*]} " in *" $part "*) ;; *) parts+=("$part") ;; esac
             got="$part"
             ;;
         WORK-DONE*)
-            keep_min secs "$name.total" "$(since "$t0")"
+            since_at "$t0" "$at"
+            keep_min secs "$name.total" "$REPLY"
             keep_min cpu "$name.total" "$c"
             echo "[$name $(since "$t0")s] WORK-DONE" >&2
             got=done
