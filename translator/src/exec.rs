@@ -7,10 +7,11 @@
 //! - through `/proc/self/mem`, where the kernel allows it (Linux's default
 //!   `proc_mem.force_override`): the kernel copies the bytes into the
 //!   read-execute pages and the mapping's protection never changes. One
-//!   `pwrite` per write; the workload guest writes code or patches a
+//!   `pwrite` per write. The workload guest writes code or patches a
 //!   chain some 120,000 times, and each `mprotect` pair of the other way
-//!   splits and merges the mapping and flushes the TLB (on the AMD EPYC
-//!   host of the measurement the pairs took 7% of the workload's time);
+//!   splits and merges the mapping and flushes the TLB, which the guest
+//!   code then refills: on the AMD EPYC host of the measurement the
+//!   workload took 16% less time this way;
 //! - else the pages being written are made read-write and not
 //!   executable, and read-execute again before anything can run them.
 //!
