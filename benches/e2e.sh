@@ -144,9 +144,6 @@ keep_min() {
     fi
 }
 
-# Seconds since $1 (an $EPOCHREALTIME), three decimals.
-since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b - a }'; }
-
 # Seconds from $EPOCHREALTIME $1 to $EPOCHREALTIME $2, three decimals, into
 # REPLY: no process started, so that the reader of the serial lines keeps
 # up with a boot's burst of kernel messages (a reader that forks for each
@@ -211,7 +208,8 @@ run_engine() {
             rc=$?
             if [ "$rc" -gt 128 ]; then
                 pending="$pending$line"
-                echo "[$name $(since "$t0")s] running, $lines serial lines so far" >&2
+                since_at "$t0" "$EPOCHREALTIME"
+                echo "[$name ${REPLY}s] running, $lines serial lines so far" >&2
                 continue
             fi
             break
@@ -257,7 +255,7 @@ run_engine() {
             since_at "$t0" "$at"
             keep_min secs "$name.total" "$REPLY"
             keep_min cpu "$name.total" "$c"
-            echo "[$name $(since "$t0")s] WORK-DONE" >&2
+            echo "[$name ${REPLY}s] WORK-DONE" >&2
             got=done
             ;;
         esac
